@@ -1,0 +1,1 @@
+"""The ``dscbatch`` command line."""

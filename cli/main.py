@@ -1,0 +1,299 @@
+"""The ``dscbatch`` command line. Errors print as one line (``error: ...``) with a meaningful exit code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+from dscbatch.cli.progress import wait_for_job
+from dscbatch.jobs.errors import DscbatchError, InvalidInputError, RequestError, SettingsError
+from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_valid
+from dscbatch.jobs.rendering import Renderer
+from dscbatch.jobs.requests import Params
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStatus, JobStore
+from dscbatch.jobs.submission import SubmitOptions, submit_job
+from dscbatch.jobs.tokenizer import ModelTokenizer
+
+# Exit status of `submit --wait` and `run` when the job finished but some items failed.
+ITEMS_FAILED_EXIT = 3
+
+
+def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are JSON where they parse as JSON, strings otherwise."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"{what} {pair!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(raw)
+        except ValueError:
+            values[key] = raw
+    return values
+
+
+def _params(pairs: Sequence[str]) -> Params:
+    from pydantic import ValidationError
+
+    try:
+        return Params.model_validate(_key_values(pairs, "--param"))
+    except ValidationError as error:
+        first = error.errors()[0]
+        reason = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
+        raise SettingsError(f"--param {'.'.join(map(str, first['loc']))}: {reason}") from None
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _store(ctx: click.Context) -> JobStore:
+    return JobStore.connect(_settings(ctx))
+
+
+param_option = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+                            help="Job-level sampling default (max_tokens, temperature, top_p, top_k, n, stop, "
+                                 "seed, logprobs, ignore_eos, min_tokens); lines override it.")
+engine_arg_option = click.option("--engine-arg", "engine_args", multiple=True, metavar="KEY=VALUE",
+                                 help="vLLM engine argument, e.g. max_model_len=4096 (repeatable).")
+model_option = click.option("--model", "-m", required=True, help="Model directory or hub id (owner/name).")
+
+
+def _submit_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        model_option, param_option,
+        click.option("--skip-invalid", is_flag=True, help="Turn invalid lines into error results instead of "
+                                                          "refusing the file."),
+        click.option("--echo-prompt", is_flag=True, help="Results also carry prompt and prompt_token_ids."),
+        click.option("--max-line-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_LINE_BYTES,
+                     show_default=True),
+        click.option("--max-model-len", type=click.IntRange(min=1), default=None,
+                     help="Context length to check prompts against (default: the model's)."),
+        click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False)),
+    ]):
+        function = option(function)
+    return function
+
+
+def _make_submit_options(settings: Settings, model: str, params: Sequence[str], skip_invalid: bool,
+                         echo_prompt: bool, max_line_bytes: int, max_model_len: int | None) -> SubmitOptions:
+    return SubmitOptions(model=model, defaults=_params(params), skip_invalid=skip_invalid, echo_prompt=echo_prompt,
+                         max_line_bytes=max_line_bytes, max_model_len=max_model_len,
+                         shard_max_requests=settings.shard_max_requests, shard_max_tokens=settings.shard_max_tokens)
+
+
+def _submit(settings: Settings, store: JobStore, input_path: str, options: SubmitOptions) -> str:
+    from dscbatch.workers.app import enqueue_shard, make_app
+
+    app = make_app(settings)
+    with app.producer_pool.acquire(block=True) as producer:
+        def enqueue(queue: str, job_id: str, shard_key: str) -> None:
+            enqueue_shard(app, queue, job_id, shard_key, producer=producer)
+
+        def reading(lines: int) -> None:
+            click.echo(f"\rread {lines} lines", err=True, nl=False)
+
+        job_id = submit_job(store, enqueue, input_path, options, reading)
+    click.echo("", err=True)
+    return job_id
+
+
+def _finish(status: JobStatus) -> None:
+    click.echo(f"job {status.id}: {status.state}, {status.done} done, {status.failed} failed of {status.total}",
+               err=True)
+    if status.failed:
+        sys.exit(ITEMS_FAILED_EXIT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--redis-url", envvar=None, default=None,
+              help="Redis URL (default: $DSCBATCH_REDIS_URL; prefer the variable for passwords).")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None, verbose: bool) -> None:
+    """dscbatch: batch generation for code LLMs over Celery, Redis and vLLM."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Settings.from_env(redis_url=redis_url)
+
+
+@cli.command()
+@_submit_options
+@click.pass_context
+def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
+           max_line_bytes: int, max_model_len: int | None, input_path: str) -> None:
+    """Print each request's prompt, prompt_token_ids and stop_token_ids as JSON lines (no Redis needed)."""
+    check = check_file(input_path, max_line_bytes=max_line_bytes)
+    if not skip_invalid:
+        require_valid(check)
+    renderer = Renderer(ModelTokenizer.load(model), _params(params), max_model_len)
+    for line in read_lines(input_path, max_line_bytes=max_line_bytes):
+        record: dict[str, Any] = {"id": line.id}
+        try:
+            if line.request is None:
+                raise RequestError("invalid_request", "; ".join(str(p) for p in line.problems))
+            rendered = renderer.render(line.request)
+            record.update(prompt=rendered.prompt, prompt_token_ids=rendered.prompt_token_ids,
+                          stop_token_ids=rendered.stop_token_ids)
+        except RequestError as error:
+            record["error"] = {"code": error.code, "message": error.message}
+        click.echo(json.dumps(record, ensure_ascii=False))
+
+
+@cli.command()
+@_submit_options
+@click.option("--wait", is_flag=True, help="Show progress until the job finishes; exit 3 if items failed.")
+@click.pass_context
+def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
+           max_line_bytes: int, max_model_len: int | None, input_path: str, wait: bool) -> None:
+    """Validate INPUT, cut it into shards and queue them; prints the job id as the last line."""
+    settings = _settings(ctx)
+    store = JobStore.connect(settings)
+    options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
+                                   max_model_len)
+    job_id = _submit(settings, store, input_path, options)
+    if wait:
+        _finish(wait_for_job(store, job_id))
+    click.echo(job_id)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
+@click.pass_context
+def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show a job's state and counts."""
+    job = _store(ctx).status(job_id)
+    if as_json:
+        click.echo(json.dumps(job.as_dict(), indent=2))
+        return
+    click.echo(f"job {job.id}  model {job.model}  state {job.state}\n"
+               f"items: {job.total} total, {job.done} done, {job.failed} failed, {job.pending} pending\n"
+               f"tokens: {job.prompt_tokens} prompt ({job.cached_prompt_tokens} cached), "
+               f"{job.completion_tokens} generated")
+
+
+@cli.command(name="list")
+@click.pass_context
+def list_jobs(ctx: click.Context) -> None:
+    """List jobs, oldest first."""
+    store = _store(ctx)
+    for job_id in store.job_ids():
+        job = store.status(job_id)
+        click.echo(f"{job.id}  {job.state:<21}  {job.done + job.failed}/{job.total}  {job.model}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("-o", "--output", required=True, help="Output path or fsspec URL.")
+@click.option("--partial", is_flag=True, help="Write a job that is still running (pending items as errors).")
+@click.pass_context
+def results(ctx: click.Context, job_id: str, output: str, partial: bool) -> None:
+    """Write one result line per input line, in input order."""
+    from dscbatch.jobs.output import write_results
+
+    store = _store(ctx)
+    written = write_results(store, store.status(job_id), output, partial=partial)
+    click.echo(f"wrote {written} results to {output}", err=True)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str) -> None:
+    """Drop a job's pending shards; work already running finishes its current shard."""
+    job = _store(ctx).cancel(job_id)
+    click.echo(f"job {job.id} cancelled: {job.done} done, {job.failed} failed, {job.pending} not run")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_context
+def retry(ctx: click.Context, job_id: str) -> None:
+    """Run a job's failed items again (those that failed in a worker)."""
+    from dscbatch.jobs.retrying import retry_failed
+    from dscbatch.workers.app import enqueue_shard, make_app
+
+    settings = _settings(ctx)
+    app = make_app(settings)
+    count = retry_failed(_store(ctx), job_id, lambda queue, job, key: enqueue_shard(app, queue, job, key))
+    click.echo(f"job {job_id}: {count} failed items queued again")
+
+
+@cli.command()
+@model_option
+@engine_arg_option
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="Serve /metrics on this port.")
+@click.pass_context
+def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None) -> None:
+    """Start one vLLM engine and serve the model's queue."""
+    from dscbatch.workers.worker import run_worker
+
+    logging.getLogger().setLevel(logging.INFO)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    run_worker(_settings(ctx), model, _key_values(engine_args, "--engine-arg"))
+
+
+@cli.command()
+@_submit_options
+@engine_arg_option
+@click.option("-o", "--output", required=True, help="Output path or fsspec URL.")
+@click.pass_context
+def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
+        max_line_bytes: int, max_model_len: int | None, input_path: str, engine_args: Sequence[str],
+        output: str) -> None:
+    """Run a whole job on this machine: a private Redis and one local worker, started and stopped here."""
+    from dscbatch.jobs.output import write_results
+    from dscbatch.workers.embedded import EmbeddedCluster
+
+    settings = _settings(ctx)
+    options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
+                                   max_model_len)
+    check = check_file(input_path, max_line_bytes=max_line_bytes)
+    if not skip_invalid:
+        require_valid(check)  # refuse bad input before starting anything
+    worker_args = [f"--engine-arg={pair}" for pair in engine_args]
+    with EmbeddedCluster(model, worker_args) as cluster:
+        click.echo(f"started redis-server on 127.0.0.1:{cluster.port} and a local worker "
+                   "(the engine takes a minute or more to start)", err=True)
+        local = settings.model_copy(update={"redis_url": cluster.redis_url})
+        store = JobStore.connect(local)
+        job_id = _submit(local, store, input_path, options)
+        click.echo(f"job {job_id}", err=True)
+        status = wait_for_job(store, job_id, check=cluster.check_worker)
+        written = write_results(store, status, output)
+        click.echo(f"wrote {written} results to {output}", err=True)
+    _finish(status)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="dscbatch", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except InvalidInputError as error:
+        click.echo(str(error), err=True)
+        sys.exit(error.exit_code)
+    except DscbatchError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

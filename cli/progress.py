@@ -1,0 +1,63 @@
+"""A progress line for long waits: items done/total, items/s, tokens/s, ETA and failures."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from dscbatch.jobs.store import JobStatus, JobStore
+
+BAR_WIDTH = 24
+PLAIN_EVERY_SECONDS = 10.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _count(value: float) -> str:
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.1f}"
+
+
+def progress_line(status: JobStatus, first: JobStatus, elapsed: float) -> str:
+    settled = status.done + status.failed
+    items = settled - first.done - first.failed
+    tokens = status.completion_tokens - first.completion_tokens
+    rate = items / elapsed if elapsed > 0 else 0.0
+    eta = _duration(status.pending / rate) if rate > 0 else "-:--:--"
+    filled = BAR_WIDTH * settled // status.total if status.total else BAR_WIDTH
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    percent = 100 * settled // status.total if status.total else 100
+    return (f"[{bar}] {settled}/{status.total} items {percent:3d}%  {_count(rate)} items/s  "
+            f"{_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {eta}  failed {status.failed}")
+
+
+def wait_for_job(store: JobStore, job_id: str, *, interval: float = 0.5, stream: TextIO = sys.stderr,
+                 check: Callable[[], None] | None = None) -> JobStatus:
+    """Poll the job until no item is pending (or it is cancelled), drawing progress on ``stream``."""
+    first = status = store.status(job_id)
+    started = last_plain = time.monotonic()
+    tty = stream.isatty()
+    while True:
+        now = time.monotonic()
+        line = progress_line(status, first, now - started)
+        finished = status.pending == 0 or status.cancelled
+        if tty:
+            stream.write("\r" + line + ("\n" if finished else ""))
+            stream.flush()
+        elif finished or now - last_plain >= PLAIN_EVERY_SECONDS:
+            stream.write(line + "\n")
+            stream.flush()
+            last_plain = now
+        if finished:
+            return status
+        if check is not None:
+            check()
+        time.sleep(interval)
+        status = store.status(job_id)

@@ -1,0 +1,1 @@
+"""What a job is: request lines, the streaming reader, rendering into token ids, results."""

@@ -1,0 +1,62 @@
+"""Every exception dscbatch raises on purpose derives from :class:`DscbatchError`.
+
+The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class DscbatchError(Exception):
+    """Raised when dscbatch refuses or fails an operation for a reason it can name."""
+
+    exit_code = 1
+
+
+class SettingsError(DscbatchError):
+    """Raised when settings are malformed, unknown or unsafe (a bad URL, an unknown key, pickle allowed)."""
+
+    exit_code = 2
+
+
+class InvalidInputError(DscbatchError):
+    """Raised when a job's input file has problems; ``problems`` holds the first ones as text lines."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str], total: int) -> None:
+        self.problems = problems
+        self.total = total
+        lines = list(problems)
+        if total > len(problems):
+            lines.append(f"... and {total - len(problems)} more problems")
+        lines.append(f"{total} invalid line{'s' if total != 1 else ''}: no job was created")
+        super().__init__("\n".join(lines))
+
+
+class ModelFilesError(DscbatchError):
+    """Raised when a model's tokenizer or config files are missing or unreadable."""
+
+    exit_code = 2
+
+
+class RequestError(DscbatchError):
+    """Raised when one request cannot be served; it becomes that item's error record, not a failed job."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class JobNotFoundError(DscbatchError):
+    """Raised when a job id names no job in Redis."""
+
+    exit_code = 2
+
+
+class BrokerError(DscbatchError):
+    """Raised when Redis cannot be reached or refuses the credentials."""
+
+
+class EngineError(DscbatchError):
+    """Raised when the vLLM engine cannot start or stops answering."""

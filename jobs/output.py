@@ -1,0 +1,43 @@
+"""Writing a job's results file: one line per input line, in input order, to a local path or fsspec URL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import fsspec
+from dscbatch.jobs.errors import DscbatchError
+from dscbatch.jobs.results import ItemInfo, result_line
+from dscbatch.jobs.store import JobStatus, JobStore
+
+
+def _unsettled_items(store: JobStore, status: JobStatus) -> dict[int, ItemInfo]:
+    """The items still without a result, read back from their shards (only done for unfinished jobs)."""
+    found: dict[int, ItemInfo] = {}
+    for number in range(status.shards):
+        payload = store.load_shard(store.shard_key(status.id, number))
+        items = payload["items"] if payload else []
+        settled = store.settled(status.id, [item["i"] for item in items])
+        found.update((item["i"], ItemInfo.from_shard_item(item)) for item in items if item["i"] not in settled)
+    return found
+
+
+def write_results(store: JobStore, status: JobStatus, out: str, *, partial: bool = False,
+                  progress: Callable[[int], None] | None = None) -> int:
+    """Write every item's line; items that never ran get an error record. Returns lines written."""
+    if status.pending and not (status.cancelled or partial):
+        raise DscbatchError(f"job {status.id} is {status.state} with {status.pending} of {status.total} items "
+                            "pending: wait for it, or pass --partial")
+    unsettled = _unsettled_items(store, status) if status.pending else {}
+    code = "cancelled" if status.cancelled else "pending"
+    written = 0
+    with fsspec.open(out, "w", encoding="utf-8") as stream:
+        for index, line in store.iter_results(status.id, status.total):
+            if line is None:
+                info = unsettled.get(index) or ItemInfo(index, str(index + 1), "unknown", False, None)
+                line = result_line(info, model=status.model, job_id=status.id, created=int(status.created),
+                                   error_code=code, error_message=f"the item did not run: the job is {code}")
+            stream.write(line + "\n")
+            written += 1
+            if progress is not None and written % 10000 == 0:
+                progress(written)
+    return written

@@ -1,0 +1,250 @@
+"""Streaming reader for job files: one pass, memory bounded, every problem named ``FILE:LINE: field: message``.
+
+The reader never raises on bad content: each physical line becomes a :class:`Line` holding either a request
+or its problems, so that strict mode can refuse the whole file and ``--skip-invalid`` can turn bad lines into
+error results. Only an unreadable file, an empty file or a caller's strict check raise.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dscbatch.jobs.errors import InvalidInputError
+from dscbatch.jobs.requests import (
+    MODEL_BY_TYPE,
+    REQUEST_TYPES,
+    TYPE_BY_FIELD,
+    OpenAIBatchLine,
+    Request,
+    request_from_openai,
+)
+from pydantic import ValidationError
+
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+MAX_REPORTED_PROBLEMS = 20
+OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One non-blank line of a job file: a request, or the problems that stop it from being one."""
+
+    number: int
+    request: Request | None
+    problems: tuple[Problem, ...]
+    # The id an error record for this line carries: the line's own id where it can be read, else its number.
+    id: str
+    openai: bool = False
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    requests: int
+    invalid_lines: int
+    problems: list[Problem]
+    problem_count: int
+    sha256: str
+
+
+class _SeenIds:
+    """Ids seen so far, kept in a temporary SQLite file so memory does not grow with the job."""
+
+    def __init__(self) -> None:
+        handle, self._path = tempfile.mkstemp(prefix="dscbatch-ids-", suffix=".sqlite")
+        os.close(handle)
+        self._db = sqlite3.connect(self._path)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+
+    def first_line(self, request_id: str, line: int) -> int | None:
+        """Record ``request_id``; return the line that used it first if it was seen before."""
+        try:
+            self._db.execute("INSERT INTO ids VALUES (?, ?)", (request_id, line))
+            return None
+        except sqlite3.IntegrityError:
+            row = self._db.execute("SELECT line FROM ids WHERE id = ?", (request_id,)).fetchone()
+            return int(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+        os.unlink(self._path)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _field_of(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    return prefix + ".".join(str(part) for part in loc) if loc else (prefix.rstrip(".") or "line")
+
+
+def _message_of(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required field is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+class _LineParser:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def problem(self, line: int, field: str, message: str) -> Problem:
+        return Problem(self.path, line, field, message)
+
+    def from_validation(self, line: int, error: ValidationError, prefix: str = "") -> tuple[Problem, ...]:
+        return tuple(self.problem(line, _field_of(e["loc"], prefix), _message_of(e)) for e in error.errors())
+
+    def parse(self, number: int, text: str) -> Line:
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as error:
+            detail = error.msg if isinstance(error, json.JSONDecodeError) else str(error) or "nested too deeply"
+            where = f" (column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
+            return Line(number, None, (self.problem(number, "json", f"invalid JSON: {detail}{where}"),), str(number))
+        if not isinstance(value, dict):
+            kind = type(value).__name__ if value is not None else "null"
+            problem = self.problem(number, "json", f"a line must be a JSON object, not {kind}")
+            return Line(number, None, (problem,), str(number))
+        if OPENAI_KEYS & value.keys():
+            return self._parse_openai(number, value)
+        return self._parse_native(number, value)
+
+    def _parse_openai(self, number: int, value: dict[str, Any]) -> Line:
+        line_id = value.get("custom_id") if isinstance(value.get("custom_id"), str) else str(number)
+        try:
+            batch_line = OpenAIBatchLine.model_validate(value)
+        except ValidationError as error:
+            return Line(number, None, self.from_validation(number, error), str(line_id), openai=True)
+        try:
+            request = request_from_openai(batch_line)
+        except ValidationError as error:
+            return Line(number, None, self.from_validation(number, error, "body."), batch_line.custom_id, True)
+        return Line(number, request, (), request.id, openai=True)
+
+    def _parse_native(self, number: int, value: dict[str, Any]) -> Line:
+        value.setdefault("id", str(number))
+        line_id = value["id"] if isinstance(value["id"], str) and value["id"] else str(number)
+        kind = value.get("type")
+        if kind is None:
+            kinds = sorted({TYPE_BY_FIELD[key] for key in value if key in TYPE_BY_FIELD})
+            if len(kinds) != 1:
+                reason = "no field tells which request this is" if not kinds else (
+                    f"the fields fit several types ({', '.join(kinds)})")
+                message = f"{reason}: add \"type\", one of {', '.join(REQUEST_TYPES)}"
+                return Line(number, None, (self.problem(number, "type", message),), line_id)
+            kind = kinds[0]
+        if not isinstance(kind, str) or kind not in MODEL_BY_TYPE:
+            message = f"unknown type {json.dumps(kind)}: expected one of {', '.join(REQUEST_TYPES)}"
+            return Line(number, None, (self.problem(number, "type", message),), line_id)
+        try:
+            request = MODEL_BY_TYPE[kind].model_validate({**value, "type": kind})
+        except ValidationError as error:
+            return Line(number, None, self.from_validation(number, error), line_id)
+        return Line(number, request, (), line_id)  # type: ignore[arg-type]
+
+
+def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """Physical lines without their ending; ``None`` stands for a line over the size limit."""
+    with path.open("rb") as stream:
+        number = 0
+        while raw := stream.readline(max_line_bytes + 2):
+            number += 1
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            ended = raw.endswith(b"\n")
+            body = raw.rstrip(b"\n").removesuffix(b"\r")
+            if len(body) > max_line_bytes:
+                while not ended and (rest := stream.readline(1 << 20)):
+                    ended = rest.endswith(b"\n")
+                yield number, None
+            else:
+                yield number, body
+
+
+def read_lines(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Line]:
+    """Every non-blank line of ``path`` in order, valid or not; duplicate ids are problems of the later line."""
+    file_path = Path(path)
+    parser = _LineParser(str(path))
+    seen = _SeenIds()
+    try:
+        for number, body in _raw_lines(file_path, max_line_bytes):
+            if body is None:
+                message = f"line is longer than the limit of {max_line_bytes} bytes (--max-line-bytes)"
+                yield Line(number, None, (parser.problem(number, "line", message),), str(number))
+                continue
+            if not body.strip():
+                continue
+            nul = body.find(b"\x00")
+            if nul >= 0:
+                message = f"NUL byte at byte {nul + 1}: the file is not JSON Lines text"
+                yield Line(number, None, (parser.problem(number, "line", message),), str(number))
+                continue
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as error:
+                message = f"invalid UTF-8 at byte {error.start + 1}: the file must be UTF-8"
+                yield Line(number, None, (parser.problem(number, "encoding", message),), str(number))
+                continue
+            line = parser.parse(number, text)
+            first = seen.first_line(line.id, number)
+            if first is not None:
+                message = f"duplicate id {json.dumps(line.id)} (first used on line {first})"
+                problem = parser.problem(number, "custom_id" if line.openai else "id", message)
+                line = Line(number, None, (*line.problems, problem), line.id, line.openai)
+            yield line
+    finally:
+        seen.close()
+
+
+def check_file(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> FileCheck:
+    """Validate the whole file in one streaming pass; raise if it holds no line at all."""
+    file_path = Path(path)
+    if not file_path.is_file():
+        raise InvalidInputError([f"{path}: no such file"], 1)
+    digest = hashlib.sha256()
+    with file_path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    requests = invalid = problem_count = 0
+    problems: list[Problem] = []
+    for line in read_lines(file_path, max_line_bytes=max_line_bytes):
+        if line.request is not None:
+            requests += 1
+            continue
+        invalid += 1
+        problem_count += len(line.problems)
+        problems.extend(line.problems[: MAX_REPORTED_PROBLEMS - len(problems)])
+    if requests + invalid == 0:
+        raise InvalidInputError([f"{path}: the file holds no requests (it is empty or only blank lines)"], 1)
+    return FileCheck(requests, invalid, problems, problem_count, digest.hexdigest())
+
+
+def require_valid(check: FileCheck) -> None:
+    """Strict mode: any invalid line refuses the whole file."""
+    if check.invalid_lines:
+        raise InvalidInputError([str(problem) for problem in check.problems], check.problem_count)

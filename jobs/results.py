@@ -1,0 +1,100 @@
+"""Result records: the native format, and the OpenAI batch output format for jobs read from OpenAI lines.
+
+Records are built where results are produced (worker or submit) and stored as the exact JSON line that
+``results`` writes, so that writing a 2M-line output is a plain ordered stream out of Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """What a result line repeats from its request."""
+
+    index: int
+    id: str
+    type: str
+    openai: bool
+    metadata: dict[str, Any] | None
+    prompt: str | None = None  # set when the job echoes prompts
+    prompt_token_ids: list[int] | None = None
+
+    @classmethod
+    def from_shard_item(cls, item: dict[str, Any]) -> ItemInfo:
+        return cls(item["i"], item["id"], item["type"], bool(item.get("openai")), item.get("metadata"),
+                   item.get("prompt"), item["ids"] if "prompt" in item else None)
+
+
+@dataclass(frozen=True)
+class Output:
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+def _native(item: ItemInfo, model: str, outputs: Sequence[Output], usage: Usage,
+            error: dict[str, str] | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": item.id,
+        "type": item.type,
+        "outputs": [vars(output) for output in outputs],
+        "usage": vars(usage),
+        "model": model,
+        "metadata": item.metadata,
+        "error": error,
+    }
+    if item.prompt is not None:
+        record["prompt"] = item.prompt
+        record["prompt_token_ids"] = item.prompt_token_ids
+    return record
+
+
+def _openai(item: ItemInfo, model: str, job_id: str, outputs: Sequence[Output], usage: Usage,
+            error: dict[str, str] | None, created: int) -> dict[str, Any]:
+    request_id = f"{job_id}-{item.index}"
+    if error is not None:
+        return {"id": f"batch_req_{request_id}", "custom_id": item.id, "response": None, "error": error}
+    chat = item.type == "chat"
+    choices = [
+        {"index": i, "finish_reason": output.finish_reason, "logprobs": None,
+         **({"message": {"role": "assistant", "content": output.text}} if chat else {"text": output.text})}
+        for i, output in enumerate(outputs)
+    ]
+    body: dict[str, Any] = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{request_id}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                  "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                  "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens}},
+    }
+    if item.prompt is not None:
+        body["prompt"] = item.prompt
+        body["prompt_token_ids"] = item.prompt_token_ids
+    return {"id": f"batch_req_{request_id}", "custom_id": item.id,
+            "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": None}
+
+
+def result_line(item: ItemInfo, *, model: str, job_id: str, created: int, outputs: Sequence[Output] = (),
+                usage: Usage = Usage(), error_code: str | None = None, error_message: str = "") -> str:
+    """The output line for one item: a result, or an error record when ``error_code`` is set."""
+    error = None if error_code is None else {"code": error_code, "message": error_message}
+    if item.openai:
+        record = _openai(item, model, job_id, outputs, usage, error, created)
+    else:
+        record = _native(item, model, outputs, usage, error)
+    return json.dumps(record, ensure_ascii=False)

@@ -1,0 +1,69 @@
+"""Settings as one typed object, read from ``DSCBATCH_*`` environment variables; unknown names are errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from dscbatch.jobs.errors import SettingsError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "DSCBATCH_"
+# Reserved for the test suite's own variables, which are not settings.
+TEST_ENV_PREFIX = "DSCBATCH_TEST_"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (and ACL user name) replaced, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"***@{host}{port}", parts.path, parts.query, parts.fragment))
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Seconds a delivered shard may run before Redis hands it to another worker: longer than the longest shard.
+    visibility_timeout: Annotated[int, Field(ge=10)] = 3600
+    shard_max_requests: Annotated[int, Field(ge=1)] = 256
+    shard_max_tokens: Annotated[int, Field(ge=1)] = 1 << 20
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "dscbatch"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss"):
+            raise ValueError(f"expected a redis:// or rediss:// URL, got {scheme or 'no'} scheme")
+        return url
+
+    @property
+    def redacted_redis_url(self) -> str:
+        return redact_url(self.redis_url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``DSCBATCH_<FIELD>`` variables, then ``overrides``; a misspelt variable is an error."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, value in env.items():
+            if not name.startswith(ENV_PREFIX) or name.startswith(TEST_ENV_PREFIX):
+                continue
+            field = name[len(ENV_PREFIX):].lower()
+            if field not in cls.model_fields:
+                known = ", ".join(ENV_PREFIX + key.upper() for key in cls.model_fields)
+                raise SettingsError(f"unknown setting {name} (known: {known})")
+            values[field] = value
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ENV_PREFIX + ".".join(str(part) for part in first["loc"]).upper()
+            raise SettingsError(f"{field}: {first['msg'].removeprefix('Value error, ')}") from None

@@ -1,0 +1,247 @@
+"""Job state in Redis: the job record, shard payloads, and results kept exactly once per item.
+
+Keys (``P`` is the settings' key prefix)::
+
+    P:jobs                 sorted set of job ids by creation time
+    P:job:ID               hash: the job record and its counters
+    P:job:ID:shard:N       zlib-compressed JSON shard payload
+    P:job:ID:results       hash: item index -> the result line written by ``results``
+    P:job:ID:failed        set: indices of items that failed in a worker (what ``retry`` runs again)
+
+Counters move only inside Lua scripts, in the same step that stores a result, so ``done + failed`` always
+equals the number of stored results, whatever crashes or redeliveries happen around it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+from dscbatch.jobs.errors import BrokerError, JobNotFoundError
+from dscbatch.jobs.settings import Settings
+from redis.typing import EncodableT, FieldT
+
+# KEYS: results, job, failed. ARGV: flat groups of (index, line, outcome, prompt, completion, cached) where
+# outcome is "done", "failed" (stays failed) or "retryable" (failed, and ``retry`` may run it again).
+_RECORD = """
+local stored = 0
+for i = 1, #ARGV, 6 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    stored = stored + 1
+    if ARGV[i + 2] == 'done' then
+      redis.call('HINCRBY', KEYS[2], 'done', 1)
+    else
+      redis.call('HINCRBY', KEYS[2], 'failed', 1)
+      if ARGV[i + 2] == 'retryable' then redis.call('SADD', KEYS[3], ARGV[i]) end
+    end
+    redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[i + 3])
+    redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[i + 4])
+    redis.call('HINCRBY', KEYS[2], 'cached_prompt_tokens', ARGV[i + 5])
+  end
+end
+local counts = redis.call('HMGET', KEYS[2], 'total', 'done', 'failed')
+if counts[1] and tonumber(counts[2] or 0) + tonumber(counts[3] or 0) >= tonumber(counts[1]) then
+  redis.call('HSETNX', KEYS[2], 'finished', redis.call('TIME')[1])
+end
+return stored
+"""
+
+# KEYS: results, job, failed. Removes every retryable failure and returns their indices.
+_TAKE_FAILED = """
+local indices = redis.call('SMEMBERS', KEYS[3])
+for _, index in ipairs(indices) do
+  redis.call('HDEL', KEYS[1], index)
+end
+if #indices > 0 then
+  redis.call('DEL', KEYS[3])
+  redis.call('HINCRBY', KEYS[2], 'failed', -#indices)
+  redis.call('HDEL', KEYS[2], 'finished', 'cancelled')
+end
+return indices
+"""
+
+JOB_STATES = ("queued", "running", "completed", "completed_with_errors", "cancelled")
+
+
+@dataclass(frozen=True)
+class ResultEntry:
+    index: int
+    line: str
+    outcome: str  # "done" | "failed" | "retryable"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: str
+    model: str
+    queue: str
+    input: str
+    sha256: str
+    created: float
+    finished: float | None
+    total: int
+    done: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+    shards: int
+    cancelled: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.done - self.failed
+
+    @property
+    def state(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        if self.pending == 0:
+            return "completed_with_errors" if self.failed else "completed"
+        return "running" if self.done or self.failed else "queued"
+
+    def as_dict(self) -> dict[str, Any]:
+        values = {key: value for key, value in vars(self).items() if key != "cancelled"}
+        return {**values, "pending": self.pending, "state": self.state}
+
+
+def _int(value: bytes | None) -> int:
+    return int(value) if value else 0
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, prefix: str = "dscbatch") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._record = client.register_script(_RECORD)
+        self._take_failed = client.register_script(_TAKE_FAILED)
+
+    @classmethod
+    def connect(cls, settings: Settings) -> JobStore:
+        """A store on ``settings.redis_url``, checked with a PING; failures are one readable line."""
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10, health_check_interval=30)
+        try:
+            client.ping()
+        except redis.AuthenticationError:
+            raise BrokerError(f"Redis at {settings.redacted_redis_url} refused the credentials") from None
+        except redis.RedisError as error:
+            reason = str(error).replace(settings.redis_url, settings.redacted_redis_url)
+            raise BrokerError(f"cannot reach Redis at {settings.redacted_redis_url}: {reason}") from None
+        return cls(client, settings.key_prefix)
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def shard_key(self, job_id: str, number: int) -> str:
+        return f"{self.job_key(job_id)}:shard:{number}"
+
+    def _keys(self, job_id: str) -> list[str]:
+        job = self.job_key(job_id)
+        return [f"{job}:results", job, f"{job}:failed"]
+
+    # Shards
+
+    def save_shard(self, job_id: str, number: int, payload: dict[str, Any]) -> str:
+        key = self.shard_key(job_id, number)
+        self.client.set(key, zlib.compress(json.dumps(payload, separators=(",", ":")).encode()))
+        return key
+
+    def load_shard(self, key: str) -> dict[str, Any] | None:
+        data = self.client.get(key)
+        return None if data is None else dict(json.loads(zlib.decompress(cast(bytes, data))))
+
+    # Jobs
+
+    def create_job(self, job_id: str, fields: dict[str, Any]) -> None:
+        """Publish the job record; before this the job is invisible to ``list`` and ``status``."""
+        values: dict[FieldT, EncodableT] = {
+            key: json.dumps(value) if isinstance(value, dict) else value for key, value in fields.items()}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.job_key(job_id), mapping=values)
+        pipe.zadd(f"{self.prefix}:jobs", {job_id: float(fields["created"])})
+        pipe.execute()
+        self.record(job_id, [])  # marks the job finished when submission already settled every item
+
+    def add_shards(self, job_id: str, count: int) -> int:
+        """Reserve ``count`` new shard numbers; returns the first."""
+        return int(self.client.hincrby(self.job_key(job_id), "shards", count)) - count
+
+    def status(self, job_id: str) -> JobStatus:
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.job_key(job_id)))
+        if not raw or b"total" not in raw:
+            raise JobNotFoundError(f"no job {job_id!r} in Redis (see `dscbatch list`)")
+        values = {key.decode(): value.decode() for key, value in raw.items()}
+        return JobStatus(
+            id=job_id, model=values["model"], queue=values["queue"], input=values.get("input", ""),
+            sha256=values.get("sha256", ""), created=float(values["created"]),
+            finished=float(values["finished"]) if "finished" in values else None,
+            total=int(values["total"]),
+            **{name: _int(raw.get(name.encode())) for name in
+               ("done", "failed", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "shards")},
+            cancelled=values.get("cancelled") == "1",
+            options=json.loads(values.get("options", "{}")),
+        )
+
+    def job_ids(self) -> list[str]:
+        return [job_id.decode() for job_id in cast(list[bytes], self.client.zrange(f"{self.prefix}:jobs", 0, -1))]
+
+    def cancel(self, job_id: str) -> JobStatus:
+        self.status(job_id)
+        self.client.hset(self.job_key(job_id), mapping={"cancelled": "1", "finished": time.time()})
+        return self.status(job_id)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return self.client.hget(self.job_key(job_id), "cancelled") == b"1"
+
+    # Workers
+
+    def beat(self, hostname: str, info: dict[str, Any], ttl: int) -> None:
+        """Say that a worker is alive for the next ``ttl`` seconds."""
+        self.client.set(f"{self.prefix}:worker:{hostname}", json.dumps(info), ex=ttl)
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Workers whose heartbeat has not expired, by hostname."""
+        found: dict[str, dict[str, Any]] = {}
+        for key in cast(list[bytes], list(self.client.scan_iter(f"{self.prefix}:worker:*", count=1000))):
+            value = self.client.get(key)
+            if value is not None:
+                found[key.decode().rsplit(":", 1)[-1]] = json.loads(cast(bytes, value))
+        return found
+
+    # Results
+
+    def record(self, job_id: str, entries: Sequence[ResultEntry]) -> int:
+        """Store each entry unless its item already has a result (first wins); returns how many were new."""
+        args: list[str | int] = []
+        for entry in entries:
+            args += [entry.index, entry.line, entry.outcome, entry.prompt_tokens, entry.completion_tokens,
+                     entry.cached_prompt_tokens]
+        return int(self._record(keys=self._keys(job_id), args=args))
+
+    def settled(self, job_id: str, indices: Sequence[int]) -> set[int]:
+        """Which of ``indices`` already have a result."""
+        if not indices:
+            return set()
+        present = self.client.hmget(f"{self.job_key(job_id)}:results", list(indices))
+        return {index for index, value in zip(indices, present, strict=True) if value is not None}
+
+    def take_failed(self, job_id: str) -> list[int]:
+        """Forget every retryable failure of the job so that it can run again; returns their indices."""
+        return sorted(int(index) for index in self._take_failed(keys=self._keys(job_id)))
+
+    def iter_results(self, job_id: str, total: int, chunk: int = 1000) -> Iterator[tuple[int, str | None]]:
+        key = f"{self.job_key(job_id)}:results"
+        for start in range(0, total, chunk):
+            indices = list(range(start, min(start + chunk, total)))
+            values = cast(list[bytes | None], self.client.hmget(key, indices))
+            for index, value in zip(indices, values, strict=True):
+                yield index, None if value is None else value.decode()

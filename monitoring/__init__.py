@@ -1,0 +1,1 @@
+"""Prometheus metrics for workers and the queue."""

@@ -1,0 +1,111 @@
+"""Session fixtures: the DeepSeek Coder tokenizer, a private redis-server, the tiny model and one shared worker.
+
+Nothing here touches a developer's Redis: the server runs on a free loopback port in a temporary directory.
+The tokenizer directory comes from ``DSCBATCH_TEST_TOKENIZER_DIR`` (set by ``.ci/run``), else the shared copy
+beside the checkout, else a tokenizer the project builds itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.embedded import free_port, start_redis, stop_process
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_TOKENIZER = ROOT.parent / "shared" / "models" / "deepseek-coder-6.7b-instruct"
+CACHE = Path(os.environ.get("DSCBATCH_TEST_CACHE", ROOT / ".cache"))
+WORKER_START_SECONDS = 600
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tokenizer_dir() -> Path:
+    configured = os.environ.get("DSCBATCH_TEST_TOKENIZER_DIR")
+    if configured:
+        return Path(configured)
+    if (SHARED_TOKENIZER / "tokenizer.json").is_file():
+        return SHARED_TOKENIZER
+    return Path(_script("make_fallback_tokenizer").build_fallback_tokenizer(CACHE / "fallback-tokenizer"))
+
+
+TOKENIZER_DIR = tokenizer_dir()
+# Literal DeepSeek Coder ids are asserted only against the official tokenizer.
+OFFICIAL = (TOKENIZER_DIR / "tokenizer.json").is_file() and "fim▁begin" in (TOKENIZER_DIR / "tokenizer.json").read_text(
+    encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def deepseek_dir() -> Path:
+    return TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return Path(_script("make_tiny_model").build_tiny_model(TOKENIZER_DIR, CACHE / "tiny-deepseek-coder"))
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    process = start_redis(tmp_path_factory.mktemp("redis"), port)
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, key_prefix="dsctest", shard_max_requests=4)
+
+
+@pytest.fixture(scope="session")
+def store(settings: Settings) -> JobStore:
+    return JobStore.connect(settings)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "DSCBATCH_REDIS_URL": settings.redis_url, "DSCBATCH_KEY_PREFIX": settings.key_prefix,
+            "DSCBATCH_SHARD_MAX_REQUESTS": str(settings.shard_max_requests)}
+
+
+def start_worker(settings: Settings, store: JobStore, model: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A real ``dscbatch worker`` process, returned once its heartbeat says the engine is up."""
+    before = set(store.workers())
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", str(model)],
+            stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings), start_new_session=True)
+    deadline = time.monotonic() + WORKER_START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        if set(store.workers()) - before:
+            return process
+        time.sleep(0.5)
+    stop_process(process)
+    raise RuntimeError(f"worker did not start within {WORKER_START_SECONDS} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, store: JobStore, tiny_model: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    """The session's one shared worker (one vLLM engine for the whole suite)."""
+    process = start_worker(settings, store, tiny_model, tmp_path_factory.mktemp("worker") / "worker.log")
+    yield process
+    stop_process(process)

@@ -1,0 +1,137 @@
+"""The streaming reader: every problem named FILE:LINE: field: message, and no input crashes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dscbatch.jobs.errors import InvalidInputError
+from dscbatch.jobs.reader import check_file, read_lines, require_valid
+
+
+def write(tmp_path: Path, data: bytes | str, name: str = "in.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def problems(path: Path, **kwargs: int) -> list[str]:
+    return [str(p) for line in read_lines(path, **kwargs) for p in line.problems]
+
+
+def test_all_kinds_with_ids_defaulting_to_line_numbers(tmp_path: Path) -> None:
+    path = write(tmp_path, "\n".join([
+        json.dumps({"prompt": "def f():"}),
+        "",
+        json.dumps({"id": "fim-1", "prefix": "a", "suffix": "b", "metadata": {"k": [1]}}),
+        json.dumps({"type": "chat", "messages": [{"role": "user", "content": "hi"}], "params": {"n": 2}}),
+        json.dumps({"files": [{"path": "a.py", "content": "x"}], "target": {"path": "b.py", "prefix": ""}}),
+        json.dumps({"custom_id": "oa-1", "method": "POST", "url": "/v1/completions",
+                    "body": {"model": "m", "prompt": "p", "suffix": "s", "max_tokens": 5, "stop": "\n"}}),
+        json.dumps({"custom_id": "oa-2", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"messages": [{"role": "user", "content": "q"}], "max_completion_tokens": 9}}),
+    ]) + "\n")
+    lines = list(read_lines(path))
+    assert [(line.number, line.id) for line in lines] == [(1, "1"), (3, "fim-1"), (4, "4"), (5, "5"), (6, "oa-1"),
+                                                           (7, "oa-2")]
+    assert [line.request.type for line in lines if line.request] == ["completion", "fim", "chat", "repo", "fim", "chat"]
+    assert [line.openai for line in lines] == [False] * 4 + [True] * 2
+    assert lines[1].request is not None and lines[1].request.metadata == {"k": [1]}
+    fim = lines[4].request
+    assert fim is not None and fim.params.max_tokens == 5 and fim.params.stop == ["\n"]
+    chat = lines[5].request
+    assert chat is not None and chat.params.max_tokens == 9
+    assert check_file(path).requests == 6
+
+
+def test_bom_and_crlf_are_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, b"\xef\xbb\xbf" + b'{"prompt": "a"}\r\n{"prompt": "b\\r\\n"}\r\n')
+    lines = list(read_lines(path))
+    assert [line.request.prompt for line in lines if line.request] == ["a", "b\r\n"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'{"prompt": "a", "temperature": 1}\n', "in.jsonl:1: temperature: unknown key"),
+    (b'{"prompt": "a", "params": {"max_token": 1}}\n', "in.jsonl:1: params.max_token: unknown key"),
+    (b'{"prompt": 3}\n', "in.jsonl:1: prompt: Input should be a valid string"),
+    (b'{"type": "fim", "prefix": "a"}\n', "in.jsonl:1: suffix: required field is missing"),
+    (b'{"type": "poem", "prompt": "a"}\n',
+     'in.jsonl:1: type: unknown type "poem": expected one of completion, fim, chat, repo'),
+    (b'{"id": "x"}\n', 'in.jsonl:1: type: no field tells which request this is: add "type", one of completion, fim, '
+                       'chat, repo'),
+    (b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n',
+     "in.jsonl:1: messages: the last message must be from the user, not the assistant"),
+    (b'{"prompt": "a"\n', "in.jsonl:1: json: invalid JSON: Expecting ',' delimiter (column 15)"),
+    (b'["prompt"]\n', "in.jsonl:1: json: a line must be a JSON object, not list"),
+    (b'{"prompt": NaN}\n', "in.jsonl:1: json: invalid JSON: NaN is not valid JSON"),
+    (b'{"prompt": "\xff"}\n', "in.jsonl:1: encoding: invalid UTF-8 at byte 13: the file must be UTF-8"),
+    (b'{"prompt": "a\x00"}\n', "in.jsonl:1: line: NUL byte at byte 14: the file is not JSON Lines text"),
+    (b'{"prompt": "a", "params": {"temperature": -1}}\n',
+     "in.jsonl:1: params.temperature: Input should be greater than or equal to 0"),
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {}}\n',
+     "in.jsonl:1: url: Input should be '/v1/completions' or '/v1/chat/completions'"),
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "p", "echo": true}}\n',
+     "in.jsonl:1: body.echo: unknown key"),
+])
+def test_each_problem_names_line_field_and_cause(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = write(tmp_path, content)
+    assert [p.replace(str(tmp_path) + "/", "") for p in problems(path)] == [expected]
+
+
+def test_duplicate_ids_name_the_first_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"id": "a", "prompt": "x"}\n{"prompt": "y"}\n{"id": "a", "prompt": "z"}\n'
+                           '{"id": "2", "prompt": "w"}\n')
+    assert problems(path) == [f'{path}:3: id: duplicate id "a" (first used on line 1)',
+                              f'{path}:4: id: duplicate id "2" (first used on line 2)']
+
+
+def test_line_over_the_size_limit_is_skipped_whole(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"prompt": "' + "x" * 5000 + '"}\n{"prompt": "ok"}\n')
+    lines = list(read_lines(path, max_line_bytes=1000))
+    assert [str(p) for p in lines[0].problems] == [
+        f"{path}:1: line: line is longer than the limit of 1000 bytes (--max-line-bytes)"]
+    assert lines[1].number == 2 and lines[1].request is not None
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \r\n", b"\xef\xbb\xbf"])
+def test_empty_file_is_refused(tmp_path: Path, content: bytes) -> None:
+    with pytest.raises(InvalidInputError, match="the file holds no requests"):
+        check_file(write(tmp_path, content))
+
+
+def test_strict_mode_reports_the_first_20_then_a_count(tmp_path: Path) -> None:
+    path = write(tmp_path, "{bad\n" * 25 + '{"prompt": "fine"}\n')
+    check = check_file(path)
+    assert (check.requests, check.invalid_lines) == (1, 25)
+    with pytest.raises(InvalidInputError) as caught:
+        require_valid(check)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 22 and lines[0].startswith(f"{path}:1: json: invalid JSON")
+    assert lines[-2:] == ["... and 5 more problems", "25 invalid lines: no job was created"]
+    assert caught.value.exit_code == 2
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=2000))
+def test_random_bytes_never_raise(tmp_path: Path, data: bytes) -> None:
+    path = write(tmp_path, data, "fuzz.jsonl")
+    for line in read_lines(path, max_line_bytes=500):
+        assert (line.request is None) == bool(line.problems)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                      max_size=4), max_leaves=10)
+keys = st.sampled_from(["id", "type", "prompt", "prefix", "suffix", "messages", "files", "target", "params",
+                        "metadata", "custom_id", "method", "url", "body", "role", "content", "path"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(objects=st.lists(st.dictionaries(keys, json_values, max_size=6), min_size=1, max_size=5))
+def test_random_json_objects_never_raise(tmp_path: Path, objects: list[dict[str, object]]) -> None:
+    path = write(tmp_path, "\n".join(json.dumps(o) for o in objects), "fuzz.jsonl")
+    assert len(list(read_lines(path))) == len(objects)

@@ -1,0 +1,1 @@
+"""GPU workers: the Celery app, the vLLM engine and the shard task."""

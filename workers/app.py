@@ -1,0 +1,50 @@
+"""The Celery app: Redis broker, JSON only, late acks, one task in flight per worker.
+
+There is no result backend: results go to the job store in Redis, exactly once per item.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from dscbatch.jobs.errors import SettingsError
+from dscbatch.jobs.settings import Settings
+
+RUN_SHARD = "dscbatch.run_shard"
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("dscbatch", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        event_serializer="json",
+        task_ignore_result=True,
+        # A shard is acknowledged only after its results are stored; a worker that dies mid-shard leaves it
+        # unacknowledged, and Redis hands it out again after the visibility timeout.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+def require_json_only(app: Celery) -> None:
+    """Refuse to run a worker that would deserialize pickle (it executes code from the queue)."""
+    accepted = {str(kind).lower() for kind in app.conf.accept_content}
+    unsafe = {kind for kind in accepted if "pickle" in kind or "yaml" in kind}
+    if unsafe or app.conf.task_serializer != "json":
+        raise SettingsError(f"refusing to start: the worker would accept {', '.join(sorted(unsafe or accepted))} "
+                            "messages; only json is safe")
+
+
+def enqueue_shard(app: Celery, queue: str, job_id: str, shard_key: str, **options: Any) -> None:
+    app.send_task(RUN_SHARD, args=[job_id, shard_key], queue=queue, **options)

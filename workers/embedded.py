@@ -1,0 +1,118 @@
+"""The embedded mode of ``dscbatch run``: a private redis-server and one local worker, cleaned up on exit.
+
+Both run in their own process groups so that Ctrl-C reaches only ``run``, which then stops them in order
+(worker first, with its engine's children, then Redis) and removes the temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import redis
+from dscbatch.jobs.errors import BrokerError, EngineError
+
+REDIS_START_SECONDS = 20
+STOP_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(directory: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """A loopback redis-server with nothing persisted, answering PING when this returns."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BrokerError("redis-server is not installed (Debian: apt-get install redis-server)")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
+         "--appendonly", "no", "--logfile", str(directory / "redis.log"), *extra],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + REDIS_START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerError(f"redis-server exited at start (status {process.returncode}); see its log")
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    stop_process(process)
+    raise BrokerError(f"redis-server did not answer within {REDIS_START_SECONDS} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_SECONDS) -> None:
+    """SIGTERM the process group, then SIGKILL it if it is not gone within ``timeout``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):  # the engine's children outlive it in its group
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+class EmbeddedCluster:
+    """``with EmbeddedCluster(model, engine_args) as cluster:`` gives ``cluster.redis_url`` and a worker."""
+
+    def __init__(self, model: str, worker_args: Sequence[str] = ()) -> None:
+        self.model = model
+        self.worker_args = list(worker_args)
+        self.directory = Path(tempfile.mkdtemp(prefix="dscbatch-run-"))
+        self.port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.port}/0"
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def worker_log(self) -> Path:
+        return self.directory / "worker.log"
+
+    def __enter__(self) -> EmbeddedCluster:
+        try:
+            self.processes.append(start_redis(self.directory, self.port))
+            env = {**os.environ, "DSCBATCH_REDIS_URL": self.redis_url}
+            with self.worker_log.open("wb") as log:
+                self.processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", self.model, *self.worker_args],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,
+                ))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def check_worker(self) -> None:
+        """Raise with the end of the worker's log if the worker has exited."""
+        worker = self.processes[-1]
+        if worker.poll() is not None:
+            tail = self.worker_log.read_text(errors="replace").strip().splitlines()[-15:]
+            raise EngineError(f"the local worker exited with status {worker.returncode}:\n" + "\n".join(tail))
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+        self.processes.clear()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
