@@ -104,11 +104,11 @@ def _submit(settings: Settings, store: JobStore, input_path: str, options: Submi
     return job_id
 
 
-def _finish(status: JobStatus) -> None:
+def _summary(status: JobStatus) -> int:
+    """Report how the job ended; the exit status says whether items failed."""
     click.echo(f"job {status.id}: {status.state}, {status.done} done, {status.failed} failed of {status.total}",
                err=True)
-    if status.failed:
-        sys.exit(ITEMS_FAILED_EXIT)
+    return ITEMS_FAILED_EXIT if status.failed else 0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -158,9 +158,9 @@ def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
     options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
                                    max_model_len)
     job_id = _submit(settings, store, input_path, options)
-    if wait:
-        _finish(wait_for_job(store, job_id))
+    exit_code = _summary(wait_for_job(store, job_id)) if wait else 0
     click.echo(job_id)
+    sys.exit(exit_code)
 
 
 @cli.command()
@@ -272,7 +272,7 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
         status = wait_for_job(store, job_id, check=cluster.check_worker)
         written = write_results(store, status, output)
         click.echo(f"wrote {written} results to {output}", err=True)
-    _finish(status)
+    sys.exit(_summary(status))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

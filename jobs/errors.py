@@ -29,7 +29,8 @@ class InvalidInputError(DscbatchError):
         lines = list(problems)
         if total > len(problems):
             lines.append(f"... and {total - len(problems)} more problems")
-        lines.append(f"{total} invalid line{'s' if total != 1 else ''}: no job was created")
+        lines.append(f"{total} problem{'s' if total != 1 else ''}: the file was refused, nothing was submitted "
+                     "(--skip-invalid runs the valid lines and reports the others as errors)")
         super().__init__("\n".join(lines))
 
 

@@ -20,9 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, processors
-
 from dscbatch.jobs.errors import ModelFilesError
+from tokenizers import Tokenizer, processors
 
 FIXED_CLASS = "PreTrainedTokenizerFast"
 # Classes that transformers 5 rebuilds as SentencePiece-style tokenizers, ignoring tokenizer.json's pipeline.
@@ -118,8 +117,9 @@ def _corrected_files(model_dir: Path) -> dict[str, bytes]:
     return files
 
 
-def _default_cache_root() -> Path:
-    return Path("~/.cache/dscbatch/tokenizers").expanduser()
+def default_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/dscbatch/tokenizers``, by default ``~/.cache/dscbatch/tokenizers``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "dscbatch" / "tokenizers"
 
 
 def faithful_tokenizer_dir(model_dir: Path, cache_root: Path | None = None) -> Path:
@@ -134,7 +134,7 @@ def faithful_tokenizer_dir(model_dir: Path, cache_root: Path | None = None) -> P
     for name in sorted(files):
         digest.update(f"{name}\0{len(files[name])}\0".encode())
         digest.update(files[name])
-    root = cache_root if cache_root is not None else _default_cache_root()
+    root = cache_root if cache_root is not None else default_cache_root()
     target = root / f"{model_dir.name}-{digest.hexdigest()[:16]}"
     if target.is_dir():
         return target

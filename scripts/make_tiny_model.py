@@ -43,10 +43,10 @@ def build_tiny_model(tokenizer_dir: Path, out: Path) -> Path:
     config = LlamaConfig.from_pretrained(tokenizer_dir)
     for name, value in TINY_SIZES.items():
         setattr(config, name, value)
-    # fp32 runs on every CPU vLLM supports; bf16 needs AVX512-BF16 or AMX to be fast.
-    config.dtype = torch.float32
+    # bf16 like the real checkpoints: vLLM's "auto" dtype downcasts fp32 weights to bf16 on the CPU anyway.
+    config.dtype = torch.bfloat16
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    model = LlamaForCausalLM(config).bfloat16().eval()  # type: ignore[no-untyped-call]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build beside OUT, then rename: a concurrent or interrupted build never leaves a half-written OUT.

@@ -17,10 +17,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
+from tokenizers import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_TOKENIZER = ROOT.parent / "shared" / "models" / "deepseek-coder-6.7b-instruct"
@@ -46,9 +46,8 @@ def tokenizer_dir() -> Path:
 
 
 TOKENIZER_DIR = tokenizer_dir()
-# Literal DeepSeek Coder ids are asserted only against the official tokenizer.
-OFFICIAL = (TOKENIZER_DIR / "tokenizer.json").is_file() and "fim▁begin" in (TOKENIZER_DIR / "tokenizer.json").read_text(
-    encoding="utf-8")
+# Literal DeepSeek Coder ids are asserted only against the official tokenizer (BOS is 32013 there).
+OFFICIAL = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json")).token_to_id("<｜begin▁of▁sentence｜>") == 32013
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from dscbatch.jobs.errors import InvalidInputError
 from dscbatch.jobs.reader import check_file, read_lines, require_valid
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def write(tmp_path: Path, data: bytes | str, name: str = "in.jsonl") -> Path:
@@ -111,7 +110,8 @@ def test_strict_mode_reports_the_first_20_then_a_count(tmp_path: Path) -> None:
         require_valid(check)
     lines = str(caught.value).splitlines()
     assert len(lines) == 22 and lines[0].startswith(f"{path}:1: json: invalid JSON")
-    assert lines[-2:] == ["... and 5 more problems", "25 invalid lines: no job was created"]
+    assert lines[-2:] == ["... and 5 more problems", "25 problems: the file was refused, nothing was submitted "
+                          "(--skip-invalid runs the valid lines and reports the others as errors)"]
     assert caught.value.exit_code == 2
 
 

@@ -7,8 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
 from dscbatch.jobs.errors import RequestError
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import (
@@ -22,6 +20,7 @@ from dscbatch.jobs.requests import (
     RepoTarget,
 )
 from dscbatch.jobs.tokenizer import ModelTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from .conftest import OFFICIAL
 
@@ -57,7 +56,8 @@ def test_completion_ids_are_the_official_ones(tokenizer: ModelTokenizer) -> None
 
 @official
 def test_fim_uses_deepseek_tokens_and_one_bos(tokenizer: ModelTokenizer, reference: Tokenizer) -> None:
-    rendered = Renderer(tokenizer).render(FimRequest(id="a", prefix="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))"))
+    request = FimRequest(id="a", prefix="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))")
+    rendered = Renderer(tokenizer).render(request)
     ids = rendered.prompt_token_ids
     assert ids[:2] == [BOS, FIM_BEGIN] and ids[-1] == FIM_END and ids.count(FIM_HOLE) == 1 and ids.count(BOS) == 1
     hole = ids.index(FIM_HOLE)
@@ -102,7 +102,8 @@ def test_chat_matches_transformers_rendering_of_the_same_template(tokenizer: Mod
                                  bos_token=tokenizer.bos_text, eos_token="<|EOT|>")
     assert tokenizer.chat_template is not None
     hf.chat_template = tokenizer.chat_template.source
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"}]
     request = ChatRequest(id="c", messages=[ChatMessage.model_validate(m) for m in messages])
     assert Renderer(tokenizer).render(request).prompt == hf.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True)

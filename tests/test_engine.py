@@ -1,0 +1,188 @@
+"""The vLLM engine wrapper on a tiny random-weight model, and the faithful tokenizer directory it relies on."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tokenizers import Tokenizer
+
+from dscbatch.jobs.errors import EngineError
+from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir, is_mislabelled
+from dscbatch.jobs.requests import Params
+from dscbatch.workers.engine import Engine, EngineRequest
+
+# CI exports DSCBATCH_TEST_TOKENIZER_DIR; DSCBATCH_TOKENIZER_DIR wins where both are set.
+TOKENIZER_DIR = Path(os.environ.get("DSCBATCH_TOKENIZER_DIR") or os.environ.get("DSCBATCH_TEST_TOKENIZER_DIR")
+                     or "/work/shared/models/deepseek-coder-6.7b-instruct")
+BOS, EOT, FIM_BEGIN = 32013, 32021, 32016
+PROMPT = [BOS, 1551, 267, 10942]  # "def f():"
+GREEDY = Params(max_tokens=12, temperature=0.0, ignore_eos=True)
+
+
+def _load_make_tiny_model() -> Any:
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_tiny_model.py"
+    spec = importlib.util.spec_from_file_location("make_tiny_model", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def reference() -> Tokenizer:
+    """The ids every path must reproduce: the tokenizers library on the official tokenizer.json."""
+    return Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def fixed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return faithful_tokenizer_dir(TOKENIZER_DIR, tmp_path_factory.mktemp("tokenizers"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out: Path = _load_make_tiny_model().build_tiny_model(TOKENIZER_DIR, tmp_path_factory.mktemp("models") / "tiny")
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    with pytest.MonkeyPatch.context() as patch:
+        # The corrected tokenizer goes to a temporary cache, not the user's.
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        started = Engine(str(tiny_model), {"max_model_len": 1024})
+    yield started
+    started.close()
+
+
+# -- the faithful tokenizer directory (fast) ------------------------------------------------------------------
+
+
+def test_the_official_tokenizer_is_mislabelled_and_the_copy_is_not(fixed_dir: Path) -> None:
+    assert is_mislabelled(TOKENIZER_DIR)
+    assert fixed_dir != TOKENIZER_DIR
+    assert not is_mislabelled(fixed_dir)
+    assert faithful_tokenizer_dir(fixed_dir) == fixed_dir
+
+
+def test_the_corrected_copy_is_written_once(fixed_dir: Path) -> None:
+    assert faithful_tokenizer_dir(TOKENIZER_DIR, fixed_dir.parent) == fixed_dir
+    assert [p.name for p in fixed_dir.parent.iterdir() if p.name.startswith(".")] == []  # no temp dirs left
+
+
+def test_auto_tokenizer_encodes_like_the_tokenizers_library(fixed_dir: Path, reference: Tokenizer) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(fixed_dir)
+    assert tokenizer.encode("def f():") == PROMPT
+    for text in ["\tif x:\n    return 'é✓'\n", "<｜fim▁begin｜>a<｜fim▁hole｜>b<｜fim▁end｜>", "x<|EOT|>", "  中文 𝔘\r\n"]:
+        ids = tokenizer.encode(text)
+        assert ids == [BOS, *reference.encode(text, add_special_tokens=False).ids]
+        assert tokenizer.decode(ids[1:]) == text == reference.decode(ids[1:], skip_special_tokens=False)
+    assert tokenizer.convert_tokens_to_ids(["<|EOT|>", "<｜fim▁begin｜>"]) == [EOT, FIM_BEGIN]
+    assert tokenizer.decode([FIM_BEGIN, EOT]) == "<｜fim▁begin｜><|EOT|>"
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (BOS, EOT)
+
+
+def test_unknown_engine_arguments_are_refused_before_starting(tiny_model: Path) -> None:
+    with pytest.raises(EngineError, match="'max_modle_len'"):
+        Engine(str(tiny_model), {"max_modle_len": 512})
+
+
+# -- the engine -----------------------------------------------------------------------------------------------
+
+
+def _request(key: str, ids: list[int], params: Params = GREEDY, stop_ids: list[int] | None = None) -> EngineRequest:
+    return EngineRequest(key, ids, params, stop_ids or [])
+
+
+@pytest.mark.engine
+def test_greedy_output_is_deterministic_and_decodes_like_the_tokenizers_library(engine: Engine,
+                                                                               reference: Tokenizer) -> None:
+    first, second = (engine.generate([_request("a", PROMPT)])[0] for _ in range(2))
+    assert first.error is None and first.key == "a"
+    assert first.outputs == second.outputs
+    (completion,) = first.outputs
+    assert completion.finish_reason == "length"
+    assert len(completion.token_ids) == 12  # max_tokens, the eos ignored
+    assert completion.text == reference.decode(completion.token_ids)
+    assert first.prompt_tokens == len(PROMPT)
+
+
+@pytest.mark.engine
+def test_sampled_text_decodes_like_the_tokenizers_library(engine: Engine, reference: Tokenizer) -> None:
+    params = Params(max_tokens=40, temperature=1.0, seed=7, ignore_eos=True, n=2)
+    results = engine.generate([_request(str(i), [BOS, 100 + i], params) for i in range(6)])
+    assert [r.key for r in results] == [str(i) for i in range(6)]
+    for result in results:
+        assert len(result.outputs) == 2
+        for completion in result.outputs:
+            assert len(completion.token_ids) == 40
+            assert completion.text == reference.decode(completion.token_ids)
+
+
+@pytest.mark.engine
+def test_stop_tokens_and_stop_strings_end_the_text(engine: Engine, reference: Tokenizer) -> None:
+    (plain,) = engine.generate([_request("plain", PROMPT)])[0].outputs
+    stop_id = plain.token_ids[2]
+    (by_token,) = engine.generate([_request("t", PROMPT, stop_ids=[stop_id])])[0].outputs
+    assert by_token.finish_reason == "stop"
+    assert by_token.token_ids == plain.token_ids[:3]
+    assert by_token.text == reference.decode(plain.token_ids[:2])
+    stop_text = plain.text[len(reference.decode(plain.token_ids[:3])):][:3]
+    assert len(stop_text) == 3
+    params = GREEDY.model_copy(update={"stop": [stop_text]})
+    (by_string,) = engine.generate([_request("s", PROMPT, params)])[0].outputs
+    assert by_string.finish_reason == "stop"
+    assert by_string.text == plain.text[:plain.text.index(stop_text)]
+
+
+@pytest.mark.engine
+def test_a_bad_request_fails_alone(engine: Engine) -> None:
+    results = engine.generate([
+        _request("ok1", PROMPT),
+        _request("too_long", [BOS] * 2000),
+        _request("out_of_vocab", [BOS, 40000]),
+        _request("empty", []),
+        _request("ok2", [BOS, 5, 6]),
+    ])
+    assert [r.key for r in results] == ["ok1", "too_long", "out_of_vocab", "empty", "ok2"]
+    assert [r.error.code if r.error else None for r in results] == [
+        None, "prompt_too_long", "invalid_request", "invalid_request", None]
+    assert all(len(r.outputs[0].token_ids) == 12 for r in (results[0], results[4]))
+
+
+@pytest.mark.engine
+def test_a_batch_vllm_refuses_is_retried_one_by_one(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm.exceptions import VLLMValidationError
+
+    real_generate = engine.llm.generate
+
+    def picky_generate(prompts: list[Any], *args: Any, **kwargs: Any) -> Any:
+        if any(7777 in p["prompt_token_ids"] for p in prompts):
+            raise VLLMValidationError("token 7777 refused")
+        return real_generate(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(engine.llm, "generate", picky_generate)
+    results = engine.generate([_request("a", PROMPT), _request("bad", [BOS, 7777]), _request("b", [BOS, 5])])
+    assert [r.error.code if r.error else None for r in results] == [None, "invalid_request", None]
+    assert results[0].outputs == engine.generate([_request("a", PROMPT)])[0].outputs
+
+
+@pytest.mark.engine
+def test_a_repeated_long_prompt_hits_the_prefix_cache(engine: Engine) -> None:
+    # The CPU backend caches whole blocks of 128 tokens: a 300-token prompt can reuse two.
+    prompt = [BOS, *range(2000, 2299)]
+    params = GREEDY.model_copy(update={"max_tokens": 2})
+    (first,) = engine.generate([_request("1", prompt, params)])
+    (second,) = engine.generate([_request("2", prompt, params)])
+    assert first.prompt_tokens == second.prompt_tokens == 300
+    assert first.cached_prompt_tokens == 0
+    assert second.cached_prompt_tokens >= 128

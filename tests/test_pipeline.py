@@ -1,0 +1,186 @@
+"""End to end through real Redis, real `dscbatch worker` processes and vLLM on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from tokenizers import Tokenizer
+
+from .conftest import ROOT, worker_env
+
+pytestmark = pytest.mark.engine
+EXAMPLES = ROOT / "examples" / "prompts.jsonl"
+
+
+def dscbatch(settings: Settings, *args: str, check: bool = True,
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", *args], env=worker_env(settings),
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dscbatch {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def input_ids(path: Path) -> list[str]:
+    return [line.get("id") or line.get("custom_id") for line in read_jsonl(path)]
+
+
+def wait_settled(store: JobStore, job_id: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while store.status(job_id).pending and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.status(job_id).pending == 0
+
+
+def test_mixed_file_comes_back_complete_in_order_with_exact_prompt_ids(
+        settings: Settings, store: JobStore, worker: Any, tiny_model: Path, deepseek_dir: Path,
+        tmp_path: Path) -> None:
+    submitted = dscbatch(settings, "submit", str(EXAMPLES), "--model", str(tiny_model), "--echo-prompt", "--wait")
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    assert "7/7 items" in submitted.stderr
+    out = tmp_path / "out.jsonl"
+    dscbatch(settings, "results", job_id, "-o", str(out))
+    results = read_jsonl(out)
+    assert [r.get("custom_id") or r.get("id") for r in results] == input_ids(EXAMPLES)
+    reference = Tokenizer.from_file(str(deepseek_dir / "tokenizer.json"))
+    bos = reference.token_to_id("<｜begin▁of▁sentence｜>")
+    for result in results:
+        openai = "custom_id" in result
+        body = result["response"]["body"] if openai else result
+        assert result["error"] is None
+        text = body["prompt"].removeprefix("<｜begin▁of▁sentence｜>")
+        expected = [bos, *reference.encode(text, add_special_tokens=False).ids]
+        assert body["prompt_token_ids"] == expected
+        usage = body["usage"]
+        assert usage["prompt_tokens"] == len(expected)
+        if not openai:
+            assert len(result["outputs"]) == 1 and result["model"] == tiny_model.name
+            assert usage["completion_tokens"] == result["outputs"][0]["completion_tokens"] > 0
+    assert results[0]["metadata"] == {"source": "example"}
+    chat = results[-1]["response"]["body"]
+    assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["role"] == "assistant"
+    status = json.loads(dscbatch(settings, "status", job_id, "--json").stdout)
+    assert (status["state"], status["done"], status["failed"], status["total"]) == ("completed", 7, 0, 7)
+    assert status["prompt_tokens"] == sum((r.get("usage") or r["response"]["body"]["usage"])["prompt_tokens"]
+                                          for r in results)
+
+
+def test_two_jobs_at_once(settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
+    files = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"{name}{i}", "prompt": f"# {name} {i}\ndef f():",
+                                            "params": {"max_tokens": 4}}) + "\n" for i in range(10)))
+        files.append(path)
+    jobs = [dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1] for path in files]
+    assert jobs[0] != jobs[1]
+    for job_id, path in zip(jobs, files, strict=True):
+        wait_settled(store, job_id)
+        out = tmp_path / f"{job_id}.out"
+        dscbatch(settings, "results", job_id, "-o", str(out))
+        assert [r["id"] for r in read_jsonl(out)] == input_ids(path)
+    listed = dscbatch(settings, "list").stdout
+    assert all(job_id in listed for job_id in jobs)
+
+
+def test_cancel_drops_pending_shards_and_counts_add_up(settings: Settings, store: JobStore, worker: Any,
+                                                        tiny_model: Path, tmp_path: Path) -> None:
+    path = tmp_path / "many.jsonl"
+    # Enough work (400 x 256 tokens) that the job is still running when `cancel` lands.
+    path.write_text("".join(json.dumps({"prompt": f"x{i}", "params": {"max_tokens": 256, "ignore_eos": True}}) + "\n"
+                            for i in range(400)))
+    job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1]
+    cancelled = dscbatch(settings, "cancel", job_id)
+    assert f"job {job_id} cancelled" in cancelled.stdout
+    time.sleep(3)  # a shard already running finishes; no new one starts
+    before = store.status(job_id)
+    time.sleep(2)
+    after = store.status(job_id)
+    assert after.state == "cancelled" and after.done == before.done and after.pending > 0
+    assert after.done + after.failed + after.pending == after.total == 400
+    out = tmp_path / "cancelled.jsonl"
+    dscbatch(settings, "results", job_id, "-o", str(out))
+    results = read_jsonl(out)
+    assert [r["id"] for r in results] == [str(i) for i in range(1, 401)]
+    assert sum(1 for r in results if r["error"] and r["error"]["code"] == "cancelled") == after.pending
+
+
+def test_retry_runs_failed_items_again(settings: Settings, store: JobStore, worker: Any, tiny_model: Path,
+                                       tmp_path: Path) -> None:
+    # min_tokens above max_tokens passes submit but the engine refuses it: a worker-side, per-item failure.
+    path = tmp_path / "fails.jsonl"
+    lines = [{"id": "ok1", "prompt": "a", "params": {"max_tokens": 2}},
+             {"id": "bad", "prompt": "b", "params": {"max_tokens": 2, "min_tokens": 5}},
+             {"id": "ok2", "prompt": "c", "params": {"max_tokens": 2}}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    waited = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait", check=False)
+    assert waited.returncode == 3
+    job_id = waited.stdout.split()[-1]
+    assert (store.status(job_id).done, store.status(job_id).failed) == (2, 1)
+    retried = dscbatch(settings, "retry", job_id)
+    assert f"job {job_id}: 1 failed items queued again" in retried.stdout
+    wait_settled(store, job_id)
+    status = store.status(job_id)
+    assert (status.done, status.failed, status.total) == (2, 1, 3)
+    out = tmp_path / "retried.jsonl"
+    dscbatch(settings, "results", job_id, "-o", str(out))
+    results = read_jsonl(out)
+    assert [r["id"] for r in results] == ["ok1", "bad", "ok2"]
+    assert results[1]["error"]["code"] == "invalid_request" and "min_tokens" in results[1]["error"]["message"]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            blob = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
+
+
+def test_run_embedded_end_to_end_leaves_nothing_behind(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "run", str(EXAMPLES), "-o", str(out),
+                             "--model", str(tiny_model)], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert [r.get("custom_id") or r.get("id") for r in read_jsonl(out)] == input_ids(EXAMPLES)
+    port = result.stderr.split("127.0.0.1:")[1].split()[0]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("dscbatch-run-")]
+    assert not _processes_mentioning(f"127.0.0.1:{port}")
+
+
+def test_run_interrupted_cleans_up(tiny_model: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    with subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "run", str(EXAMPLES), "-o",
+                           str(tmp_path / "never.jsonl"), "--model", str(tiny_model)],
+                          env=env, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith("job "):
+                break
+        port = "".join(lines).split("127.0.0.1:")[1].split()[0]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+        assert "interrupted" in process.stderr.read()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("dscbatch-run-")]
+    assert not _processes_mentioning(f"127.0.0.1:{port}")

