@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -263,12 +264,15 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
         require_valid(check)  # refuse bad input before starting anything
     worker_args = [f"--engine-arg={pair}" for pair in engine_args]
     with EmbeddedCluster(model, worker_args) as cluster:
-        click.echo(f"started redis-server on 127.0.0.1:{cluster.port} and a local worker "
-                   "(the engine takes a minute or more to start)", err=True)
+        click.echo(f"started redis-server on 127.0.0.1:{cluster.port} and a local worker", err=True)
         local = settings.model_copy(update={"redis_url": cluster.redis_url})
         store = JobStore.connect(local)
         job_id = _submit(local, store, input_path, options)
         click.echo(f"job {job_id}", err=True)
+        click.echo("waiting for the local worker's engine to start ...", err=True)
+        while not store.workers():
+            cluster.check_worker()
+            time.sleep(0.5)
         status = wait_for_job(store, job_id, check=cluster.check_worker)
         written = write_results(store, status, output)
         click.echo(f"wrote {written} results to {output}", err=True)

@@ -5,7 +5,9 @@ There is no result backend: results go to the job store in Redis, exactly once p
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from dscbatch.jobs.errors import SettingsError
@@ -16,6 +18,9 @@ RUN_SHARD = "dscbatch.run_shard"
 
 def make_app(settings: Settings) -> Celery:
     app = Celery("dscbatch", broker=settings.redis_url, set_as_current=False)
+    if urlsplit(settings.redis_url).scheme == "rediss" and "ssl_cert_reqs" not in settings.redis_url:
+        # kombu refuses a rediss:// URL without TLS options; verify the server's certificate by default.
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

