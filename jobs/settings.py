@@ -31,6 +31,8 @@ class Settings(BaseModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Seconds a delivered shard may run before Redis hands it to another worker: longer than the longest shard.
     visibility_timeout: Annotated[int, Field(ge=10)] = 3600
+    # Seconds a worker told to stop (SIGTERM) waits for its running shard before handing the rest back.
+    shutdown_timeout: Annotated[int, Field(ge=0)] = 600
     shard_max_requests: Annotated[int, Field(ge=1)] = 256
     shard_max_tokens: Annotated[int, Field(ge=1)] = 1 << 20
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "dscbatch"

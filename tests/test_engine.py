@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
-import os
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer
-
 from dscbatch.jobs.errors import EngineError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir, is_mislabelled
 from dscbatch.jobs.requests import Params
 from dscbatch.workers.engine import Engine, EngineRequest
+from tokenizers import Tokenizer
 
-# CI exports DSCBATCH_TEST_TOKENIZER_DIR; DSCBATCH_TOKENIZER_DIR wins where both are set.
-TOKENIZER_DIR = Path(os.environ.get("DSCBATCH_TOKENIZER_DIR") or os.environ.get("DSCBATCH_TEST_TOKENIZER_DIR")
-                     or "/work/shared/models/deepseek-coder-6.7b-instruct")
-BOS, EOT, FIM_BEGIN = 32013, 32021, 32016
-PROMPT = [BOS, 1551, 267, 10942]  # "def f():"
+from .conftest import OFFICIAL, TOKENIZER_DIR
+
+# Ids come from the tokenizer under test (the official one, or the fallback where it is absent).
+REFERENCE = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+BOS, EOT, FIM_BEGIN = (REFERENCE.token_to_id(t) for t in ("<｜begin▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>"))
+PROMPT = [BOS, *REFERENCE.encode("def f():", add_special_tokens=False).ids]
 GREEDY = Params(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 pytestmark = [
@@ -34,31 +31,15 @@ pytestmark = [
 ]
 
 
-def _load_make_tiny_model() -> Any:
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_tiny_model.py"
-    spec = importlib.util.spec_from_file_location("make_tiny_model", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def reference() -> Tokenizer:
-    """The ids every path must reproduce: the tokenizers library on the official tokenizer.json."""
-    return Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+    """The ids every path must reproduce: the tokenizers library on the original tokenizer.json."""
+    return REFERENCE
 
 
 @pytest.fixture(scope="module")
-def fixed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return faithful_tokenizer_dir(TOKENIZER_DIR, tmp_path_factory.mktemp("tokenizers"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out: Path = _load_make_tiny_model().build_tiny_model(TOKENIZER_DIR, tmp_path_factory.mktemp("models") / "tiny")
-    return out
+def fixed_dir(deepseek_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return faithful_tokenizer_dir(deepseek_dir, tmp_path_factory.mktemp("tokenizers"))
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +60,15 @@ def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 # -- the faithful tokenizer directory (fast) ------------------------------------------------------------------
 
 
-def test_the_official_tokenizer_is_mislabelled_and_the_copy_is_not(fixed_dir: Path) -> None:
-    assert is_mislabelled(TOKENIZER_DIR)
-    assert fixed_dir != TOKENIZER_DIR
+def test_the_official_tokenizer_is_mislabelled_and_the_copy_is_not(deepseek_dir: Path, fixed_dir: Path) -> None:
+    assert is_mislabelled(deepseek_dir)
+    assert fixed_dir != deepseek_dir
     assert not is_mislabelled(fixed_dir)
     assert faithful_tokenizer_dir(fixed_dir) == fixed_dir
 
 
-def test_the_corrected_copy_is_written_once(fixed_dir: Path) -> None:
-    assert faithful_tokenizer_dir(TOKENIZER_DIR, fixed_dir.parent) == fixed_dir
+def test_the_corrected_copy_is_written_once(deepseek_dir: Path, fixed_dir: Path) -> None:
+    assert faithful_tokenizer_dir(deepseek_dir, fixed_dir.parent) == fixed_dir
     assert [p.name for p in fixed_dir.parent.iterdir() if p.name.startswith(".")] == []  # no temp dirs left
 
 
@@ -96,7 +77,10 @@ def test_auto_tokenizer_encodes_like_the_tokenizers_library(fixed_dir: Path, ref
 
     tokenizer = AutoTokenizer.from_pretrained(fixed_dir)
     assert tokenizer.encode("def f():") == PROMPT
-    for text in ["\tif x:\n    return 'é✓'\n", "<｜fim▁begin｜>a<｜fim▁hole｜>b<｜fim▁end｜>", "x<|EOT|>", "  中文 𝔘\r\n"]:
+    if OFFICIAL:
+        assert PROMPT == [32013, 1551, 267, 10942] and (EOT, FIM_BEGIN) == (32021, 32016)
+    texts = ["\tif x:\n    return 'é✓'\n", "<｜fim▁begin｜>a<｜fim▁hole｜>b<｜fim▁end｜>", "x<|EOT|>", "  中文 𝔘\r\n"]
+    for text in texts:
         ids = tokenizer.encode(text)
         assert ids == [BOS, *reference.encode(text, add_special_tokens=False).ids]
         assert tokenizer.decode(ids[1:]) == text == reference.decode(ids[1:], skip_special_tokens=False)
@@ -180,12 +164,12 @@ def test_a_batch_vllm_refuses_is_retried_one_by_one(engine: Engine, monkeypatch:
     real_generate = engine.llm.generate
 
     def picky_generate(prompts: list[Any], *args: Any, **kwargs: Any) -> Any:
-        if any(7777 in p["prompt_token_ids"] for p in prompts):
-            raise VLLMValidationError("token 7777 refused")
+        if any(777 in p["prompt_token_ids"] for p in prompts):
+            raise VLLMValidationError("token 777 refused")
         return real_generate(prompts, *args, **kwargs)
 
     monkeypatch.setattr(engine.llm, "generate", picky_generate)
-    results = engine.generate([_request("a", PROMPT), _request("bad", [BOS, 7777]), _request("b", [BOS, 5])])
+    results = engine.generate([_request("a", PROMPT), _request("bad", [BOS, 777]), _request("b", [BOS, 5])])
     assert [r.error.code if r.error else None for r in results] == [None, "invalid_request", None]
     assert results[0].outputs == engine.generate([_request("a", PROMPT)])[0].outputs
 
