@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reader import make_file  # noqa: E402
+from reader import make_file
 
-from dscbatch.jobs.reader import check_file  # noqa: E402
-from dscbatch.jobs.settings import Settings  # noqa: E402
-from dscbatch.jobs.store import JobStore  # noqa: E402
-from dscbatch.jobs.submission import SubmitOptions, submit_job  # noqa: E402
-from dscbatch.workers.embedded import free_port, start_redis, stop_process  # noqa: E402
+from dscbatch.jobs.reader import check_file
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.submission import SubmitOptions, submit_job
+from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
+
 from dscbatch.cli.progress import wait_for_job
 from dscbatch.jobs.errors import DscbatchError, InvalidInputError, RequestError, SettingsError
 from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_valid
@@ -230,18 +231,29 @@ def retry(ctx: click.Context, job_id: str) -> None:
 @cli.command()
 @model_option
 @engine_arg_option
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="Serve /metrics on this port.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus /metrics (and /healthz) on this port.")
 @click.pass_context
 def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None) -> None:
     """Start one vLLM engine and serve the model's queue."""
+    from dscbatch.monitoring.worker_metrics import serve_worker_metrics
     from dscbatch.workers.worker import run_worker
 
     logging.getLogger().setLevel(logging.INFO)
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
+    metrics = None if metrics_port is None else serve_worker_metrics(metrics_port, _settings(ctx), model)
+    run_worker(_settings(ctx), model, _key_values(engine_args, "--engine-arg"), observer=metrics)
 
-        start_http_server(metrics_port)
-    run_worker(_settings(ctx), model, _key_values(engine_args, "--engine-arg"))
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="Serve /metrics on this port.")
+@click.option("--recent-jobs", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Finished jobs to report per-job series for, besides every unfinished one.")
+@click.pass_context
+def exporter(ctx: click.Context, port: int, recent_jobs: int) -> None:
+    """Serve the cluster view from Redis (queues, jobs, workers) as Prometheus metrics."""
+    from dscbatch.monitoring.exporter import run_exporter
+
+    run_exporter(_store(ctx), port, recent_jobs)
 
 
 @cli.command()

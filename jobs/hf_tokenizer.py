@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dscbatch.jobs.errors import ModelFilesError
 from tokenizers import Tokenizer, processors
+
+from dscbatch.jobs.errors import ModelFilesError
 
 FIXED_CLASS = "PreTrainedTokenizerFast"
 # Classes that transformers 5 rebuilds as SentencePiece-style tokenizers, ignoring tokenizer.json's pipeline.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import fsspec
+
 from dscbatch.jobs.errors import DscbatchError
 from dscbatch.jobs.results import ItemInfo, result_line
 from dscbatch.jobs.store import JobStatus, JobStore

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from dscbatch.jobs.errors import InvalidInputError
 from dscbatch.jobs.requests import (
     MODEL_BY_TYPE,
@@ -27,7 +29,6 @@ from dscbatch.jobs.requests import (
     Request,
     request_from_openai,
 )
-from pydantic import ValidationError
 
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_REPORTED_PROBLEMS = 20

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from dscbatch.jobs.errors import SettingsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dscbatch.jobs.errors import SettingsError
 
 ENV_PREFIX = "DSCBATCH_"
 # Reserved for the test suite's own variables, which are not settings.

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
+
 from dscbatch.jobs.errors import BrokerError, JobNotFoundError
 from dscbatch.jobs.settings import Settings
-from redis.typing import EncodableT, FieldT
 
 # KEYS: results, job, failed. ARGV: flat groups of (index, line, outcome, prompt, completion, cached) where
 # outcome is "done", "failed" (stays failed) or "retryable" (failed, and ``retry`` may run it again).
@@ -176,7 +177,18 @@ class JobStore:
         return int(self.client.hincrby(self.job_key(job_id), "shards", count)) - count
 
     def status(self, job_id: str) -> JobStatus:
-        raw = cast(dict[bytes, bytes], self.client.hgetall(self.job_key(job_id)))
+        return self._status(job_id, cast(dict[bytes, bytes], self.client.hgetall(self.job_key(job_id))))
+
+    def statuses(self, job_ids: Sequence[str]) -> list[JobStatus]:
+        """The status of each job in one round trip, leaving out jobs that no longer exist."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.job_key(job_id))
+        found = zip(job_ids, cast(list[dict[bytes, bytes]], pipe.execute()), strict=True)
+        return [self._status(job_id, raw) for job_id, raw in found if b"total" in raw]
+
+    @staticmethod
+    def _status(job_id: str, raw: dict[bytes, bytes]) -> JobStatus:
         if not raw or b"total" not in raw:
             raise JobNotFoundError(f"no job {job_id!r} in Redis (see `dscbatch list`)")
         values = {key.decode(): value.decode() for key, value in raw.items()}
@@ -216,6 +228,25 @@ class JobStore:
             if value is not None:
                 found[key.decode().rsplit(":", 1)[-1]] = json.loads(cast(bytes, value))
         return found
+
+    def claim(self, worker: str, job_id: str, shard_key: str) -> None:
+        """Note that ``worker`` runs the shard, so that it can be requeued if the worker dies."""
+        self.client.hset(f"{self.prefix}:claims", worker, json.dumps({"job": job_id, "shard": shard_key}))
+
+    def release(self, worker: str) -> bool:
+        """Drop ``worker``'s claim; True for the one caller that removed it (the owner, or one reaper)."""
+        return bool(self.client.hdel(f"{self.prefix}:claims", worker))
+
+    def orphaned_claims(self) -> list[tuple[str, str, str]]:
+        """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""
+        claims = cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}:claims"))
+        orphans = []
+        for worker, value in claims.items():
+            name = worker.decode()
+            if not self.client.exists(f"{self.prefix}:worker:{name}"):
+                claim = json.loads(value)
+                orphans.append((name, claim["job"], claim["shard"]))
+        return orphans
 
     # Results
 

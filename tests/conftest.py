@@ -17,10 +17,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from tokenizers import Tokenizer
+
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
-from tokenizers import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_TOKENIZER = ROOT.parent / "shared" / "models" / "deepseek-coder-6.7b-instruct"
@@ -83,12 +84,13 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "DSCBATCH_SHARD_MAX_REQUESTS": str(settings.shard_max_requests)}
 
 
-def start_worker(settings: Settings, store: JobStore, model: Path, log: Path) -> subprocess.Popen[bytes]:
-    """A real ``dscbatch worker`` process, returned once its heartbeat says the engine is up."""
+def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A real ``dscbatch worker`` process (``args`` added to its command line), returned once its heartbeat says
+    the engine is up."""
     before = set(store.workers())
     with log.open("wb") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", str(model)],
+            [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", str(model), *args],
             stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings), start_new_session=True)
     deadline = time.monotonic() + WORKER_START_SECONDS
     while time.monotonic() < deadline:
@@ -102,9 +104,16 @@ def start_worker(settings: Settings, store: JobStore, model: Path, log: Path) ->
 
 
 @pytest.fixture(scope="session")
-def worker(settings: Settings, store: JobStore, tiny_model: Path,
+def worker_metrics_port() -> int:
+    """Where the shared worker serves /metrics and /healthz."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, store: JobStore, tiny_model: Path, worker_metrics_port: int,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
     """The session's one shared worker (one vLLM engine for the whole suite)."""
-    process = start_worker(settings, store, tiny_model, tmp_path_factory.mktemp("worker") / "worker.log")
+    process = start_worker(settings, store, tiny_model, tmp_path_factory.mktemp("worker") / "worker.log",
+                           "--metrics-port", str(worker_metrics_port))
     yield process
     stop_process(process)

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizers import Tokenizer
+
 from dscbatch.jobs.errors import EngineError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir, is_mislabelled
 from dscbatch.jobs.requests import Params
 from dscbatch.workers.engine import Engine, EngineRequest
-from tokenizers import Tokenizer
 
 from .conftest import OFFICIAL, TOKENIZER_DIR
 
@@ -158,20 +159,30 @@ def test_a_bad_request_fails_alone(engine: Engine) -> None:
 
 
 @pytest.mark.engine
-def test_a_batch_vllm_refuses_is_retried_one_by_one(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_vllm_refuses_fails_alone(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     from vllm.exceptions import VLLMValidationError
 
-    real_generate = engine.llm.generate
+    real_add = engine.llm.llm_engine.add_request
 
-    def picky_generate(prompts: list[Any], *args: Any, **kwargs: Any) -> Any:
-        if any(777 in p["prompt_token_ids"] for p in prompts):
+    def picky_add(request_id: str, prompt: Any, *args: Any, **kwargs: Any) -> Any:
+        if 777 in prompt["prompt_token_ids"]:
             raise VLLMValidationError("token 777 refused")
-        return real_generate(prompts, *args, **kwargs)
+        return real_add(request_id, prompt, *args, **kwargs)
 
-    monkeypatch.setattr(engine.llm, "generate", picky_generate)
+    monkeypatch.setattr(engine.llm.llm_engine, "add_request", picky_add)
     results = engine.generate([_request("a", PROMPT), _request("bad", [BOS, 777]), _request("b", [BOS, 5])])
     assert [r.error.code if r.error else None for r in results] == [None, "invalid_request", None]
+    assert results[1].error is not None and "token 777 refused" in results[1].error.message
     assert results[0].outputs == engine.generate([_request("a", PROMPT)])[0].outputs
+
+
+@pytest.mark.engine
+def test_results_stream_as_they_finish_and_closing_aborts_the_rest(engine: Engine) -> None:
+    short, long = GREEDY.model_copy(update={"max_tokens": 2}), GREEDY.model_copy(update={"max_tokens": 200})
+    stream = engine.stream([_request("long", PROMPT, long), _request("short", PROMPT, short)])
+    assert next(stream).key == "short"
+    stream.close()
+    assert not engine.llm.llm_engine.has_unfinished_requests()
 
 
 @pytest.mark.engine

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizers import Tokenizer
+
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
-from tokenizers import Tokenizer
 
 from .conftest import ROOT, worker_env
 

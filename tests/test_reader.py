@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from dscbatch.jobs.errors import InvalidInputError
-from dscbatch.jobs.reader import check_file, read_lines, require_valid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from dscbatch.jobs.errors import InvalidInputError
+from dscbatch.jobs.reader import check_file, read_lines, require_valid
 
 
 def write(tmp_path: Path, data: bytes | str, name: str = "in.jsonl") -> Path:

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
 from dscbatch.jobs.errors import RequestError
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import (
@@ -20,7 +22,6 @@ from dscbatch.jobs.requests import (
     RepoTarget,
 )
 from dscbatch.jobs.tokenizer import ModelTokenizer
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from .conftest import OFFICIAL
 

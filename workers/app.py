@@ -6,14 +6,18 @@ There is no result backend: results go to the job store in Redis, exactly once p
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
+
 from dscbatch.jobs.errors import SettingsError
 from dscbatch.jobs.settings import Settings
 
 RUN_SHARD = "dscbatch.run_shard"
+# Message header: when the shard was queued (Unix seconds); the exporter reports the oldest pending one's age.
+ENQUEUED_HEADER = "dscbatch_enqueued"
 
 
 def make_app(settings: Settings) -> Celery:
@@ -52,4 +56,5 @@ def require_json_only(app: Celery) -> None:
 
 
 def enqueue_shard(app: Celery, queue: str, job_id: str, shard_key: str, **options: Any) -> None:
-    app.send_task(RUN_SHARD, args=[job_id, shard_key], queue=queue, **options)
+    app.send_task(RUN_SHARD, args=[job_id, shard_key], queue=queue, headers={ENQUEUED_HEADER: time.time()},
+                  **options)

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+
 from dscbatch.jobs.errors import BrokerError, EngineError
 
 REDIS_START_SECONDS = 20

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from dscbatch.jobs.errors import EngineError, RequestError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir
@@ -64,7 +67,9 @@ def running_on_cpu() -> bool:
 
 def default_engine_args(model: str, on_cpu: bool) -> dict[str, Any]:
     """The engine arguments dscbatch uses unless the caller overrides them."""
-    args: dict[str, Any] = {"model": model, "enable_prefix_caching": True}
+    # Stats on: vllm.LLM turns them off by default, and the worker's /metrics re-exports them (prefix cache
+    # hits, KV-cache usage, running and waiting requests).
+    args: dict[str, Any] = {"model": model, "enable_prefix_caching": True, "disable_log_stats": False}
     if on_cpu:
         # Eager mode: torch.compile adds ~40 s to every start on the CPU for no gain on small models.
         args.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
@@ -91,12 +96,6 @@ def _check_engine_args(engine_args: Mapping[str, Any]) -> None:
                           + (f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if unknown[1:] else ""))
 
 
-def _is_engine_dead(error: BaseException) -> bool:
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    return isinstance(error, EngineDeadError)
-
-
 class Engine:
     """One vLLM engine (started once, in child processes); not thread-safe."""
 
@@ -116,6 +115,8 @@ class Engine:
         except Exception as error:  # vLLM raises many kinds at start; all mean "no engine"
             raise EngineError(f"the vLLM engine for {model} failed to start: {type(error).__name__}: {error}") \
                 from error
+        self._children = psutil.Process().children(recursive=True)
+        self._request_numbers = itertools.count()
         self.max_model_len = int(self._llm.model_config.max_model_len)
         self.vocab_size = int(self._llm.model_config.get_vocab_size())
 
@@ -128,37 +129,44 @@ class Engine:
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
         """Results in the order of ``requests``; a request vLLM refuses gets an error, the others still run."""
-        results: list[EngineResult | None] = [None] * len(requests)
-        runnable: list[tuple[int, Any]] = []
-        for index, request in enumerate(requests):
-            try:
-                runnable.append((index, self._sampling_params(request)))
-            except RequestError as error:
-                results[index] = _failed(request, error)
+        by_key = {result.key: result for result in self.stream(requests)}
+        return [by_key[request.key] for request in requests]
+
+    def stream(self, requests: Iterable[EngineRequest],
+               should_stop: Callable[[], bool] | None = None) -> Generator[EngineResult, None, None]:
+        """Each request's result as soon as it finishes, in finishing order.
+
+        Requests go to the engine one by one, so one that vLLM refuses becomes that request's error and
+        never fails the others. Closing the iterator early, or ``should_stop()`` turning true (checked
+        after every engine step), aborts what is still running.
+        """
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        running: dict[str, tuple[EngineRequest, Any]] = {}
         try:
-            outputs = self._run([requests[i] for i, _ in runnable], [sp for _, sp in runnable])
-        except EngineError:
-            raise
-        except Exception:
-            # vLLM refused something we did not foresee: run one at a time to pin it on one request.
-            self._drain()
-            outputs = []
-            for index, params in runnable:
+            for request in requests:
+                request_id = f"{request.key}#{next(self._request_numbers)}"
                 try:
-                    outputs.extend(self._run([requests[index]], [params]))
-                except EngineError:
-                    raise
+                    params = self._sampling_params(request)
+                    engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
+                                       params)
+                except RequestError as error:
+                    yield _failed(request, error)
+                    continue
                 except Exception as error:
-                    self._drain()
-                    results[index] = _failed(requests[index], _request_error(error))
-                    outputs.append(None)
-        for (index, params), output in zip(runnable, outputs, strict=True):
-            if output is not None:
-                results[index] = self._result(requests[index], params, output)
-        done = [result for result in results if result is not None]
-        if len(done) != len(requests):  # cannot happen: every index gets a result or an error above
-            raise EngineError(f"{len(requests) - len(done)} requests got neither a result nor an error")
-        return done
+                    self._raise_if_dead(error)
+                    yield _failed(request, _request_error(error))
+                    continue
+                running[request_id] = (request, params)
+            while running and not (should_stop is not None and should_stop()):
+                for output in self._step():
+                    if output.finished and output.request_id in running:
+                        request, params = running.pop(output.request_id)
+                        yield self._result(request, params, output)
+        finally:
+            if running:
+                engine.abort_request(list(running))
 
     def close(self) -> None:
         """Stop the engine's child processes; the engine cannot be used afterwards."""
@@ -166,30 +174,24 @@ class Engine:
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
 
-    def _run(self, requests: Sequence[EngineRequest], params: Sequence[Any]) -> list[Any]:
-        if not requests:
-            return []
-        from vllm.inputs import TokensPrompt
+    def alive(self) -> bool:
+        """Whether every process the engine started is still running (a killed child never answers again)."""
+        return all(process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+                   for process in self._children)
 
-        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
+    def _step(self) -> list[Any]:
         try:
-            outputs: list[Any] = self.llm.generate(prompts, list(params), use_tqdm=False)
+            return list(self.llm.llm_engine.step())
         except Exception as error:
-            if _is_engine_dead(error):
-                raise EngineError(f"the vLLM engine died: {error}") from error
-            raise
-        if len(outputs) != len(requests):
-            raise EngineError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
-        return outputs
-
-    def _drain(self) -> None:
-        """Finish whatever a failed ``generate`` left in the engine, so its outputs cannot leak into the next."""
-        engine = self.llm.llm_engine
-        try:
-            while engine.has_unfinished_requests():
-                engine.step()
-        except Exception as error:
+            self._raise_if_dead(error)
             raise EngineError(f"the vLLM engine failed: {type(error).__name__}: {error}") from error
+
+    @staticmethod
+    def _raise_if_dead(error: Exception) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if isinstance(error, EngineDeadError):
+            raise EngineError(f"the vLLM engine died: {error}") from error
 
     def _sampling_params(self, request: EngineRequest) -> Any:
         """vLLM's SamplingParams for a request, or a RequestError saying why it cannot run."""
@@ -209,12 +211,15 @@ class Engine:
         sampling["stop"] = list(fields["stop"] or [])
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
+        from vllm.sampling_params import RequestOutputKind
 
         try:
             return SamplingParams(
                 **sampling, stop_token_ids=list(request.stop_token_ids),
                 # Only stop strings need vLLM's text; ours comes from the tokenizers library.
                 detokenize=bool(sampling["stop"]),
+                # One output per request, once all its n completions are done (as LLM.generate asks).
+                output_kind=RequestOutputKind.FINAL_ONLY,
             )
         except (ValueError, TypeError, VLLMClientError) as error:  # VLLMValidationError is no ValueError
             raise RequestError("invalid_request", str(error)) from error

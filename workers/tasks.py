@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+
 from dscbatch.jobs.errors import EngineError
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.workers.app import RUN_SHARD
 from dscbatch.workers.engine import Engine, EngineRequest, EngineResult
+from dscbatch.workers.observer import WorkerObserver
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +45,67 @@ def _entry(payload: dict[str, Any], item: dict[str, Any], result: EngineResult) 
                        usage.cached_prompt_tokens)
 
 
+# Results reach Redis at least this often while a shard runs, so a stopped worker loses little work.
+RECORD_EVERY_SECONDS = 1.0
+
+Requeue = Callable[[str, str], None]  # (job id, shard key): put the shard back on its queue
+
+
 class ShardRunner:
-    def __init__(self, store: JobStore, engine: Engine) -> None:
+    """Runs shards one at a time; told to stop, it hands the rest of a long shard back within a bound."""
+
+    def __init__(self, store: JobStore, engine: Engine, observer: WorkerObserver | None = None,
+                 requeue: Requeue | None = None, name: str = "") -> None:
+        self.name = name  # the worker's hostname, under which it claims the shard it runs
         self.store = store
         self.engine = engine
+        self.observer = observer or WorkerObserver()
+        self.requeue = requeue
+        self.stop_at: float | None = None
+
+    def stop_within(self, seconds: float) -> None:
+        """Finish the running shard if it ends within ``seconds``; else store what is done and requeue it."""
+        self.stop_at = time.monotonic() + seconds
+
+    def _must_stop(self) -> bool:
+        return self.stop_at is not None and time.monotonic() >= self.stop_at
 
     def run(self, job_id: str, shard_key: str) -> ShardReport:
+        started = time.monotonic()
         payload = self.store.load_shard(shard_key)
         if payload is None or self.store.is_cancelled(job_id):
             log.info("skipping %s: job deleted or cancelled", shard_key)
             return ShardReport(0, 0, 0)
         items = payload["items"]
         settled = self.store.settled(job_id, [item["i"] for item in items])
-        todo = [item for item in items if item["i"] not in settled]
-        requests = [EngineRequest(str(item["i"]), item["ids"], Params.model_validate(item["params"]), payload["stop"])
-                    for item in todo]
-        results = self.engine.generate(requests) if requests else []
-        stored = self.store.record(job_id, [_entry(payload, item, result) for item, result in zip(todo, results,
-                                                                                                strict=True)])
+        todo = {str(item["i"]): item for item in items if item["i"] not in settled}
+        requests = [EngineRequest(key, item["ids"], Params.model_validate(item["params"]), payload["stop"])
+                    for key, item in todo.items()]
+        self.observer.shard_started(job_id, len(requests))
+        self.store.claim(self.name, job_id, shard_key)
+        results: list[EngineResult] = []
+        entries: list[ResultEntry] = []
+        stored = 0
+        recorded_at = time.monotonic()
+        stream = self.engine.stream(requests, should_stop=self._must_stop)
+        try:
+            for result in stream:
+                results.append(result)
+                entries.append(_entry(payload, todo[result.key], result))
+                if time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
+                    stored += self.store.record(job_id, entries)
+                    entries, recorded_at = [], time.monotonic()
+        finally:
+            stream.close()
+            stored += self.store.record(job_id, entries)
+            self.store.release(self.name)
+        self.observer.shard_finished(job_id, results, len(settled), time.monotonic() - started)
+        if len(results) < len(requests):
+            if self.requeue is None:
+                raise EngineError(f"{shard_key} stopped with {len(requests) - len(results)} items left")
+            self.requeue(job_id, shard_key)
+            log.warning("%s: stopping; %d items stored, the other %d handed back to the queue", shard_key,
+                        len(results), len(requests) - len(results))
         log.info("%s: %d items, %d already done, %d stored", shard_key, len(items), len(settled), stored)
         return ShardReport(len(items), len(settled), stored)
 

@@ -9,47 +9,48 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis
+from celery import signals
+
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import queue_name
 from dscbatch.jobs.tokenizer import model_name
-from dscbatch.workers.app import make_app, require_json_only
+from dscbatch.workers.app import enqueue_shard, make_app, require_json_only
 from dscbatch.workers.engine import Engine
+from dscbatch.workers.liveness import Heartbeat
+from dscbatch.workers.observer import WorkerObserver
 from dscbatch.workers.tasks import ShardRunner, register_tasks
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10
-
-
-def _heartbeat(store: JobStore, hostname: str, info: dict[str, Any], stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            store.beat(hostname, {**info, "seen": time.time()}, ttl=3 * HEARTBEAT_SECONDS)
-        except redis.RedisError:
-            log.warning("heartbeat to Redis failed; retrying", exc_info=True)
-        stop.wait(HEARTBEAT_SECONDS)
-
-
-def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], loglevel: str = "INFO") -> None:
+def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], loglevel: str = "INFO",
+               observer: WorkerObserver | None = None) -> None:
+    observer = observer or WorkerObserver()
     app = make_app(settings)
     require_json_only(app)
     store = JobStore.connect(settings)
     queue = queue_name(settings.key_prefix, model)
     log.info("starting the engine for %s (queue %s, Redis %s)", model, queue, settings.redacted_redis_url)
+    starting = time.monotonic()
     engine = Engine(model, engine_args)
+    observer.engine_started(time.monotonic() - starting)
     hostname = f"{model_name(model)}@{socket.gethostname()}-{os.getpid()}"
-    stop = threading.Event()
+
+    def requeue(job_id: str, shard_key: str) -> None:
+        enqueue_shard(app, queue, job_id, shard_key)
+
+    runner = ShardRunner(store, engine, observer, requeue, hostname)
+    # SIGTERM starts Celery's warm shutdown, which would wait for the running shard without a bound.
+    signals.worker_shutting_down.connect(lambda **_: runner.stop_within(settings.shutdown_timeout), weak=False)
     info = {"model": model_name(model), "queue": queue, "pid": os.getpid(), "started": time.time()}
-    threading.Thread(target=_heartbeat, args=(store, hostname, info, stop), daemon=True).start()
+    heartbeat = Heartbeat(store, hostname, info, engine, observer, requeue)
+    heartbeat.start()
     try:
-        register_tasks(app, ShardRunner(store, engine))
+        register_tasks(app, runner)
         worker = app.Worker(
             hostname=hostname,
             pool_cls="solo", concurrency=1, queues=[queue], loglevel=loglevel,
@@ -57,5 +58,5 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
         )
         worker.start()
     finally:
-        stop.set()
+        heartbeat.stop()
         engine.close()

@@ -1,0 +1,66 @@
+"""The worker's heartbeat thread: tells Redis the worker is alive, watches the engine, requeues orphans.
+
+A worker that is SIGKILLed leaves its shard unacknowledged; Redis would hand it out again only after the
+visibility timeout (an hour by default). Each shard a worker runs is claimed in Redis instead, and every
+live worker's heartbeat requeues the claims of workers whose heartbeat expired, within about
+``HEARTBEAT_TTL_SECONDS + HEARTBEAT_SECONDS``. Results are stored first-wins, so a shard run twice (the
+requeued copy and the later redelivery) still leaves one result per item.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import redis
+
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.engine import Engine
+from dscbatch.workers.observer import WorkerObserver
+from dscbatch.workers.tasks import ENGINE_DIED_EXIT, Requeue
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10
+# After this long without a heartbeat a worker counts as gone: its Redis key expires, /healthz answers 503.
+HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Engine,
+                 observer: WorkerObserver, requeue: Requeue) -> None:
+        super().__init__(name="dscbatch-heartbeat", daemon=True)
+        self.store = store
+        self.hostname = hostname
+        self.info = info
+        self.engine = engine
+        self.observer = observer
+        self.requeue = requeue
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            if not self.engine.alive():
+                # A dead engine child never answers: the shard in flight would wait forever. Exit instead;
+                # the claim is requeued by the next worker's heartbeat.
+                log.critical("the vLLM engine's process died; exiting with status %d", ENGINE_DIED_EXIT)
+                os._exit(ENGINE_DIED_EXIT)
+            try:
+                self.store.beat(self.hostname, {**self.info, "seen": time.time()}, ttl=HEARTBEAT_TTL_SECONDS)
+                self.observer.heartbeat(HEARTBEAT_TTL_SECONDS)
+                self.requeue_orphans()
+            except redis.RedisError:
+                log.warning("heartbeat to Redis failed; retrying", exc_info=True)
+            self.stopping.wait(HEARTBEAT_SECONDS)
+
+    def requeue_orphans(self) -> None:
+        for worker, job_id, shard_key in self.store.orphaned_claims():
+            if self.store.release(worker):  # only one live worker wins each orphan
+                log.warning("worker %s is gone; requeueing its shard %s", worker, shard_key)
+                self.requeue(job_id, shard_key)
+
+    def stop(self) -> None:
+        self.stopping.set()
