@@ -97,4 +97,9 @@ def result_line(item: ItemInfo, *, model: str, job_id: str, created: int, output
         record = _openai(item, model, job_id, outputs, usage, error, created)
     else:
         record = _native(item, model, outputs, usage, error)
-    return json.dumps(record, ensure_ascii=False)
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800") can only be written escaped
+        line = json.dumps(record)
+    return line

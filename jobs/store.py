@@ -172,6 +172,12 @@ class JobStore:
         pipe.execute()
         self.record(job_id, [])  # marks the job finished when submission already settled every item
 
+    def delete_job(self, job_id: str) -> None:
+        """Remove every key of the job (a refused submission leaves nothing behind)."""
+        keys = list(self.client.scan_iter(f"{self.job_key(job_id)}:*", count=1000))
+        self.client.delete(self.job_key(job_id), *keys)
+        self.client.zrem(f"{self.prefix}:jobs", job_id)
+
     def add_shards(self, job_id: str, count: int) -> int:
         """Reserve ``count`` new shard numbers; returns the first."""
         return int(self.client.hincrby(self.job_key(job_id), "shards", count)) - count

@@ -14,8 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dscbatch.jobs.errors import RequestError
-from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_valid
+from dscbatch.jobs.errors import InvalidInputError, RequestError
+from dscbatch.jobs.reader import (
+    DEFAULT_MAX_LINE_BYTES,
+    MAX_REPORTED_PROBLEMS,
+    check_file,
+    read_lines,
+    require_valid,
+)
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.results import ItemInfo, result_line
@@ -84,6 +90,7 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     header = {"job": job_id, "model": name, "stop": tokenizer.stop_token_ids, "created": created}
     shards = _ShardBuilder(store, job_id, header, options)
     errors: list[ResultEntry] = []
+    refused: list[str] = []
     total = 0
     for index, line in enumerate(read_lines(path, max_line_bytes=options.max_line_bytes)):
         total = index + 1
@@ -97,6 +104,9 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
                 raise RequestError("invalid_request", "; ".join(f"{p.field}: {p.message}" for p in line.problems))
             rendered = renderer.render(request)
         except RequestError as error:
+            if not options.skip_invalid:  # strict: a line the model cannot serve refuses the job too
+                refused.append(f"{path}:{line.number}: {kind}: {error.code}: {error.message}")
+                continue
             text = result_line(info, model=name, job_id=job_id, created=created, error_code=error.code,
                                error_message=error.message)
             errors.append(ResultEntry(index, text, "failed"))
@@ -113,6 +123,9 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
         if options.echo_prompt:
             item["prompt"] = rendered.prompt
         shards.add(item)
+    if refused:
+        store.delete_job(job_id)
+        raise InvalidInputError(refused[:MAX_REPORTED_PROBLEMS], len(refused))
     shards.flush()
     store.record(job_id, errors)
     queue = queue_name(store.prefix, options.model)

@@ -51,6 +51,8 @@ def start_redis(directory: Path, port: int, *extra: str) -> subprocess.Popen[byt
         try:
             client.ping()
             return process
+        except redis.AuthenticationError:  # answering, and asking for a password it was started with
+            return process
         except redis.ConnectionError:
             time.sleep(0.05)
     stop_process(process)

@@ -1,0 +1,100 @@
+"""Security: pickle on the queue is never executed; passwords and ACL users work and never leak."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.app import RUN_SHARD, make_app
+from dscbatch.workers.embedded import free_port, start_redis, stop_process
+
+from .conftest import ROOT
+from .test_pipeline import dscbatch, wait_settled
+
+PASSWORD = "s3cret-Pa55word"
+ACL_PASSWORD = "acl-Pa55word-7"
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.engine
+def test_a_pickled_message_on_the_queue_is_rejected_and_never_executed(
+        settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    queue = f"{settings.key_prefix}.{tiny_model.name}"
+    app = make_app(settings)
+    with app.connection_for_write() as connection:
+        connection.Producer().publish(
+            ((_Exploit(marker),), {}, {}), serializer="pickle", routing_key=queue, exchange="",
+            headers={"task": RUN_SHARD, "id": str(uuid.uuid4()), "lang": "py"})
+    # A normal job behind it on the same queue completes: the worker went past the pickle and still runs.
+    path = tmp_path / "after.jsonl"
+    path.write_text('{"id": "after", "prompt": "x", "params": {"max_tokens": 2}}\n')
+    job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1]
+    wait_settled(store, job_id)
+    assert not marker.exists()
+    assert pickle.dumps(_Exploit(marker))  # the payload was a real exploit
+
+
+@pytest.fixture(scope="module")
+def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A redis-server with a password and an ACL user that may only touch dscbatch's keys."""
+    port = free_port()
+    directory = tmp_path_factory.mktemp("locked-redis")
+    process = start_redis(directory, port, "--requirepass", PASSWORD, "--user", "default", "on", f">{PASSWORD}",
+                          "~*", "&*", "+@all", "--user", "batch", "on", f">{ACL_PASSWORD}", "~dscbatch*",
+                          "~_kombu*", "~unacked*", "&*", "+@all", "-@dangerous", "+info")
+    yield port
+    stop_process(process)
+
+
+def _settings(url: str) -> Settings:
+    return Settings(redis_url=url)
+
+
+@pytest.mark.parametrize("credentials", [f":{PASSWORD}", f"batch:{ACL_PASSWORD}"], ids=["password", "acl-user"])
+def test_password_and_acl_user_work_and_never_leak(locked_redis: int, credentials: str, deepseek_dir: Path,
+                                                   tmp_path: Path) -> None:
+    settings = _settings(f"redis://{credentials}@127.0.0.1:{locked_redis}/0")
+    submitted = dscbatch(settings, "submit", str(ROOT / "examples" / "prompts.jsonl"), "--model", str(deepseek_dir))
+    job_id = submitted.stdout.split()[-1]
+    shown = dscbatch(settings, "status", job_id, "--json")
+    assert json.loads(shown.stdout)["total"] == 7
+    listed = dscbatch(settings, "list")
+    secret = credentials.split(":")[1]
+    for output in (submitted.stdout, submitted.stderr, shown.stdout, shown.stderr, listed.stdout, listed.stderr):
+        assert secret not in output
+    store = JobStore.connect(settings)
+    assert store.status(job_id).queue == "dscbatch.deepseek-coder-6.7b-instruct"
+    assert all(secret.encode() not in (store.client.get(k) or b"") for k in store.client.scan_iter("dscbatch:worker:*"))
+
+
+def test_a_wrong_password_fails_with_one_clear_line(locked_redis: int, deepseek_dir: Path) -> None:
+    settings = _settings(f"redis://:wrong-{PASSWORD}@127.0.0.1:{locked_redis}/0")
+    result = dscbatch(settings, "list", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: Redis at redis://***@127.0.0.1:{locked_redis}/0 refused the credentials"
+    assert PASSWORD not in result.stderr
+
+
+def test_model_output_is_only_ever_text() -> None:
+    # Nothing in the package evaluates or executes text: no eval/exec/pickle loads anywhere in its code.
+    sources = [p for part in ("jobs", "workers", "cli", "monitoring") for p in (ROOT / part).rglob("*.py")]
+    forbidden = ("eval(", "exec(", "pickle.load", "os.system", "shell=True", "subprocess.call(")
+    offenders = [f"{p}: {word}" for p in sources for word in forbidden if word in p.read_text()]
+    assert offenders == []
