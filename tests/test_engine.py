@@ -131,7 +131,11 @@ def test_sampled_text_decodes_like_the_tokenizers_library(engine: Engine, refere
 def test_stop_tokens_and_stop_strings_end_the_text(engine: Engine, reference: Tokenizer) -> None:
     (plain,) = engine.generate([_request("plain", PROMPT)])[0].outputs
     stop_id = plain.token_ids[2]
-    (by_token,) = engine.generate([_request("t", PROMPT, stop_ids=[stop_id])])[0].outputs
+    # The model's stop tokens end the text unless ignore_eos asks to ignore them.
+    stopping = GREEDY.model_copy(update={"ignore_eos": False})
+    (by_token,) = engine.generate([_request("t", PROMPT, stopping, stop_ids=[stop_id])])[0].outputs
+    (ignored,) = engine.generate([_request("i", PROMPT, stop_ids=[stop_id])])[0].outputs
+    assert ignored.token_ids == plain.token_ids
     assert by_token.finish_reason == "stop"
     assert by_token.token_ids == plain.token_ids[:3]
     assert by_token.text == reference.decode(plain.token_ids[:2])
