@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
 from dscbatch.jobs.errors import BrokerError, JobNotFoundError
@@ -65,6 +67,9 @@ if #indices > 0 then
 end
 return indices
 """
+
+# appendfsync everysec writes the AOF to disk once a second; a little more covers the write in flight.
+AOF_FSYNC_SECONDS = 1.2
 
 JOB_STATES = ("queued", "running", "completed", "completed_with_errors", "cancelled")
 
@@ -129,7 +134,11 @@ class JobStore:
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
         """A store on ``settings.redis_url``, checked with a PING; failures are one readable line."""
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10, health_check_interval=30)
+        # Ride out a Redis restart or a dropped connection (about five minutes of retries) rather than fail
+        # a shard half-way: every write here is idempotent, so a retried command is safe.
+        retry = Retry(ExponentialBackoff(cap=10, base=0.5), retries=40)
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10, health_check_interval=30,
+                                      retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         try:
             client.ping()
         except redis.AuthenticationError:
@@ -177,6 +186,19 @@ class JobStore:
         keys = list(self.client.scan_iter(f"{self.job_key(job_id)}:*", count=1000))
         self.client.delete(self.job_key(job_id), *keys)
         self.client.zrem(f"{self.prefix}:jobs", job_id)
+
+    def confirm_durable(self) -> None:
+        """Return once Redis has written what this client wrote to its append-only file, where it keeps one.
+
+        WAITAOF (Redis 7.2+) confirms the fsync; older servers get one ``appendfsync everysec`` interval.
+        """
+        persistence = self.client.info("persistence")
+        if not persistence.get("aof_enabled"):
+            return
+        try:
+            self.client.execute_command("WAITAOF", 1, 0, 5000)  # type: ignore[no-untyped-call]
+        except redis.ResponseError:
+            time.sleep(AOF_FSYNC_SECONDS)
 
     def add_shards(self, job_id: str, count: int) -> int:
         """Reserve ``count`` new shard numbers; returns the first."""

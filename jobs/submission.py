@@ -137,6 +137,7 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     })
     for key in shards.keys:
         enqueue(queue, job_id, key)
+    store.confirm_durable()  # the job id is reported only once Redis has it on disk
     if progress is not None:
         progress(total)
     return job_id

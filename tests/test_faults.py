@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -19,7 +20,7 @@ import pytest
 
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.embedded import stop_process
+from dscbatch.workers.embedded import free_port, start_redis, stop_process
 from dscbatch.workers.liveness import HEARTBEAT_SECONDS
 from dscbatch.workers.tasks import ENGINE_DIED_EXIT
 
@@ -149,3 +150,68 @@ def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: 
     spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "w2.log")
     wait_until(lambda: fault_store.status(job_id).pending == 0, 600, "the job to complete")
     check_output(fault_settings, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=2000)
+
+
+AOF = ("--appendonly", "yes", "--appendfsync", "everysec")
+
+
+@dataclass
+class CrashableRedis:
+    """A redis-server of this module's own, with an append-only file, that tests may crash and restart."""
+
+    directory: Path
+    port: int
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.processes.append(start_redis(self.directory, self.port, *AOF))
+
+
+@pytest.fixture(scope="module")
+def aof_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashableRedis]:
+    server = CrashableRedis(tmp_path_factory.mktemp("aof-redis"), free_port())
+    server.start()
+    yield server
+    for process in server.processes:
+        stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def aof_settings(aof_redis: CrashableRedis) -> Settings:
+    return Settings(redis_url=f"redis://127.0.0.1:{aof_redis.port}/0", key_prefix="aof", shard_max_requests=4)
+
+
+@pytest.fixture(scope="module")
+def aof_worker(aof_settings: Settings, tiny_model: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_worker(aof_settings, JobStore.connect(aof_settings), tiny_model,
+                           tmp_path_factory.mktemp("aof-worker") / "worker.log")
+    yield process
+    stop_process(process)
+
+
+def test_redis_crash_and_restart_with_aof_mid_job(aof_redis: CrashableRedis, aof_settings: Settings,
+                                                  aof_worker: subprocess.Popen[bytes], tiny_model: Path,
+                                                  tmp_path: Path) -> None:
+    store = JobStore.connect(aof_settings)
+    job_id, path = submit(aof_settings, tiny_model, tmp_path)
+    wait_until(lambda: store.status(job_id).done >= 8, 300, "progress")
+    os.kill(int(store.client.info("server")["process_id"]), signal.SIGKILL)  # a crash, not a clean shutdown
+    time.sleep(2)
+    aof_redis.start()
+    wait_until(lambda: store.status(job_id).pending == 0, 600, "the job to complete after the restart")
+    check_output(aof_settings, store, job_id, path, tiny_model, tmp_path)
+    assert aof_worker.poll() is None  # the worker rode out the outage
+
+
+def test_connections_cut_mid_shard_the_worker_reconnects(aof_settings: Settings,
+                                                         aof_worker: subprocess.Popen[bytes], tiny_model: Path,
+                                                         tmp_path: Path) -> None:
+    store = JobStore.connect(aof_settings)
+    job_id, path = submit(aof_settings, tiny_model, tmp_path)
+    wait_until(lambda: store.status(job_id).done >= 4, 300, "progress")
+    killed = store.client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    wait_until(lambda: store.status(job_id).pending == 0, 600, "the job to complete after the cut")
+    check_output(aof_settings, store, job_id, path, tiny_model, tmp_path)
+    assert aof_worker.poll() is None

@@ -35,6 +35,8 @@ def make_app(settings: Settings) -> Celery:
         # unacknowledged, and Redis hands it out again after the visibility timeout.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A shard that fails unexpectedly stays unacknowledged and comes back, rather than being dropped.
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
