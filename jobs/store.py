@@ -134,18 +134,22 @@ class JobStore:
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
         """A store on ``settings.redis_url``, checked with a PING; failures are one readable line."""
-        # Ride out a Redis restart or a dropped connection (about five minutes of retries) rather than fail
-        # a shard half-way: every write here is idempotent, so a retried command is safe.
-        retry = Retry(ExponentialBackoff(cap=10, base=0.5), retries=40)
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10, health_check_interval=30,
-                                      retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        # The first PING fails fast: a wrong URL, password or certificate is reported at once.
+        probe = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10)
         try:
-            client.ping()
+            probe.ping()
         except redis.AuthenticationError:
             raise BrokerError(f"Redis at {settings.redacted_redis_url} refused the credentials") from None
         except redis.RedisError as error:
             reason = str(error).replace(settings.redis_url, settings.redacted_redis_url)
             raise BrokerError(f"cannot reach Redis at {settings.redacted_redis_url}: {reason}") from None
+        finally:
+            probe.close()
+        # Once connected, ride out a Redis restart or a dropped connection (about five minutes of retries)
+        # rather than fail a shard half-way: every write here is idempotent, so a retried command is safe.
+        retry = Retry(ExponentialBackoff(cap=10, base=0.5), retries=40)
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10, health_check_interval=30,
+                                      retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         return cls(client, settings.key_prefix)
 
     def job_key(self, job_id: str) -> str:

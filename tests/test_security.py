@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from dscbatch.jobs.store import JobStore
 from dscbatch.workers.app import RUN_SHARD, make_app
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
-from .conftest import ROOT
+from .conftest import ROOT, start_worker
 from .test_pipeline import dscbatch, wait_settled
 
 PASSWORD = "s3cret-Pa55word"
@@ -98,3 +99,48 @@ def test_model_output_is_only_ever_text() -> None:
     forbidden = ("eval(", "exec(", "pickle.load", "os.system", "shell=True", "subprocess.call(")
     offenders = [f"{p}: {word}" for p in sources for word in forbidden if word in p.read_text()]
     assert offenders == []
+
+
+def _make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A self-signed CA and a server certificate for 127.0.0.1 signed by it."""
+    ca_key, ca, key, csr, cert = (directory / name for name in ("ca.key", "ca.crt", "server.key", "server.csr",
+                                                                 "server.crt"))
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+        "-subj", "/CN=dscbatch-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    extensions = directory / "san.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out",
+        str(cert), "-days", "2", "-extfile", str(extensions))
+    return ca, cert, key
+
+
+@pytest.mark.engine
+def test_tls_end_to_end_with_a_self_signed_ca(tiny_model: Path, tmp_path: Path) -> None:
+    ca, cert, key = _make_certificates(tmp_path)
+    port = free_port()
+    server = start_redis(tmp_path, port, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+                         "--requirepass", PASSWORD, ping_url=f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}")
+    worker = None
+    try:
+        settings = Settings(redis_url=f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={ca}",
+                            key_prefix="tls")
+        store = JobStore.connect(settings)
+        worker = start_worker(settings, store, tiny_model, tmp_path / "worker.log")
+        path = tmp_path / "tls.jsonl"
+        path.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"x{i}", "params": {"max_tokens": 4}}) + "\n"
+                                for i in range(6)))
+        submitted = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait")
+        status = store.status(submitted.stdout.split()[-1])
+        assert (status.done, status.total) == (6, 6)
+        assert PASSWORD not in submitted.stderr + (tmp_path / "worker.log").read_text()
+        untrusted = dscbatch(settings.model_copy(update={"redis_url": f"rediss://:{PASSWORD}@127.0.0.1:{port}/0"}),
+                             "list", check=False)
+        assert untrusted.returncode == 1 and "certificate verify failed" in untrusted.stderr
+        assert len(untrusted.stderr.strip().splitlines()) == 1 and PASSWORD not in untrusted.stderr
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        stop_process(server)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ssl
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery
 
@@ -16,15 +16,24 @@ from dscbatch.jobs.errors import SettingsError
 from dscbatch.jobs.settings import Settings
 
 RUN_SHARD = "dscbatch.run_shard"
+# TLS options a rediss:// URL may carry in its query, e.g. ?ssl_ca_certs=/etc/dscbatch/ca.crt
+TLS_OPTIONS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"})
+TLS_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 # Message header: when the shard was queued (Unix seconds); the exporter reports the oldest pending one's age.
 ENQUEUED_HEADER = "dscbatch_enqueued"
 
 
 def make_app(settings: Settings) -> Celery:
     app = Celery("dscbatch", broker=settings.redis_url, set_as_current=False)
-    if urlsplit(settings.redis_url).scheme == "rediss" and "ssl_cert_reqs" not in settings.redis_url:
-        # kombu refuses a rediss:// URL without TLS options; verify the server's certificate by default.
-        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    url = urlsplit(settings.redis_url)
+    if url.scheme == "rediss":
+        # kombu wants TLS options as a dict: take them from the URL's query (as redis-py does), and verify
+        # the server's certificate unless the URL says otherwise.
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        options.update((key, value) for key, value in parse_qsl(url.query) if key in TLS_OPTIONS)
+        if isinstance(options["ssl_cert_reqs"], str):
+            options["ssl_cert_reqs"] = TLS_CERT_REQS[options["ssl_cert_reqs"]]
+        app.conf.broker_use_ssl = options
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

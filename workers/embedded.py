@@ -33,8 +33,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_redis(directory: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    """A loopback redis-server with nothing persisted, answering PING when this returns."""
+def start_redis(directory: Path, port: int, *extra: str, ping_url: str | None = None) -> subprocess.Popen[bytes]:
+    """A loopback redis-server with nothing persisted (unless ``extra`` says so), answering PING on
+    ``ping_url`` (default: plain TCP on ``port``) when this returns."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise BrokerError("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -43,7 +44,7 @@ def start_redis(directory: Path, port: int, *extra: str) -> subprocess.Popen[byt
          "--appendonly", "no", "--logfile", str(directory / "redis.log"), *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    client = redis.Redis(port=port, socket_connect_timeout=1)
+    client = redis.Redis.from_url(ping_url or f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
     deadline = time.monotonic() + REDIS_START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
