@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def make_file(path: Path, lines: int) -> None:
@@ -29,6 +30,14 @@ def make_file(path: Path, lines: int) -> None:
     with path.open("w") as stream:
         for i in range(lines):
             stream.write(json.dumps(kinds[i % 4](i)) + "\n")
+
+
+def print_report(report: dict[str, Any], path: Path | None) -> None:
+    """Print a benchmark's report, and write it as JSON to ``path`` when one is given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path is not None:
+        path.write_text(text + "\n")
 
 
 def measure(mode: str, path: str) -> None:
@@ -69,10 +78,7 @@ def main() -> None:
     baseline = report["baseline_json_loads"]
     report["ratio_speed_vs_json_loads"] = report["dscbatch"]["lines_per_s"] / baseline["lines_per_s"]
     report["ratio_rss_10x_lines"] = report["dscbatch"]["peak_rss_mb"] / report["dscbatch_small"]["peak_rss_mb"]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ ratio shows what rendering, tokenizing and storing shards cost on top of reading
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reader import make_file
+from reader import make_file, print_report
 
 from dscbatch.jobs.reader import check_file
 from dscbatch.jobs.settings import Settings
@@ -59,10 +58,7 @@ def main() -> None:
         "shards": len(queued),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":
