@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -215,3 +216,21 @@ def test_connections_cut_mid_shard_the_worker_reconnects(aof_settings: Settings,
     wait_until(lambda: store.status(job_id).pending == 0, 600, "the job to complete after the cut")
     check_output(aof_settings, store, job_id, path, tiny_model, tmp_path)
     assert aof_worker.poll() is None
+
+
+def test_a_visibility_timeout_shorter_than_a_shard_runs_it_twice_at_once_yet_keeps_one_result(
+        fault_settings: Settings, fault_store: JobStore, tiny_model: Path, workers: list[subprocess.Popen[bytes]],
+        tmp_path: Path) -> None:
+    hasty = fault_settings.model_copy(update={"visibility_timeout": 10, "shard_max_requests": ITEMS})
+    spawn(hasty, fault_store, tiny_model, workers, tmp_path / "a.log")
+    spawn(hasty, fault_store, tiny_model, workers, tmp_path / "b.log")
+    job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=2000)  # one shard, well over 10 s
+    wait_until(lambda: fault_store.status(job_id).pending == 0, 600, "the job to complete")
+    done = f"{fault_store.shard_key(job_id, 0)}: {ITEMS} items, 0 already done"
+    # Redis handed the running shard to the second worker too: both ran it whole, one stored the results.
+    wait_until(lambda: all(done in (tmp_path / log).read_text() for log in ("a.log", "b.log")), 300,
+               "both workers to finish the shard")
+    stored = [int(re.search(re.escape(done) + r", (\d+) stored", (tmp_path / log).read_text())[1])  # type: ignore[index]
+              for log in ("a.log", "b.log")]
+    assert sum(stored) == ITEMS  # first result wins: between them, each item was stored once
+    check_output(hasty, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=2000)

@@ -47,7 +47,12 @@ def make_app(settings: Settings) -> Celery:
         # A shard that fails unexpectedly stays unacknowledged and comes back, rather than being dropped.
         task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # Look for expired unacknowledged shards every few seconds (kombu's default is about 100 s).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
