@@ -40,6 +40,15 @@ def input_ids(path: Path) -> list[str]:
     return [line.get("id") or line.get("custom_id") for line in read_jsonl(path)]
 
 
+def assert_counts_match_results(store: JobStore, job_id: str) -> None:
+    """One atomic look at the job: its done and failed counters equal the results it holds."""
+    snapshot = store.client.pipeline(transaction=True)
+    snapshot.hmget(store.job_key(job_id), ["done", "failed", "total"])
+    snapshot.hlen(f"{store.job_key(job_id)}:results")
+    (done, failed, total), stored = snapshot.execute()
+    assert int(done or 0) + int(failed or 0) == stored <= int(total)
+
+
 def wait_settled(store: JobStore, job_id: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while store.status(job_id).pending and time.monotonic() < deadline:
@@ -107,7 +116,11 @@ def test_cancel_drops_pending_shards_and_counts_add_up(settings: Settings, store
     job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1]
     cancelled = dscbatch(settings, "cancel", job_id)
     assert f"job {job_id} cancelled" in cancelled.stdout
-    time.sleep(3)  # a shard already running finishes; no new one starts
+    # At every moment while the running shard finishes, the counters equal the results stored.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        assert_counts_match_results(store, job_id)
+        time.sleep(0.05)
     before = store.status(job_id)
     time.sleep(2)
     after = store.status(job_id)
@@ -134,7 +147,9 @@ def test_retry_runs_failed_items_again(settings: Settings, store: JobStore, work
     assert (store.status(job_id).done, store.status(job_id).failed) == (2, 1)
     retried = dscbatch(settings, "retry", job_id)
     assert f"job {job_id}: 1 failed items queued again" in retried.stdout
-    wait_settled(store, job_id)
+    while store.status(job_id).pending:
+        assert_counts_match_results(store, job_id)
+        time.sleep(0.05)
     status = store.status(job_id)
     assert (status.done, status.failed, status.total) == (2, 1, 3)
     out = tmp_path / "retried.jsonl"
