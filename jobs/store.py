@@ -261,9 +261,17 @@ class JobStore:
                 found[key.decode().rsplit(":", 1)[-1]] = json.loads(cast(bytes, value))
         return found
 
-    def claim(self, worker: str, job_id: str, shard_key: str) -> None:
-        """Note that ``worker`` runs the shard, so that it can be requeued if the worker dies."""
-        self.client.hset(f"{self.prefix}:claims", worker, json.dumps({"job": job_id, "shard": shard_key}))
+    def claim(self, worker: str, job_id: str, shard_key: str) -> int:
+        """Note that ``worker`` runs the shard, so that it can be requeued if the worker dies; returns how
+        many times the shard has been started, this time included."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(f"{self.prefix}:claims", worker, json.dumps({"job": job_id, "shard": shard_key}))
+        pipe.hincrby(f"{self.job_key(job_id)}:attempts", shard_key, 1)
+        return int(pipe.execute()[1])
+
+    def item_attempt(self, job_id: str, index: int) -> int:
+        """Count one more start of an item run on its own; returns the count, this one included."""
+        return int(self.client.hincrby(f"{self.job_key(job_id)}:item_attempts", str(index), 1))
 
     def release(self, worker: str) -> bool:
         """Drop ``worker``'s claim; True for the one caller that removed it (the owner, or one reaper)."""

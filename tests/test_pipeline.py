@@ -200,3 +200,32 @@ def test_run_interrupted_cleans_up(tiny_model: Path, tmp_path: Path) -> None:
         assert "interrupted" in process.stderr.read()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("dscbatch-run-")]
     assert not _processes_mentioning(f"127.0.0.1:{port}")
+
+
+def test_a_request_that_kept_killing_its_worker_ends_as_an_error_record(
+        settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
+    from dscbatch.jobs.submission import SubmitOptions, submit_job
+    from dscbatch.workers.app import enqueue_shard, make_app
+    from dscbatch.workers.tasks import MAX_ITEM_CRASHES, MAX_SHARD_ATTEMPTS
+
+    path = tmp_path / "poison.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"x{i}", "params": {"max_tokens": 3}}) + "\n"
+                            for i in range(4)))
+    app = make_app(settings)
+
+    def enqueue_after_crashes(queue: str, job_id: str, shard_key: str) -> None:
+        # The history a poison request leaves: its shard started (and its worker died) MAX_SHARD_ATTEMPTS
+        # times, and item p2, running alone, took the worker down MAX_ITEM_CRASHES times.
+        store.client.hset(f"{store.job_key(job_id)}:attempts", shard_key, MAX_SHARD_ATTEMPTS)
+        store.client.hset(f"{store.job_key(job_id)}:item_attempts", "2", MAX_ITEM_CRASHES)
+        enqueue_shard(app, queue, job_id, shard_key)
+
+    job_id = submit_job(store, enqueue_after_crashes, path, SubmitOptions(model=str(tiny_model), shard_max_requests=4))
+    wait_settled(store, job_id)
+    out = tmp_path / "poison.out"
+    dscbatch(settings, "results", job_id, "-o", str(out))
+    results = read_jsonl(out)
+    assert [r["id"] for r in results] == ["p0", "p1", "p2", "p3"]
+    assert [r["error"]["code"] if r["error"] else None for r in results] == [None, None, "engine_error", None]
+    assert "stopped the engine 2 times" in results[2]["error"]["message"]
+    assert (store.status(job_id).done, store.status(job_id).failed) == (3, 1)

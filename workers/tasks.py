@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
-from dscbatch.jobs.errors import EngineError
+from dscbatch.jobs.errors import EngineError, RequestError
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
@@ -45,6 +45,11 @@ def _entry(payload: dict[str, Any], item: dict[str, Any], result: EngineResult) 
                        usage.cached_prompt_tokens)
 
 
+# A shard started this many times (its worker died each time) runs its items one at a time afterwards, and
+# an item running alone when its worker died this many times becomes an error record: a poison request
+# cannot stop a job for ever.
+MAX_SHARD_ATTEMPTS = 3
+MAX_ITEM_CRASHES = 2
 # Results reach Redis at least this often while a shard runs, so a stopped worker loses little work.
 RECORD_EVERY_SECONDS = 1.0
 
@@ -82,17 +87,21 @@ class ShardRunner:
         requests = [EngineRequest(key, item["ids"], Params.model_validate(item["params"]), payload["stop"])
                     for key, item in todo.items()]
         self.observer.shard_started(job_id, len(requests))
-        self.store.claim(self.name, job_id, shard_key)
+        attempts = self.store.claim(self.name, job_id, shard_key)
+        isolating = attempts > MAX_SHARD_ATTEMPTS
+        if isolating:
+            log.warning("%s: started %d times; running its items one at a time", shard_key, attempts)
         results: list[EngineResult] = []
         entries: list[ResultEntry] = []
         stored = 0
         recorded_at = time.monotonic()
-        stream = self.engine.stream(requests, should_stop=self._must_stop)
+        stream = (self._one_at_a_time(job_id, requests) if isolating
+                  else self.engine.stream(requests, should_stop=self._must_stop))
         try:
             for result in stream:
                 results.append(result)
                 entries.append(_entry(payload, todo[result.key], result))
-                if time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
+                if isolating or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
                     stored += self.store.record(job_id, entries)
                     entries, recorded_at = [], time.monotonic()
         finally:
@@ -108,6 +117,21 @@ class ShardRunner:
                         len(results), len(requests) - len(results))
         log.info("%s: %d items, %d already done, %d stored", shard_key, len(items), len(settled), stored)
         return ShardReport(len(items), len(settled), stored)
+
+
+    def _one_at_a_time(self, job_id: str, requests: list[EngineRequest]) -> Generator[EngineResult, None, None]:
+        """Run each request alone, so that a request which kills the engine is the only one in flight when
+        it does; one that did so ``MAX_ITEM_CRASHES`` times becomes an error record instead of running."""
+        for request in requests:
+            if self._must_stop():
+                return
+            crashes = self.store.item_attempt(job_id, int(request.key)) - 1
+            if crashes >= MAX_ITEM_CRASHES:
+                error = RequestError("engine_error", f"the request stopped the engine {crashes} times; it is "
+                                                     "not run again (`dscbatch retry` runs it once more)")
+                yield EngineResult(request.key, [], len(request.prompt_token_ids), 0, error)
+                continue
+            yield from self.engine.stream([request], should_stop=self._must_stop)
 
 
 def register_tasks(app: Celery, runner: ShardRunner) -> None:
