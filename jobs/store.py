@@ -280,10 +280,13 @@ class JobStore:
     def orphaned_claims(self) -> list[tuple[str, str, str]]:
         """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""
         claims = cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}:claims"))
+        workers = [worker.decode() for worker in claims]
+        pipe = self.client.pipeline(transaction=False)
+        for name in workers:
+            pipe.exists(f"{self.prefix}:worker:{name}")
         orphans = []
-        for worker, value in claims.items():
-            name = worker.decode()
-            if not self.client.exists(f"{self.prefix}:worker:{name}"):
+        for name, alive, value in zip(workers, pipe.execute(), claims.values(), strict=True):
+            if not alive:
                 claim = json.loads(value)
                 orphans.append((name, claim["job"], claim["shard"]))
         return orphans

