@@ -83,11 +83,26 @@ def _submit_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
+def _scheduling_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--order", type=click.Choice(["prefix", "file"]), default="prefix", show_default=True,
+                     help="Run order: requests sharing a prompt prefix together (results are written in file "
+                          "order either way), or the file's order (which also turns dedup off)."),
+        click.option("--no-dedup", is_flag=True, help="Run identical deterministic requests once each, not once "
+                                                      "for all."),
+    ]):
+        function = option(function)
+    return function
+
+
 def _make_submit_options(settings: Settings, model: str, params: Sequence[str], skip_invalid: bool,
-                         echo_prompt: bool, max_line_bytes: int, max_model_len: int | None) -> SubmitOptions:
+                         echo_prompt: bool, max_line_bytes: int, max_model_len: int | None, order: str,
+                         no_dedup: bool) -> SubmitOptions:
+    grouped = order == "prefix"
     return SubmitOptions(model=model, defaults=_params(params), skip_invalid=skip_invalid, echo_prompt=echo_prompt,
                          max_line_bytes=max_line_bytes, max_model_len=max_model_len,
-                         shard_max_requests=settings.shard_max_requests, shard_max_tokens=settings.shard_max_tokens)
+                         shard_max_requests=settings.shard_max_requests, shard_max_tokens=settings.shard_max_tokens,
+                         group_prefixes=grouped, dedup=grouped and not no_dedup)
 
 
 def _submit(settings: Settings, store: JobStore, input_path: str, options: SubmitOptions) -> str:
@@ -150,15 +165,17 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
 
 @cli.command()
 @_submit_options
+@_scheduling_options
 @click.option("--wait", is_flag=True, help="Show progress until the job finishes; exit 3 if items failed.")
 @click.pass_context
 def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
-           max_line_bytes: int, max_model_len: int | None, input_path: str, wait: bool) -> None:
+           max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,
+           wait: bool) -> None:
     """Validate INPUT, cut it into shards and queue them; prints the job id as the last line."""
     settings = _settings(ctx)
     store = JobStore.connect(settings)
     options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
-                                   max_model_len)
+                                   max_model_len, order, no_dedup)
     job_id = _submit(settings, store, input_path, options)
     exit_code = _summary(wait_for_job(store, job_id)) if wait else 0
     click.echo(job_id)
@@ -177,6 +194,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         return
     click.echo(f"job {job.id}  model {job.model}  state {job.state}\n"
                f"items: {job.total} total, {job.done} done, {job.failed} failed, {job.pending} pending\n"
+               f"deduplicated: {job.deduplicated} items answered by an identical request's run\n"
                f"tokens: {job.prompt_tokens} prompt ({job.cached_prompt_tokens} cached), "
                f"{job.completion_tokens} generated")
 
@@ -258,19 +276,20 @@ def exporter(ctx: click.Context, port: int, recent_jobs: int) -> None:
 
 @cli.command()
 @_submit_options
+@_scheduling_options
 @engine_arg_option
 @click.option("-o", "--output", required=True, help="Output path or fsspec URL.")
 @click.pass_context
 def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
-        max_line_bytes: int, max_model_len: int | None, input_path: str, engine_args: Sequence[str],
-        output: str) -> None:
+        max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,
+        engine_args: Sequence[str], output: str) -> None:
     """Run a whole job on this machine: a private Redis and one local worker, started and stopped here."""
     from dscbatch.jobs.output import write_results
     from dscbatch.workers.embedded import EmbeddedCluster
 
     settings = _settings(ctx)
     options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
-                                   max_model_len)
+                                   max_model_len, order, no_dedup)
     check = check_file(input_path, max_line_bytes=max_line_bytes)
     if not skip_invalid:
         require_valid(check)  # refuse bad input before starting anything

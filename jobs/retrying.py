@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dscbatch.jobs.grouping import item_indices
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import Enqueue
 
@@ -17,8 +18,8 @@ def retry_failed(store: JobStore, job_id: str, enqueue: Enqueue) -> int:
         if payload is None:
             continue
         # Earlier retries copied items into later shards: take each failed item once.
-        items = [item for item in payload["items"] if item["i"] in remaining]
-        remaining.difference_update(item["i"] for item in items)
+        items = [item for item in payload["items"] if not remaining.isdisjoint(item_indices(item))]
+        remaining.difference_update(index for item in items for index in item_indices(item))
         if items:
             first = store.add_shards(job_id, 1)
             shard_keys.append(store.save_shard(job_id, first, {**payload, "items": items}))

@@ -36,6 +36,8 @@ class Settings(BaseModel):
     shutdown_timeout: Annotated[int, Field(ge=0)] = 600
     shard_max_requests: Annotated[int, Field(ge=1)] = 256
     shard_max_tokens: Annotated[int, Field(ge=1)] = 1 << 20
+    # Shards one worker runs at once through its engine: 2 keeps the batch full across shard boundaries.
+    shards_in_flight: Annotated[int, Field(ge=1, le=16)] = 2
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "dscbatch"
 
     @field_validator("redis_url")

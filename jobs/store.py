@@ -101,6 +101,7 @@ class JobStatus:
     cached_prompt_tokens: int
     shards: int
     cancelled: bool
+    deduplicated: int = 0  # items that shared an identical deterministic request's run
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -230,7 +231,8 @@ class JobStore:
             finished=float(values["finished"]) if "finished" in values else None,
             total=int(values["total"]),
             **{name: _int(raw.get(name.encode())) for name in
-               ("done", "failed", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "shards")},
+               ("done", "failed", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "shards",
+                "deduplicated")},
             cancelled=values.get("cancelled") == "1",
             options=json.loads(values.get("options", "{}")),
         )
@@ -265,7 +267,7 @@ class JobStore:
         """Note that ``worker`` runs the shard, so that it can be requeued if the worker dies; returns how
         many times the shard has been started, this time included."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(f"{self.prefix}:claims", worker, json.dumps({"job": job_id, "shard": shard_key}))
+        pipe.hset(f"{self.prefix}:claims", json.dumps([worker, shard_key]), job_id)
         pipe.hincrby(f"{self.job_key(job_id)}:attempts", shard_key, 1)
         return int(pipe.execute()[1])
 
@@ -273,23 +275,20 @@ class JobStore:
         """Count one more start of an item run on its own; returns the count, this one included."""
         return int(self.client.hincrby(f"{self.job_key(job_id)}:item_attempts", str(index), 1))
 
-    def release(self, worker: str) -> bool:
-        """Drop ``worker``'s claim; True for the one caller that removed it (the owner, or one reaper)."""
-        return bool(self.client.hdel(f"{self.prefix}:claims", worker))
+    def release(self, worker: str, shard_key: str) -> bool:
+        """Drop ``worker``'s claim of the shard; True for the one caller that removed it (the owner, or one
+        reaper)."""
+        return bool(self.client.hdel(f"{self.prefix}:claims", json.dumps([worker, shard_key])))
 
     def orphaned_claims(self) -> list[tuple[str, str, str]]:
         """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""
-        claims = cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}:claims"))
-        workers = [worker.decode() for worker in claims]
+        claims = [(*json.loads(field), job.decode()) for field, job in
+                  cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}:claims")).items()]
         pipe = self.client.pipeline(transaction=False)
-        for name in workers:
-            pipe.exists(f"{self.prefix}:worker:{name}")
-        orphans = []
-        for name, alive, value in zip(workers, pipe.execute(), claims.values(), strict=True):
-            if not alive:
-                claim = json.loads(value)
-                orphans.append((name, claim["job"], claim["shard"]))
-        return orphans
+        for worker, _, _ in claims:
+            pipe.exists(f"{self.prefix}:worker:{worker}")
+        return [(worker, job_id, shard_key) for (worker, shard_key, job_id), alive in
+                zip(claims, pipe.execute(), strict=True) if not alive]
 
     # Results
 

@@ -1,20 +1,22 @@
-"""Submitting a job: validate, render, cut into shards, store them, then enqueue, all streaming.
+"""Submitting a job: validate, render, group by prefix, cut into shards, store them, then enqueue.
 
 The file is read twice: a cheap validation pass first (strict mode refuses the job before anything is
-written), then the rendering pass that stores shards as it goes. Memory holds one shard at a time.
+written), then the rendering pass, whose items an external sort puts in prefix order (``grouping``) before
+they are cut into shards. Memory stays bounded: the sort spills to disk, and one shard is held at a time.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dscbatch.jobs.errors import InvalidInputError, RequestError
+from dscbatch.jobs.grouping import PrefixSorter, cut_shards
 from dscbatch.jobs.reader import (
     DEFAULT_MAX_LINE_BYTES,
     MAX_REPORTED_PROBLEMS,
@@ -23,7 +25,7 @@ from dscbatch.jobs.reader import (
     require_valid,
 )
 from dscbatch.jobs.rendering import Renderer
-from dscbatch.jobs.requests import Params
+from dscbatch.jobs.requests import Params, Request
 from dscbatch.jobs.results import ItemInfo, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
@@ -51,29 +53,8 @@ class SubmitOptions:
     max_model_len: int | None = None
     shard_max_requests: int = 256
     shard_max_tokens: int = 1 << 20
-
-
-@dataclass
-class _ShardBuilder:
-    store: JobStore
-    job_id: str
-    header: dict[str, Any]
-    options: SubmitOptions
-    items: list[dict[str, Any]] = field(default_factory=list)
-    tokens: int = 0
-    keys: list[str] = field(default_factory=list)
-
-    def add(self, item: dict[str, Any]) -> None:
-        self.items.append(item)
-        self.tokens += len(item["ids"])
-        if len(self.items) >= self.options.shard_max_requests or self.tokens >= self.options.shard_max_tokens:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.items:
-            payload = {**self.header, "items": self.items}
-            self.keys.append(self.store.save_shard(self.job_id, len(self.keys), payload))
-            self.items, self.tokens = [], 0
+    group_prefixes: bool = True  # sort the job by prompt ids (else shards follow the file's order)
+    dedup: bool = True  # run identical deterministic requests once
 
 
 def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: SubmitOptions,
@@ -82,62 +63,84 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     check = check_file(path, max_line_bytes=options.max_line_bytes)
     if not options.skip_invalid:
         require_valid(check)
-    tokenizer = ModelTokenizer.load(options.model)
-    renderer = Renderer(tokenizer, options.defaults, options.max_model_len)
-    job_id = new_job_id()
-    name = model_name(options.model)
-    created = int(time.time())
-    header = {"job": job_id, "model": name, "stop": tokenizer.stop_token_ids, "created": created}
-    shards = _ShardBuilder(store, job_id, header, options)
-    errors: list[ResultEntry] = []
-    refused: list[str] = []
-    total = 0
-    for index, line in enumerate(read_lines(path, max_line_bytes=options.max_line_bytes)):
-        total = index + 1
-        if progress is not None and total % 1000 == 0:
-            progress(total)
-        request = line.request
-        kind = request.type if request is not None else "invalid"
-        info = ItemInfo(index, line.id, kind, line.openai, request.metadata if request is not None else None)
-        try:
-            if request is None:
-                raise RequestError("invalid_request", "; ".join(f"{p.field}: {p.message}" for p in line.problems))
-            rendered = renderer.render(request)
-        except RequestError as error:
-            if not options.skip_invalid:  # strict: a line the model cannot serve refuses the job too
-                refused.append(f"{path}:{line.number}: {kind}: {error.code}: {error.message}")
-                continue
-            text = result_line(info, model=name, job_id=job_id, created=created, error_code=error.code,
-                               error_message=error.message)
-            errors.append(ResultEntry(index, text, "failed"))
-            if len(errors) >= 1000:
-                store.record(job_id, errors)
-                errors = []
-            continue
-        item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": rendered.prompt_token_ids,
-                                "params": rendered.params.model_dump(exclude_none=True)}
-        if line.openai:
-            item["openai"] = True
-        if request.metadata is not None:
-            item["metadata"] = request.metadata
-        if options.echo_prompt:
-            item["prompt"] = rendered.prompt
-        shards.add(item)
-    if refused:
-        store.delete_job(job_id)
-        raise InvalidInputError(refused[:MAX_REPORTED_PROBLEMS], len(refused))
-    shards.flush()
-    store.record(job_id, errors)
+    job = _Rendering(store, path, options, progress)
+    with PrefixSorter(dedup=options.dedup) as sorter:
+        ordered = sorter.order(job.items()) if options.group_prefixes else job.items()
+        shards = cut_shards(ordered, options.shard_max_requests, options.shard_max_tokens)
+        keys = [store.save_shard(job.id, number, {**job.header, "items": items})
+                for number, items in enumerate(shards) if not job.refused]
+    if job.refused:
+        store.delete_job(job.id)
+        raise InvalidInputError(job.refused[:MAX_REPORTED_PROBLEMS], len(job.refused))
+    store.record(job.id, job.errors)
     queue = queue_name(store.prefix, options.model)
-    store.create_job(job_id, {
-        "model": name, "queue": queue, "input": str(path), "sha256": check.sha256, "created": created,
-        "total": total, "shards": len(shards.keys),
+    store.create_job(job.id, {
+        "model": job.header["model"], "queue": queue, "input": str(path), "sha256": check.sha256,
+        "created": job.header["created"], "total": job.total, "shards": len(keys), "deduplicated": sorter.folded,
         "options": {"defaults": options.defaults.model_dump(exclude_none=True), "echo_prompt": options.echo_prompt,
-                    "skip_invalid": options.skip_invalid, "invalid_lines": check.invalid_lines},
+                    "skip_invalid": options.skip_invalid, "invalid_lines": check.invalid_lines,
+                    "group_prefixes": options.group_prefixes, "dedup": options.dedup},
     })
-    for key in shards.keys:
-        enqueue(queue, job_id, key)
+    for key in keys:
+        enqueue(queue, job.id, key)
     store.confirm_durable()  # the job id is reported only once Redis has it on disk
     if progress is not None:
-        progress(total)
-    return job_id
+        progress(job.total)
+    return job.id
+
+
+class _Rendering:
+    """The rendering pass: shard items for the lines the model can serve, error records for the others."""
+
+    def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None) -> None:
+        self.store = store
+        self.path = path
+        self.options = options
+        self.progress = progress
+        self.tokenizer = ModelTokenizer.load(options.model)
+        self.renderer = Renderer(self.tokenizer, options.defaults, options.max_model_len)
+        self.id = new_job_id()
+        self.header: dict[str, Any] = {"job": self.id, "model": model_name(options.model),
+                                       "stop": self.tokenizer.stop_token_ids, "created": int(time.time())}
+        self.errors: list[ResultEntry] = []  # error records not yet stored (skip-invalid mode)
+        self.refused: list[str] = []  # strict mode: lines the model cannot serve refuse the job
+        self.total = 0
+
+    def items(self) -> Iterator[dict[str, Any]]:
+        options = self.options
+        for index, line in enumerate(read_lines(self.path, max_line_bytes=options.max_line_bytes)):
+            self.total = index + 1
+            if self.progress is not None and self.total % 1000 == 0:
+                self.progress(self.total)
+            request = line.request
+            kind = request.type if request is not None else "invalid"
+            try:
+                if request is None:
+                    raise RequestError("invalid_request",
+                                       "; ".join(f"{p.field}: {p.message}" for p in line.problems))
+                rendered = self.renderer.render(request)
+            except RequestError as error:
+                self._refuse(line.number, index, line.id, kind, line.openai, request, error)
+                continue
+            item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": rendered.prompt_token_ids,
+                                    "params": rendered.params.model_dump(exclude_none=True)}
+            if line.openai:
+                item["openai"] = True
+            if request.metadata is not None:
+                item["metadata"] = request.metadata
+            if options.echo_prompt:
+                item["prompt"] = rendered.prompt
+            yield item
+
+    def _refuse(self, number: int, index: int, custom_id: str, kind: str, openai: bool, request: Request | None,
+                error: RequestError) -> None:
+        if not self.options.skip_invalid:
+            self.refused.append(f"{self.path}:{number}: {kind}: {error.code}: {error.message}")
+            return
+        info = ItemInfo(index, custom_id, kind, openai, request.metadata if request is not None else None)
+        self.errors.append(ResultEntry(index, result_line(
+            info, model=self.header["model"], job_id=self.id, created=self.header["created"],
+            error_code=error.code, error_message=error.message), "failed"))
+        if len(self.errors) >= 1000:
+            self.store.record(self.id, self.errors)
+            self.errors = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tokenizers import Tokenizer
 from dscbatch.jobs.errors import EngineError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir, is_mislabelled
 from dscbatch.jobs.requests import Params
+from dscbatch.workers.batching import EngineLoop
 from dscbatch.workers.engine import Engine, EngineRequest
 
 from .conftest import OFFICIAL, TOKENIZER_DIR
@@ -199,3 +201,54 @@ def test_a_repeated_long_prompt_hits_the_prefix_cache(engine: Engine) -> None:
     assert first.prompt_tokens == second.prompt_tokens == 300
     assert first.cached_prompt_tokens == 0
     assert second.cached_prompt_tokens >= 128
+
+
+@pytest.fixture
+def loop(engine: Engine) -> Iterator[EngineLoop]:
+    started = EngineLoop(engine)
+    started.start()
+    yield started
+    started.stop()
+
+
+def _never() -> bool:
+    return False
+
+
+@pytest.mark.engine
+def test_a_later_shard_joins_the_batch_while_an_earlier_ones_tail_runs(loop: EngineLoop) -> None:
+    short, long = GREEDY.model_copy(update={"max_tokens": 2}), GREEDY.model_copy(update={"max_tokens": 400})
+    first = loop.stream([_request("tail", PROMPT, long), _request("a", PROMPT, short)], _never)
+    assert next(first).key == "a"  # the first shard is down to its long tail
+    second = loop.stream([_request("b", PROMPT, short)], _never)
+    assert next(second).key == "b"  # served at once, not after the tail
+    assert list(second) == []
+    assert [result.key for result in first] == ["tail"]
+
+
+@pytest.mark.engine
+def test_a_stream_alone_holds_other_streams_back(loop: EngineLoop) -> None:
+    params = GREEDY.model_copy(update={"max_tokens": 40})
+    order: list[str] = []
+
+    def other_shard() -> None:
+        order.extend(result.key for result in loop.stream([_request("other", PROMPT, params)], _never))
+
+    with loop.alone():
+        thread = threading.Thread(target=other_shard)
+        thread.start()
+        order.extend(result.key for result in loop.stream([_request("alone", PROMPT, params)], _never))
+    thread.join(timeout=60)
+    assert order == ["alone", "other"]
+
+
+@pytest.mark.engine
+def test_stopping_a_stream_aborts_its_requests(loop: EngineLoop, engine: Engine) -> None:
+    stop = threading.Event()
+    stream = loop.stream([_request("long", PROMPT, GREEDY.model_copy(update={"max_tokens": 500}))], stop.is_set)
+    stop.set()
+    assert list(stream) == []
+    deadline = time.monotonic() + 10
+    while engine.llm.llm_engine.has_unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.llm.llm_engine.has_unfinished_requests()

@@ -21,9 +21,9 @@ import pytest
 
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
+from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 from dscbatch.workers.liveness import HEARTBEAT_SECONDS
-from dscbatch.workers.tasks import ENGINE_DIED_EXIT
 
 from .conftest import start_worker
 from .test_pipeline import dscbatch, read_jsonl
@@ -224,7 +224,9 @@ def test_connections_cut_mid_shard_the_worker_reconnects(aof_settings: Settings,
 def test_a_visibility_timeout_shorter_than_a_shard_runs_it_twice_at_once_yet_keeps_one_result(
         fault_settings: Settings, fault_store: JobStore, tiny_model: Path, workers: list[subprocess.Popen[bytes]],
         tmp_path: Path) -> None:
-    hasty = fault_settings.model_copy(update={"visibility_timeout": 10, "shard_max_requests": ITEMS})
+    # One shard at a time per worker, so that the redelivered shard can only go to the other worker.
+    hasty = fault_settings.model_copy(update={"visibility_timeout": 10, "shard_max_requests": ITEMS,
+                                              "shards_in_flight": 1})
     spawn(hasty, fault_store, tiny_model, workers, tmp_path / "a.log")
     spawn(hasty, fault_store, tiny_model, workers, tmp_path / "b.log")
     job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=2000)  # one shard, well over 10 s
@@ -236,4 +238,19 @@ def test_a_visibility_timeout_shorter_than_a_shard_runs_it_twice_at_once_yet_kee
     stored = [int(re.search(re.escape(done) + r", (\d+) stored", (tmp_path / log).read_text())[1])  # type: ignore[index]
               for log in ("a.log", "b.log")]
     assert sum(stored) == ITEMS  # first result wins: between them, each item was stored once
+    check_output(hasty, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=2000)
+
+
+def test_a_shard_redelivered_to_the_worker_running_it_runs_once(
+        fault_settings: Settings, fault_store: JobStore, tiny_model: Path, workers: list[subprocess.Popen[bytes]],
+        tmp_path: Path) -> None:
+    hasty = fault_settings.model_copy(update={"visibility_timeout": 10, "shard_max_requests": ITEMS})
+    spawn(hasty, fault_store, tiny_model, workers, tmp_path / "a.log")
+    job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=2000)  # one shard, well over 10 s
+    wait_until(lambda: fault_store.status(job_id).pending == 0, 600, "the job to complete")
+    log = (tmp_path / "a.log").read_text()
+    shard = fault_store.shard_key(job_id, 0)
+    # Redis handed the running shard out again, to the same worker's free thread, which dropped it.
+    assert f"{shard}: already running in this worker; dropping the redelivered copy" in log
+    assert fault_store.client.hget(f"{fault_store.job_key(job_id)}:attempts", shard) == b"1"
     check_output(hasty, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=2000)

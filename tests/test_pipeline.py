@@ -107,6 +107,29 @@ def test_two_jobs_at_once(settings: Settings, store: JobStore, worker: Any, tiny
     assert all(job_id in listed for job_id in jobs)
 
 
+def test_duplicates_run_once_and_every_id_gets_its_result(settings: Settings, store: JobStore, worker: Any,
+                                                          tiny_model: Path, tmp_path: Path) -> None:
+    context = "import os\n\n" + "".join(f"def helper_{n}(path):\n    return os.path.join(path, '{n}')\n"
+                                        for n in range(30))
+    lines = [{"id": f"q{n}", "prompt": f"{context}# question {n % 5}\n", "params": {"max_tokens": 8}}
+             for n in range(20)]  # q5 repeats q0, q6 q1, ...: 15 duplicates of 5 prompts
+    lines.append({"id": "seeded", "prompt": lines[0]["prompt"], "params": {"max_tokens": 8, "seed": 3,
+                                                                           "temperature": 1.0}})
+    path = tmp_path / "dups.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait").stdout.split()[-1]
+    out = tmp_path / "dups.out"
+    dscbatch(settings, "results", job_id, "-o", str(out))
+    results = read_jsonl(out)
+    assert [r["id"] for r in results] == input_ids(path)
+    for number, result in enumerate(results[:20]):
+        assert result["error"] is None
+        assert result["outputs"] == results[number % 5]["outputs"]  # a duplicate carries its original's output
+    assert "deduplicated: 15 items" in dscbatch(settings, "status", job_id).stdout
+    status = store.status(job_id)
+    assert (status.state, status.done, status.deduplicated) == ("completed", 21, 15)
+
+
 def test_cancel_drops_pending_shards_and_counts_add_up(settings: Settings, store: JobStore, worker: Any,
                                                         tiny_model: Path, tmp_path: Path) -> None:
     path = tmp_path / "many.jsonl"

@@ -102,7 +102,7 @@ def _check_engine_args(engine_args: Mapping[str, Any]) -> None:
 
 
 class Engine:
-    """One vLLM engine (started once, in child processes); not thread-safe."""
+    """One vLLM engine (started once, in child processes); not thread-safe: one thread drives it."""
 
     def __init__(self, model: str, engine_args: Mapping[str, Any] | None = None) -> None:
         user_args = dict(engine_args or {})
@@ -122,6 +122,7 @@ class Engine:
                 from error
         self._children = psutil.Process().children(recursive=True)
         self._request_numbers = itertools.count()
+        self._running: dict[str, tuple[EngineRequest, Any]] = {}  # engine id: (request, SamplingParams)
         self.max_model_len = int(self._llm.model_config.max_model_len)
         self.vocab_size = int(self._llm.model_config.get_vocab_size())
 
@@ -141,37 +142,61 @@ class Engine:
                should_stop: Callable[[], bool] | None = None) -> Generator[EngineResult, None, None]:
         """Each request's result as soon as it finishes, in finishing order.
 
-        Requests go to the engine one by one, so one that vLLM refuses becomes that request's error and
-        never fails the others. Closing the iterator early, or ``should_stop()`` turning true (checked
-        after every engine step), aborts what is still running.
+        A request that vLLM refuses becomes that request's error and never fails the others. Closing the
+        iterator early, or ``should_stop()`` turning true (checked after every engine step), aborts what is
+        still running.
         """
-        from vllm.inputs import TokensPrompt
-
-        engine = self.llm.llm_engine
-        running: dict[str, tuple[EngineRequest, Any]] = {}
+        running: set[str] = set()
         try:
             for request in requests:
-                request_id = f"{request.key}#{next(self._request_numbers)}"
-                try:
-                    params = self._sampling_params(request)
-                    engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
-                                       params)
-                except RequestError as error:
-                    yield EngineResult.failed(request, error)
-                    continue
-                except Exception as error:
-                    self._raise_if_dead(error)
-                    yield EngineResult.failed(request, _request_error(error))
-                    continue
-                running[request_id] = (request, params)
+                request_id, refused = self.add(request)
+                if refused is not None:
+                    yield refused
+                else:
+                    running.add(request_id)
             while running and not (should_stop is not None and should_stop()):
-                for output in self._step():
-                    if output.finished and output.request_id in running:
-                        request, params = running.pop(output.request_id)
-                        yield self._result(request, params, output)
+                for request_id, result in self.step():
+                    running.discard(request_id)
+                    yield result
         finally:
-            if running:
-                engine.abort_request(list(running))
+            self.abort(running)
+
+    def add(self, request: EngineRequest) -> tuple[str, EngineResult | None]:
+        """Queue a request in the engine; returns its engine id, and its error result if vLLM refused it."""
+        from vllm.inputs import TokensPrompt
+
+        request_id = f"{request.key}#{next(self._request_numbers)}"
+        try:
+            params = self._sampling_params(request)
+            self.llm.llm_engine.add_request(
+                request_id, TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)), params)
+        except RequestError as error:
+            return request_id, EngineResult.failed(request, error)
+        except Exception as error:
+            self._raise_if_dead(error)
+            return request_id, EngineResult.failed(request, _request_error(error))
+        self._running[request_id] = (request, params)
+        return request_id, None
+
+    def step(self) -> list[tuple[str, EngineResult]]:
+        """One engine step; the (engine id, result) of each request that finished in it."""
+        try:
+            outputs = list(self.llm.llm_engine.step())
+        except Exception as error:
+            self._raise_if_dead(error)
+            raise EngineError(f"the vLLM engine failed: {type(error).__name__}: {error}") from error
+        finished = []
+        for output in outputs:
+            if output.finished and output.request_id in self._running:
+                request, params = self._running.pop(output.request_id)
+                finished.append((output.request_id, self._result(request, params, output)))
+        return finished
+
+    def abort(self, request_ids: Iterable[str]) -> None:
+        """Drop requests that have not finished; they produce no result."""
+        running = [request_id for request_id in request_ids if self._running.pop(request_id, None) is not None]
+        if running:
+            self.llm.llm_engine.abort_request(running)
 
     def close(self) -> None:
         """Stop the engine's child processes; the engine cannot be used afterwards."""
@@ -183,13 +208,6 @@ class Engine:
         """Whether every process the engine started is still running (a killed child never answers again)."""
         return all(process.is_running() and process.status() != psutil.STATUS_ZOMBIE
                    for process in self._children)
-
-    def _step(self) -> list[Any]:
-        try:
-            return list(self.llm.llm_engine.step())
-        except Exception as error:
-            self._raise_if_dead(error)
-            raise EngineError(f"the vLLM engine failed: {type(error).__name__}: {error}") from error
 
     @staticmethod
     def _raise_if_dead(error: Exception) -> None:

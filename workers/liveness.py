@@ -18,9 +18,10 @@ from typing import Any
 import redis
 
 from dscbatch.jobs.store import JobStore
+from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.engine import Engine
 from dscbatch.workers.observer import WorkerObserver
-from dscbatch.workers.tasks import ENGINE_DIED_EXIT, Requeue
+from dscbatch.workers.tasks import Requeue
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Heartbeat(threading.Thread):
 
     def requeue_orphans(self) -> None:
         for worker, job_id, shard_key in self.store.orphaned_claims():
-            if self.store.release(worker):  # only one live worker wins each orphan
+            if self.store.release(worker, shard_key):  # only one live worker wins each orphan
                 log.warning("worker %s is gone; requeueing its shard %s", worker, shard_key)
                 self.requeue(job_id, shard_key)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -11,19 +11,17 @@ from typing import Any
 
 from celery import Celery
 
-from dscbatch.jobs.errors import EngineError, RequestError
+from dscbatch.jobs.errors import RequestError
+from dscbatch.jobs.grouping import folded_items, item_indices
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.workers.app import RUN_SHARD
-from dscbatch.workers.engine import Engine, EngineRequest, EngineResult
+from dscbatch.workers.batching import EngineLoop
+from dscbatch.workers.engine import EngineRequest, EngineResult
 from dscbatch.workers.observer import WorkerObserver
 
 log = logging.getLogger(__name__)
-
-# Exit status of a worker whose engine died: the supervisor (k8s, `dscbatch run`) starts a fresh one.
-ENGINE_DIED_EXIT = 70
-
 
 @dataclass(frozen=True)
 class ShardReport:
@@ -32,17 +30,19 @@ class ShardReport:
     stored: int
 
 
-def _entry(payload: dict[str, Any], item: dict[str, Any], result: EngineResult) -> ResultEntry:
-    info = ItemInfo.from_shard_item(item)
+def _entries(payload: dict[str, Any], item: dict[str, Any], result: EngineResult) -> list[ResultEntry]:
+    """The result record of the item and of each duplicate folded into it (same outputs, own id)."""
     common = {"model": payload["model"], "job_id": payload["job"], "created": payload["created"]}
+    infos = [ItemInfo.from_shard_item(each) for each in folded_items(item)]
     if result.error is not None:
-        line = result_line(info, error_code=result.error.code, error_message=result.error.message, **common)
-        return ResultEntry(info.index, line, "retryable")
+        return [ResultEntry(info.index, result_line(info, error_code=result.error.code,
+                                                    error_message=result.error.message, **common), "retryable")
+                for info in infos]
     outputs = [Output(c.text, c.finish_reason, len(c.token_ids)) for c in result.outputs]
     usage = Usage(result.prompt_tokens, sum(o.completion_tokens for o in outputs), result.cached_prompt_tokens)
-    line = result_line(info, outputs=outputs, usage=usage, **common)
-    return ResultEntry(info.index, line, "done", usage.prompt_tokens, usage.completion_tokens,
-                       usage.cached_prompt_tokens)
+    return [ResultEntry(info.index, result_line(info, outputs=outputs, usage=usage, **common), "done",
+                        usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
+            for info in infos]
 
 
 # A shard started this many times (its worker died each time) runs its items one at a time afterwards, and
@@ -57,16 +57,19 @@ Requeue = Callable[[str, str], None]  # (job id, shard key): put the shard back 
 
 
 class ShardRunner:
-    """Runs shards one at a time; told to stop, it hands the rest of a long shard back within a bound."""
+    """Runs shards, several at once (one per pool thread), through one engine loop; told to stop, it hands
+    the rest of each long shard back within a bound."""
 
-    def __init__(self, store: JobStore, engine: Engine, observer: WorkerObserver, requeue: Requeue,
+    def __init__(self, store: JobStore, loop: EngineLoop, observer: WorkerObserver, requeue: Requeue,
                  name: str) -> None:
-        self.name = name  # the worker's hostname, under which it claims the shard it runs
+        self.name = name  # the worker's hostname, under which it claims the shards it runs
         self.store = store
-        self.engine = engine
+        self.loop = loop
         self.observer = observer
         self.requeue = requeue
         self.stop_at: float | None = None
+        self._running: set[str] = set()  # shard keys this worker runs now
+        self._running_lock = threading.Lock()
 
     def stop_within(self, seconds: float) -> None:
         """Finish the running shard if it ends within ``seconds``; else store what is done and requeue it."""
@@ -76,13 +79,24 @@ class ShardRunner:
         return self.stop_at is not None and time.monotonic() >= self.stop_at
 
     def run(self, job_id: str, shard_key: str) -> ShardReport:
-        # Claim first: a worker that dies after its message is delivered but before the claim leaves the
-        # shard to Redis's visibility timeout, so that window is kept as short as it can be.
-        attempts = self.store.claim(self.name, job_id, shard_key)
+        with self._running_lock:
+            if shard_key in self._running:
+                # Redelivered (a visibility timeout shorter than the shard) to the worker that runs it: the
+                # running copy stores its results or hands it back, so this copy only wasted the engine.
+                log.warning("%s: already running in this worker; dropping the redelivered copy", shard_key)
+                return ShardReport(0, 0, 0)
+            self._running.add(shard_key)
         try:
-            return self._run_claimed(job_id, shard_key, attempts)
+            # Claim first: a worker that dies after its message is delivered but before the claim leaves the
+            # shard to Redis's visibility timeout, so that window is kept as short as it can be.
+            attempts = self.store.claim(self.name, job_id, shard_key)
+            try:
+                return self._run_claimed(job_id, shard_key, attempts)
+            finally:
+                self.store.release(self.name, shard_key)
         finally:
-            self.store.release(self.name)
+            with self._running_lock:
+                self._running.discard(shard_key)
 
     def _run_claimed(self, job_id: str, shard_key: str, attempts: int) -> ShardReport:
         started = time.monotonic()
@@ -91,8 +105,8 @@ class ShardRunner:
             log.info("skipping %s: job deleted or cancelled", shard_key)
             return ShardReport(0, 0, 0)
         items = payload["items"]
-        settled = self.store.settled(job_id, [item["i"] for item in items])
-        todo = {str(item["i"]): item for item in items if item["i"] not in settled}
+        settled = self.store.settled(job_id, [index for item in items for index in item_indices(item)])
+        todo = {str(item["i"]): item for item in items if not settled.issuperset(item_indices(item))}
         requests = [EngineRequest(key, item["ids"], Params.model_validate(item["params"]), payload["stop"])
                     for key, item in todo.items()]
         self.observer.shard_started(job_id, len(requests))
@@ -104,11 +118,11 @@ class ShardRunner:
         stored = 0
         recorded_at = time.monotonic()
         stream = (self._one_at_a_time(job_id, requests) if isolating
-                  else self.engine.stream(requests, should_stop=self._must_stop))
+                  else self.loop.stream(requests, should_stop=self._must_stop))
         try:
             for result in stream:
                 results.append(result)
-                entries.append(_entry(payload, todo[result.key], result))
+                entries += _entries(payload, todo[result.key], result)
                 if isolating or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
                     stored += self.store.record(job_id, entries)
                     entries, recorded_at = [], time.monotonic()
@@ -127,25 +141,20 @@ class ShardRunner:
     def _one_at_a_time(self, job_id: str, requests: list[EngineRequest]) -> Generator[EngineResult, None, None]:
         """Run each request alone, so that a request which kills the engine is the only one in flight when
         it does; one that did so ``MAX_ITEM_CRASHES`` times becomes an error record instead of running."""
-        for request in requests:
-            if self._must_stop():
-                return
-            crashes = self.store.item_attempt(job_id, int(request.key)) - 1
-            if crashes >= MAX_ITEM_CRASHES:
-                error = RequestError("engine_error", f"the request stopped the engine {crashes} times; it is "
-                                                     "not run again (`dscbatch retry` runs it once more)")
-                yield EngineResult.failed(request, error)
-                continue
-            yield from self.engine.stream([request], should_stop=self._must_stop)
+        with self.loop.alone():
+            for request in requests:
+                if self._must_stop():
+                    return
+                crashes = self.store.item_attempt(job_id, int(request.key)) - 1
+                if crashes >= MAX_ITEM_CRASHES:
+                    error = RequestError("engine_error", f"the request stopped the engine {crashes} times; it "
+                                                         "is not run again (`dscbatch retry` runs it once more)")
+                    yield EngineResult.failed(request, error)
+                    continue
+                yield from self.loop.stream([request], should_stop=self._must_stop)
 
 
 def register_tasks(app: Celery, runner: ShardRunner) -> None:
     @app.task(name=RUN_SHARD, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_shard(job_id: str, shard_key: str) -> None:
-        try:
-            runner.run(job_id, shard_key)
-        except EngineError:
-            # Without an engine this worker can serve nothing: leave the shard unacknowledged for another.
-            log.critical("engine failed while running %s; exiting so the shard is redelivered", shard_key,
-                         exc_info=True)
-            os._exit(ENGINE_DIED_EXIT)
+        runner.run(job_id, shard_key)

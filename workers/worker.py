@@ -1,7 +1,8 @@
-"""``dscbatch worker``: start one vLLM engine, then serve the model's queue with a solo pool.
+"""``dscbatch worker``: start one vLLM engine, then serve the model's queue with a thread pool.
 
-The solo pool runs tasks in the main process, which owns the engine: vLLM starts child processes of its
-own, which a prefork pool's daemonic children may not do, and one engine per process is the design.
+The engine lives in the main process (vLLM starts child processes of its own, which a prefork pool's
+daemonic children may not do) and one thread drives it (``batching.EngineLoop``); the pool's
+``shards_in_flight`` threads each run a shard through that loop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import queue_name
 from dscbatch.jobs.tokenizer import model_name
 from dscbatch.workers.app import enqueue_shard, make_app, require_json_only
+from dscbatch.workers.batching import EngineLoop
 from dscbatch.workers.engine import Engine
 from dscbatch.workers.liveness import Heartbeat
 from dscbatch.workers.observer import WorkerObserver
@@ -43,7 +45,9 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     def requeue(job_id: str, shard_key: str) -> None:
         enqueue_shard(app, queue, job_id, shard_key)
 
-    runner = ShardRunner(store, engine, observer, requeue, hostname)
+    loop = EngineLoop(engine)
+    loop.start()
+    runner = ShardRunner(store, loop, observer, requeue, hostname)
     # SIGTERM starts Celery's warm shutdown, which would wait for the running shard without a bound.
     signals.worker_shutting_down.connect(lambda **_: runner.stop_within(settings.shutdown_timeout), weak=False)
     info = {"model": model_name(model), "queue": queue, "pid": os.getpid(), "started": time.time()}
@@ -53,10 +57,11 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
         register_tasks(app, runner)
         worker = app.Worker(
             hostname=hostname,
-            pool_cls="solo", concurrency=1, queues=[queue], loglevel=loglevel,
+            pool_cls="threads", concurrency=settings.shards_in_flight, queues=[queue], loglevel=loglevel,
             without_gossip=True, without_mingle=True, optimization="fair",
         )
         worker.start()
     finally:
         heartbeat.stop()
+        loop.stop()
         engine.close()

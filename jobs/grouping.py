@@ -1,0 +1,159 @@
+"""Prefix-aware order for a whole job: sort rendered items by prompt token ids, fold duplicates, cut shards.
+
+vLLM caches prompt prefixes but runs requests in arrival order, so a file that interleaves many repository
+contexts evicts each context before its next request arrives. Sorting by token ids puts every request that
+shares a prefix next to the others, over the whole job. The sort is external (sorted runs spilled to a
+private temporary directory, then merged), so a 2M-line file sorts in bounded memory.
+
+Neighbours in that order with equal prompt ids and equal deterministic params (greedy, or a fixed seed)
+would produce the same output: the first carries the others as ``dups`` and runs once for all of them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import marshal
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from dscbatch.jobs.requests import DEFAULT_PARAMS, Params
+
+# A sorted run is spilled to disk once it holds this many prompt tokens (about 40 MB of Python lists).
+RUN_MAX_TOKENS = 1 << 20
+# What a folded duplicate keeps of its own item: everything its result line repeats.
+DUP_FIELDS = ("i", "id", "type", "openai", "metadata")
+
+Item = dict[str, Any]
+SortKey = tuple[bytes, str, int]
+
+
+def _sort_key(item: Item) -> SortKey:
+    # Big-endian packing keeps the ids' lexicographic order, a prefix before its extensions.
+    ids = item["ids"]
+    return struct.pack(f">{len(ids)}I", *ids), json.dumps(item["params"], sort_keys=True), item["i"]
+
+
+def item_indices(item: Item) -> list[int]:
+    """The line indices a shard item answers: its own and those of the duplicates folded into it."""
+    return [item["i"], *(dup["i"] for dup in item.get("dups", ()))]
+
+
+def folded_items(item: Item) -> list[Item]:
+    """The item, then each folded duplicate as an item of its own (same prompt and params, its own id)."""
+    shared = {name: value for name, value in item.items() if name not in DUP_FIELDS and name != "dups"}
+    return [item, *({**shared, **dup} for dup in item.get("dups", ()))]
+
+
+def deterministic(params: dict[str, Any]) -> bool:
+    """Whether requests with these params always give the same output: greedy, or with a fixed seed."""
+    resolved = Params.model_validate(params).over(DEFAULT_PARAMS)
+    return resolved.temperature == 0.0 or resolved.seed is not None
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading token ids ``a`` and ``b`` share (binary search over C-speed slice compares)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+class PrefixSorter:
+    """``order(items)`` gives items sorted by prompt ids, duplicates folded; ``with`` removes the spill files."""
+
+    def __init__(self, dedup: bool = True) -> None:
+        self.dedup = dedup
+        self.folded = 0  # duplicates folded into an earlier item, counted while iterating
+        self._buffer: list[tuple[SortKey, Item]] = []
+        self._buffer_tokens = 0
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+        self._runs: list[Path] = []
+
+    def __enter__(self) -> PrefixSorter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._directory is not None:
+            self._directory.cleanup()
+
+    def order(self, items: Iterable[Item]) -> Iterator[Item]:
+        """Consumes ``items`` at the first step, then yields them in prefix order."""
+        for item in items:
+            self._buffer.append((_sort_key(item), item))
+            self._buffer_tokens += len(item["ids"])
+            if self._buffer_tokens >= RUN_MAX_TOKENS:
+                self._spill()
+        self._buffer.sort(key=lambda entry: entry[0])
+        runs = [_read_run(path) for path in self._runs]
+        merged = (item for _, item in heapq.merge(*runs, iter(self._buffer), key=lambda entry: entry[0]))
+        yield from self._fold(merged) if self.dedup else merged
+
+    def _spill(self) -> None:
+        if self._directory is None:
+            self._directory = tempfile.TemporaryDirectory(prefix="dscbatch-sort-")
+        path = Path(self._directory.name) / f"run-{len(self._runs)}"
+        self._buffer.sort(key=lambda entry: entry[0])
+        with path.open("wb") as file:
+            for entry in self._buffer:
+                marshal.dump(entry, file)  # our own data in our own 0700 directory: no code runs on load
+        self._runs.append(path)
+        self._buffer, self._buffer_tokens = [], 0
+
+    def _fold(self, items: Iterable[Item]) -> Iterator[Item]:
+        held: Item | None = None
+        for item in items:
+            if (held is not None and item["ids"] == held["ids"] and item["params"] == held["params"]
+                    and deterministic(item["params"])):
+                held.setdefault("dups", []).append({name: item[name] for name in DUP_FIELDS if name in item})
+                self.folded += 1
+                continue
+            if held is not None:
+                yield held
+            held = item
+        if held is not None:
+            yield held
+
+
+def _read_run(path: Path) -> Iterator[tuple[SortKey, Item]]:
+    with path.open("rb") as file:
+        while True:
+            try:
+                key, item = marshal.load(file)
+            except EOFError:
+                return
+            yield key, item
+
+
+def cut_shards(items: Iterable[Item], max_requests: int, max_tokens: int) -> Iterator[list[Item]]:
+    """Shards of at most ``max_requests`` items and about ``max_tokens`` prompt tokens, from sorted items.
+
+    A full shard is cut where neighbours share the fewest tokens within its second half (the latest such
+    place), so a prefix group that fits in a shard stays in one shard and one worker prefills its prefix once.
+    """
+    shard: list[Item] = []
+    shared: list[int] = []  # shared[k]: tokens that shard[k] shares with shard[k + 1]
+    tokens = 0
+    for item in items:
+        if shard:
+            shared.append(common_prefix_length(shard[-1]["ids"], item["ids"]))
+        shard.append(item)
+        tokens += len(item["ids"])
+        if tokens >= max_tokens:
+            yield shard
+            shard, shared, tokens = [], [], 0
+        elif len(shard) > max_requests:  # one item past full: every candidate cut has a known neighbour
+            smallest = (max_requests + 1) // 2
+            cut = min(range(max_requests, smallest - 1, -1), key=lambda size: shared[size - 1])
+            yield shard[:cut]
+            shard, shared = shard[cut:], shared[cut:]
+            tokens = sum(len(kept["ids"]) for kept in shard)
+    if shard:
+        yield shard
