@@ -22,8 +22,9 @@ from typing import Any
 
 from dscbatch.jobs.requests import DEFAULT_PARAMS, Params
 
-# A sorted run is spilled to disk once it holds this many prompt tokens (about 40 MB of Python lists).
+# A sorted run is spilled to disk once it holds this many prompt tokens (about 40 MB of Python lists) or items.
 RUN_MAX_TOKENS = 1 << 20
+RUN_MAX_ITEMS = 20_000
 # What a folded duplicate keeps of its own item: everything its result line repeats.
 DUP_FIELDS = ("i", "id", "type", "openai", "metadata")
 
@@ -89,7 +90,7 @@ class PrefixSorter:
         for item in items:
             self._buffer.append((_sort_key(item), item))
             self._buffer_tokens += len(item["ids"])
-            if self._buffer_tokens >= RUN_MAX_TOKENS:
+            if self._buffer_tokens >= RUN_MAX_TOKENS or len(self._buffer) >= RUN_MAX_ITEMS:
                 self._spill()
         self._buffer.sort(key=lambda entry: entry[0])
         runs = [_read_run(path) for path in self._runs]

@@ -84,13 +84,18 @@ class ClusterCollector:
         items = GaugeMetricFamily("dscbatch_job_items", "A job's items by status: done, failed or pending (no "
                                   "result yet); their sum is the job's size. Unfinished and recent jobs only.",
                                   labels=["job_id", "model", "status"])
+        folded = GaugeMetricFamily("dscbatch_job_deduplicated_items", "A job's items answered by an identical "
+                                   "deterministic request's run instead of their own. Unfinished and recent jobs "
+                                   "only.", labels=["job_id", "model"])
         info = GaugeMetricFamily("dscbatch_job_info", "A job's state, as a label (the value is 1). Unfinished and "
                                  "recent jobs only.", labels=["job_id", "model", "state"])
         for job in shown_jobs(jobs, self.recent_jobs):
             for status, count in (("done", job.done), ("failed", job.failed), ("pending", job.pending)):
                 items.add_metric([job.id, job.model, status], count)
+            folded.add_metric([job.id, job.model], job.deduplicated)
             info.add_metric([job.id, job.model, job.state], 1)
         yield items
+        yield folded
         yield info
 
     def _workers(self, queues: list[str], workers: dict[str, dict[str, Any]]) -> Iterator[Metric]:
