@@ -167,19 +167,34 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
 @_submit_options
 @_scheduling_options
 @click.option("--wait", is_flag=True, help="Show progress until the job finishes; exit 3 if items failed.")
+@click.option("-o", "--output", help="With --wait: then write the results here (path or fsspec URL).")
 @click.pass_context
 def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
            max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,
-           wait: bool) -> None:
+           wait: bool, output: str | None) -> None:
     """Validate INPUT, cut it into shards and queue them; prints the job id as the last line."""
+    if output is not None and not wait:
+        raise click.UsageError("--output needs --wait (or write them later: dscbatch results JOB_ID -o FILE)")
     settings = _settings(ctx)
     store = JobStore.connect(settings)
     options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
                                    max_model_len, order, no_dedup)
     job_id = _submit(settings, store, input_path, options)
-    exit_code = _summary(wait_for_job(store, job_id)) if wait else 0
+    exit_code = 0
+    if wait:
+        status = wait_for_job(store, job_id)
+        if output is not None:
+            _write_results(store, status, output)
+        exit_code = _summary(status)
     click.echo(job_id)
     sys.exit(exit_code)
+
+
+def _write_results(store: JobStore, status: JobStatus, output: str) -> None:
+    from dscbatch.jobs.output import write_results
+
+    written = write_results(store, status, output)
+    click.echo(f"wrote {written} results to {output}", err=True)
 
 
 @cli.command()
@@ -284,7 +299,6 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
         max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,
         engine_args: Sequence[str], output: str) -> None:
     """Run a whole job on this machine: a private Redis and one local worker, started and stopped here."""
-    from dscbatch.jobs.output import write_results
     from dscbatch.workers.embedded import EmbeddedCluster
 
     settings = _settings(ctx)
@@ -305,8 +319,7 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
             cluster.check_worker()
             time.sleep(0.5)
         status = wait_for_job(store, job_id, check=cluster.check_worker)
-        written = write_results(store, status, output)
-        click.echo(f"wrote {written} results to {output}", err=True)
+        _write_results(store, status, output)
     sys.exit(_summary(status))
 
 

@@ -38,7 +38,7 @@ def progress_line(status: JobStatus, first: JobStatus, elapsed: float) -> str:
             f"{_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {eta}  failed {status.failed}")
 
 
-def wait_for_job(store: JobStore, job_id: str, *, interval: float = 0.5, stream: TextIO = sys.stderr,
+def wait_for_job(store: JobStore, job_id: str, *, interval: float = 0.2, stream: TextIO = sys.stderr,
                  check: Callable[[], None] | None = None) -> JobStatus:
     """Poll the job until no item is pending (or it is cancelled), drawing progress on ``stream``."""
     first = status = store.status(job_id)

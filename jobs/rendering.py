@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dscbatch.jobs.errors import RequestError
@@ -97,9 +98,32 @@ class Renderer:
 
     def render(self, request: Request) -> RenderedRequest:
         """Raises RequestError for a request this model cannot serve; it becomes that item's error."""
-        params = request.params.over(self.defaults)
         text = self.text(request)
-        encoded = self.tokenizer.encode(text)
+        return self._rendered(request, text, self.tokenizer.encode(text))
+
+    def render_many(self, requests: Sequence[Request]) -> list[RenderedRequest | RequestError]:
+        """``render`` of each request, tokenized in one batch on all cores; a RequestError in place of a
+        request this model cannot serve."""
+        texts: list[str | RequestError] = []
+        for request in requests:
+            try:
+                texts.append(self.text(request))
+            except RequestError as error:
+                texts.append(error)
+        encoded = iter(self.tokenizer.encode_many([text for text in texts if isinstance(text, str)]))
+        rendered: list[RenderedRequest | RequestError] = []
+        for request, text in zip(requests, texts, strict=True):
+            if isinstance(text, RequestError):
+                rendered.append(text)
+                continue
+            try:
+                rendered.append(self._rendered(request, text, next(encoded)))
+            except RequestError as error:
+                rendered.append(error)
+        return rendered
+
+    def _rendered(self, request: Request, text: str, encoded: list[int]) -> RenderedRequest:
+        params = request.params.over(self.defaults)
         ids = self.tokenizer.with_bos(encoded)
         prompt = f"{self.tokenizer.bos_text}{text}" if len(ids) > len(encoded) else text
         max_tokens = params.max_tokens or 0

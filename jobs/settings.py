@@ -36,8 +36,8 @@ class Settings(BaseModel):
     shutdown_timeout: Annotated[int, Field(ge=0)] = 600
     shard_max_requests: Annotated[int, Field(ge=1)] = 256
     shard_max_tokens: Annotated[int, Field(ge=1)] = 1 << 20
-    # Shards one worker runs at once through its engine: 2 keeps the batch full across shard boundaries.
-    shards_in_flight: Annotated[int, Field(ge=1, le=16)] = 2
+    # Shards one worker holds at once; each one's requests enter its engine as the batch has room.
+    shards_in_flight: Annotated[int, Field(ge=1, le=16)] = 4
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "dscbatch"
 
     @field_validator("redis_url")

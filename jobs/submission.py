@@ -7,6 +7,7 @@ they are cut into shards. Memory stays bounded: the sort spills to disk, and one
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from dscbatch.jobs.grouping import PrefixSorter, cut_shards
 from dscbatch.jobs.reader import (
     DEFAULT_MAX_LINE_BYTES,
     MAX_REPORTED_PROBLEMS,
+    Line,
     check_file,
     read_lines,
     require_valid,
@@ -31,6 +33,8 @@ from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 
 Enqueue = Callable[[str, str, str], None]  # (queue, job id, shard key)
+# Lines rendered, and tokenized in one batch on all cores, at a time.
+RENDER_CHUNK = 256
 Progress = Callable[[int], None]  # lines read so far
 
 
@@ -107,29 +111,34 @@ class _Rendering:
         self.total = 0
 
     def items(self) -> Iterator[dict[str, Any]]:
-        options = self.options
-        for index, line in enumerate(read_lines(self.path, max_line_bytes=options.max_line_bytes)):
-            self.total = index + 1
-            if self.progress is not None and self.total % 1000 == 0:
+        lines = enumerate(read_lines(self.path, max_line_bytes=self.options.max_line_bytes))
+        while chunk := list(itertools.islice(lines, RENDER_CHUNK)):
+            yield from self._render_chunk(chunk)
+            self.total = chunk[-1][0] + 1
+            if self.progress is not None:
                 self.progress(self.total)
+
+    def _render_chunk(self, chunk: list[tuple[int, Line]]) -> Iterator[dict[str, Any]]:
+        valid = [(index, line, line.request) for index, line in chunk if line.request is not None]
+        rendered = dict(zip((index for index, _, _ in valid),
+                            self.renderer.render_many([request for _, _, request in valid]), strict=True))
+        for index, line in chunk:
             request = line.request
             kind = request.type if request is not None else "invalid"
-            try:
-                if request is None:
-                    raise RequestError("invalid_request",
-                                       "; ".join(f"{p.field}: {p.message}" for p in line.problems))
-                rendered = self.renderer.render(request)
-            except RequestError as error:
-                self._refuse(line.number, index, line.id, kind, line.openai, request, error)
+            result = rendered.get(index) or RequestError(
+                "invalid_request", "; ".join(f"{p.field}: {p.message}" for p in line.problems))
+            if isinstance(result, RequestError):
+                self._refuse(line.number, index, line.id, kind, line.openai, request, result)
                 continue
-            item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": rendered.prompt_token_ids,
-                                    "params": rendered.params.model_dump(exclude_none=True)}
+            assert request is not None
+            item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": result.prompt_token_ids,
+                                    "params": result.params.model_dump(exclude_none=True)}
             if line.openai:
                 item["openai"] = True
             if request.metadata is not None:
                 item["metadata"] = request.metadata
-            if options.echo_prompt:
-                item["prompt"] = rendered.prompt
+            if self.options.echo_prompt:
+                item["prompt"] = result.prompt
             yield item
 
     def _refuse(self, number: int, index: int, custom_id: str, kind: str, openai: bool, request: Request | None,

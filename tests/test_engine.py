@@ -252,3 +252,27 @@ def test_stopping_a_stream_aborts_its_requests(loop: EngineLoop, engine: Engine)
     while engine.llm.llm_engine.has_unfinished_requests() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not engine.llm.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.engine
+def test_a_shard_waits_for_room_in_the_engines_batch(loop: EngineLoop, engine: Engine,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "max_num_seqs", 2)  # a batch of two requests is full
+    long, short = GREEDY.model_copy(update={"max_tokens": 100}), GREEDY.model_copy(update={"max_tokens": 2})
+    order: list[str] = []
+
+    def shard(*requests: EngineRequest) -> threading.Thread:
+        thread = threading.Thread(target=lambda: order.extend(r.key for r in loop.stream(list(requests), _never)))
+        thread.start()
+        return thread
+
+    first = shard(_request("long-1", PROMPT, long), _request("long-2", PROMPT, long))
+    deadline = time.monotonic() + 10
+    while loop._in_engine < 2:  # the first shard is in the engine
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    second = shard(_request("short", PROMPT, short))
+    for thread in (first, second):
+        thread.join(timeout=60)
+    # The short request waited for room: it would otherwise have finished long before the long ones.
+    assert order[2] == "short" and sorted(order[:2]) == ["long-1", "long-2"]

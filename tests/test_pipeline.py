@@ -117,9 +117,12 @@ def test_duplicates_run_once_and_every_id_gets_its_result(settings: Settings, st
                                                                            "temperature": 1.0}})
     path = tmp_path / "dups.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait").stdout.split()[-1]
     out = tmp_path / "dups.out"
-    dscbatch(settings, "results", job_id, "-o", str(out))
+    refused = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "-o", str(out), check=False)
+    assert refused.returncode == 2 and "--output needs --wait" in refused.stderr
+    submitted = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait", "-o", str(out))
+    job_id = submitted.stdout.split()[-1]
+    assert f"wrote 21 results to {out}" in submitted.stderr
     results = read_jsonl(out)
     assert [r["id"] for r in results] == input_ids(path)
     for number, result in enumerate(results[:20]):

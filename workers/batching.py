@@ -1,9 +1,10 @@
 """One engine batch across shard boundaries: a thread that owns the engine and serves every running shard.
 
 Run one shard at a time and the engine's batch drains at each shard's end: its longest requests run
-nearly alone. Instead the worker runs a few shards at once (Celery's thread pool) and their requests all
-go to this loop, which adds them as they arrive and steps the engine while any run, so the next shard's
-requests join while the previous shard's tail finishes.
+nearly alone. Instead a worker holds a few shards at once (Celery's thread pool) and their requests all go
+to this loop, which steps the engine while any run. A held shard's requests enter as soon as the engine
+has a free place in its batch (fewer requests than vLLM's ``max_num_seqs``), so the next shard's requests
+join while earlier shards' tails finish, and shards do not all start, and drain, in step.
 """
 
 from __future__ import annotations
@@ -47,15 +48,20 @@ class EngineLoop(threading.Thread):
         self.engine = engine
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: stop
         self._owners: dict[str, _Batch] = {}  # engine id of each running request: its batch
-        # Isolation (``alone``) waits for other streams to end and holds new ones back.
+        # Admission: a stream waits for room in the engine's batch; isolation (``alone``) waits for other
+        # streams to end and holds new ones back.
         self._gate = threading.Condition()
+        self._in_engine = 0  # requests admitted and not yet finished or aborted
         self._streams = 0
         self._alone: int | None = None  # the thread that runs alone
 
     def stream(self, requests: Sequence[EngineRequest],
                should_stop: Callable[[], bool]) -> Generator[EngineResult, None, None]:
-        """Each request's result as it finishes; stopping or closing early aborts the rest."""
-        with self._admitted():
+        """Each request's result as it finishes; stopping (also while waiting for room) or closing early
+        aborts the rest."""
+        with self._admitted(len(requests), should_stop) as admitted:
+            if not admitted:
+                return
             batch = _Batch(requests)
             self._inbox.put(lambda: self._add(batch))
             remaining = len(requests)
@@ -87,17 +93,31 @@ class EngineLoop(threading.Thread):
                 self._gate.notify_all()
 
     @contextlib.contextmanager
-    def _admitted(self) -> Iterator[None]:
+    def _admitted(self, count: int, should_stop: Callable[[], bool]) -> Iterator[bool]:
+        """Waits for room in the engine's batch (and for no other thread to run alone); gives False when told
+        to stop first."""
         me = threading.get_ident()
+        capacity = self.engine.max_num_seqs
         with self._gate:
-            self._gate.wait_for(lambda: self._alone in (None, me))
-            self._streams += 1
+            while not (ready := self._alone in (None, me) and self._in_engine < capacity) and not should_stop():
+                self._gate.wait(STOP_CHECK_SECONDS)
+            if ready:
+                self._streams += 1
+                self._in_engine += count
+        if not ready:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._gate:
                 self._streams -= 1
                 self._gate.notify_all()
+
+    def _left_engine(self, count: int) -> None:
+        with self._gate:
+            self._in_engine -= count
+            self._gate.notify_all()
 
     def stop(self) -> None:
         """End the loop (running requests are left to the engine's shutdown)."""
@@ -117,24 +137,32 @@ class EngineLoop(threading.Thread):
                         return
                     command()
                 if self._owners:
-                    for engine_id, result in self.engine.step():
+                    finished = self.engine.step()
+                    for engine_id, result in finished:
                         self._owners.pop(engine_id).results.put(result)
+                    if finished:
+                        self._left_engine(len(finished))
         except EngineError:
             # Without an engine this worker can serve nothing: its claimed shards go to other workers.
             log.critical("the vLLM engine failed; exiting with status %d", ENGINE_DIED_EXIT, exc_info=True)
             os._exit(ENGINE_DIED_EXIT)
 
     def _add(self, batch: _Batch) -> None:
+        refused = 0
         for request in batch.requests:
-            engine_id, refused = self.engine.add(request)
-            if refused is not None:
-                batch.results.put(refused)
+            engine_id, failed = self.engine.add(request)
+            if failed is not None:
+                batch.results.put(failed)
+                refused += 1
             else:
                 batch.engine_ids.add(engine_id)
                 self._owners[engine_id] = batch
+        if refused:
+            self._left_engine(refused)
 
     def _abort(self, batch: _Batch) -> None:
         running = [engine_id for engine_id in batch.engine_ids if engine_id in self._owners]
         for engine_id in running:
             del self._owners[engine_id]
         self.engine.abort(running)
+        self._left_engine(len(running))

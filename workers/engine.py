@@ -124,6 +124,8 @@ class Engine:
         self._request_numbers = itertools.count()
         self._running: dict[str, tuple[EngineRequest, Any]] = {}  # engine id: (request, SamplingParams)
         self.max_model_len = int(self._llm.model_config.max_model_len)
+        # Requests the engine runs at once; more wait in its queue.
+        self.max_num_seqs = int(self._llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
         self.vocab_size = int(self._llm.model_config.get_vocab_size())
 
     @property

@@ -1,0 +1,148 @@
+"""System (c): dscbatch end to end with warm workers, driven through its command line as a user would.
+
+A private redis-server and ``--workers`` ``dscbatch worker`` processes are started per variant (fresh
+workers: an empty prefix cache, and the variant's worker flags); the clock runs from ``dscbatch submit FILE
+--wait -o OUT`` writing its results file, only once a warm-up job has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from throughput_common import Totals, log_tail, measurement, run_logged
+
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.embedded import free_port, start_redis, stop_process
+
+DSCBATCH = (sys.executable, "-m", "dscbatch.cli.main")
+# Exit status of `submit --wait` when some items failed: measured anyway, their count is reported.
+ITEMS_FAILED_EXIT = 3
+# Set by dscbatch's Engine itself (the model, and the corrected tokenizer directory it derives from it).
+ENGINE_SET = frozenset({"model", "tokenizer"})
+WORKER_START_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Extra ``dscbatch submit`` flags and worker environment of one dscbatch setup, and the workloads it
+    is measured on (all when None)."""
+
+    submit_flags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workloads: tuple[str, ...] | None = None
+
+
+# One line per variant; each is compared with the baselines. The ablations each turn one design choice off,
+# on the workload that choice is for: what it bought is their ratio to c.
+VARIANTS: dict[str, Variant] = {
+    "c": Variant(),
+    "c-file-order": Variant(submit_flags=("--order", "file"), workloads=("interleaved", "duplicates")),
+    "c-no-dedup": Variant(submit_flags=("--no-dedup",), workloads=("duplicates",)),
+    "c-one-shard": Variant(env=(("DSCBATCH_SHARDS_IN_FLIGHT", "1"),), workloads=("varying", "unique")),
+}
+
+
+class Cluster:
+    """``with Cluster(...) as cluster:`` a redis-server and warm workers; everything stopped on exit."""
+
+    def __init__(self, model: str, engine_args: Mapping[str, Any], workers: int, variant: Variant,
+                 directory: Path) -> None:
+        self.model, self.variant, self.workers = model, variant, workers
+        self.directory = Path(tempfile.mkdtemp(prefix="cluster-", dir=directory))
+        self.port = free_port()
+        self.env = {**os.environ, **dict(variant.env), "DSCBATCH_REDIS_URL": f"redis://127.0.0.1:{self.port}/0"}
+        self.worker_command = [*DSCBATCH, "worker", "--model", model,
+                               *(f"--engine-arg={key}={json.dumps(value)}" for key, value in engine_args.items()
+                                 if key not in ENGINE_SET)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.log = self.directory / "dscbatch.log"
+
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start redis-server and the workers, and return once they are warm; on failure stop them all."""
+        try:
+            self.processes.append(start_redis(self.directory, self.port))
+            for number in range(self.workers):
+                with (self.directory / f"worker{number}.log").open("wb") as log:
+                    self.processes.append(subprocess.Popen(
+                        self.worker_command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        env=self.env, start_new_session=True))
+            self._warm_up()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_workers(self) -> None:
+        for number, worker in enumerate(self.processes[1:]):
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker {number} exited with {worker.returncode}:\n"
+                                   + log_tail(self.directory / f"worker{number}.log"))
+
+    def _warm_up(self) -> None:
+        """Wait for every worker's heartbeat, then run a small job: each engine has served a request."""
+        store = JobStore.connect(Settings(redis_url=self.env["DSCBATCH_REDIS_URL"]))
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while len(store.workers()) < self.workers:
+            self._check_workers()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the workers did not start within {WORKER_START_SECONDS} s")
+            time.sleep(0.5)
+        warm = self.directory / "warmup.jsonl"
+        # One-request shards, a few per worker: with prefetch 1 each worker most likely serves some.
+        warm.write_text("".join(json.dumps({"id": f"w{i}", "prompt": f"def warm_up_{i}(x):\n",
+                                            "params": {"max_tokens": 8, "ignore_eos": True}}) + "\n"
+                                for i in range(4 * self.workers)))
+        env = {**self.env, "DSCBATCH_SHARD_MAX_REQUESTS": "1"}
+        run_logged([*DSCBATCH, "submit", str(warm), "--model", self.model, "--wait"], self.log, 600, env,
+                   check=self._check_workers)
+
+    def run(self, input_path: Path, output: Path, timeout: float, shard_size: int | None) -> dict[str, Any]:
+        """Submit, wait and write the results: the timed part. ``shard_size`` None: dscbatch's default."""
+        env = self.env if shard_size is None else {**self.env, "DSCBATCH_SHARD_MAX_REQUESTS": str(shard_size)}
+        started = time.perf_counter()
+        _, stdout = run_logged([*DSCBATCH, "submit", str(input_path), "--model", self.model, "--wait", "-o",
+                                str(output), *self.variant.submit_flags], self.log, timeout, env,
+                               ok=(0, ITEMS_FAILED_EXIT), check=self._check_workers)
+        seconds = time.perf_counter() - started
+        job_id = stdout.strip().splitlines()[-1]
+        self._check_workers()
+        return measurement(seconds, read_results(output), job_id=job_id, output=str(output))
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+        self.processes.clear()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def read_results(path: Path) -> Totals:
+    totals = Totals()
+    with path.open(encoding="utf-8") as stream:
+        for line in stream:
+            record = json.loads(line)
+            totals.requests += 1
+            if record["error"] is not None:
+                totals.failed += 1
+                continue
+            usage = record["usage"]
+            totals.prompt_tokens += usage["prompt_tokens"]
+            totals.cached_prompt_tokens = (totals.cached_prompt_tokens or 0) + usage["cached_prompt_tokens"]
+            totals.generated_tokens += usage["completion_tokens"]
+    return totals
