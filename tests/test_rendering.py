@@ -207,3 +207,26 @@ def test_model_without_fim_tokens_gets_a_per_line_error(tmp_path: Path) -> None:
         renderer.render(FimRequest(id="a", prefix="P", suffix="S"))
     assert caught.value.code == "fim_unsupported"
     assert renderer.render(CompletionRequest(id="b", prompt="ok")).prompt == "<s>ok"
+
+
+def test_batch_rendering_gives_each_request_the_ids_of_rendering_it_alone(tokenizer: ModelTokenizer) -> None:
+    renderer = Renderer(tokenizer, Params(max_tokens=8), max_model_len=128)
+    requests = [
+        CompletionRequest(id="c", prompt="def f():\n    return 1\n"),
+        FimRequest(id="f", prefix="def g():\n    ", suffix="\n"),
+        CompletionRequest(id="long", prompt="x = 1\n" * 40),  # over the 128-token context
+        ChatRequest(id="chat", messages=[ChatMessage(role="user", content="Sort a list.")]),
+        CompletionRequest(id="empty", prompt=""),
+    ]
+    batched = renderer.render_many(requests)
+    for request, rendered in zip(requests, batched, strict=True):
+        try:
+            alone: object = renderer.render(request)
+        except RequestError as error:
+            alone = error
+        if isinstance(alone, RequestError):
+            assert isinstance(rendered, RequestError) and (rendered.code, rendered.message) == (alone.code,
+                                                                                                alone.message)
+        else:
+            assert rendered == alone
+    assert [isinstance(r, RequestError) for r in batched] == [False, False, True, False, False]
