@@ -53,9 +53,6 @@ from workloads import DEFAULT_MODEL, WORKLOADS, write_workloads
 from dscbatch.workers.embedded import stop_process
 
 RAW_ORDERS = {"a": "file", "a-sorted": "sorted", "a-per-shard": "shards"}
-# Workloads where dscbatch runs with --shard-size shards, to compare with a-per-shard (the issue's "shards of
-# 64"); elsewhere it runs with its default shard size, as a user would.
-SHARDED_WORKLOADS = ("varying",)
 BASELINES = ("a", "b", "a-sorted", "a-per-shard")
 SYSTEMS = (*RAW_ORDERS, "b", *VARIANTS)
 MiB = 1 << 20
@@ -153,7 +150,7 @@ def _raise(error: BaseException) -> dict[str, Any]:
 def measure_dscbatch(args: argparse.Namespace, work: Path, workloads: list[str], variant: str,
                      engine: dict[str, Any], results: Results) -> dict[str, Any]:
     started = time.perf_counter()
-    cluster = Cluster(args.model, engine, args.workers, VARIANTS[variant], work)
+    cluster = Cluster(args.model, engine, args.workers, VARIANTS[variant], args.shard_size, work)
     try:
         cluster.start()
     except Exception as error:
@@ -168,8 +165,7 @@ def measure_dscbatch(args: argparse.Namespace, work: Path, workloads: list[str],
         wanted = VARIANTS[variant].workloads
         for workload in (w for w in workloads if wanted is None or w in wanted):
             guarded(results, workload, variant, partial(
-                cluster.run, work / f"{workload}.jsonl", work / f"{workload}.{variant}.out.jsonl", args.timeout,
-                args.shard_size if workload in SHARDED_WORKLOADS else None))
+                cluster.run, work / f"{workload}.jsonl", work / f"{workload}.{variant}.out.jsonl", args.timeout))
     finally:
         cluster.close()
     return info
@@ -247,8 +243,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-num-batched-tokens", type=int, default=DEFAULT_MAX_NUM_BATCHED_TOKENS)
     parser.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
     parser.add_argument("--shard-size", type=int, default=64,
-                        help="requests per shard: a-per-shard's generate calls, and dscbatch's "
-                             "DSCBATCH_SHARD_MAX_REQUESTS on the varying workload")
+                        help="requests per shard: a-per-shard's generate calls and dscbatch's "
+                             "DSCBATCH_SHARD_MAX_REQUESTS (the issue's shards of 64)")
     parser.add_argument("--workers", type=int, default=1, help="dscbatch workers (one engine each)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one measurement may take")
     parser.add_argument("--work-dir", type=Path, help="keep workloads, outputs and logs here (default: a new "
@@ -296,7 +292,7 @@ def main() -> None:
                 "b: vLLM 0.32's run-batch refuses /v1/completions lines, so each is sent to /v1/chat/completions "
                 "with a chat template that renders BOS + the prompt alone (sanity: same prompt tokens as a)",
                 "c: wall time of `dscbatch submit --wait -o OUT`, warm workers, "
-                "DSCBATCH_SHARD_MAX_REQUESTS = shard_size on the varying workload (dscbatch's default elsewhere); "
+                "DSCBATCH_SHARD_MAX_REQUESTS = shard_size for submit and workers (DSCBATCH_SHARDS_IN_FLIGHT auto); "
                 "tokens as the results file reports them",
                 "sanity: per-request prompt and generated token counts of every system against a's",
                 "ratios: requests/s of the variant over the baseline's (above 1: the variant is faster)",

@@ -57,11 +57,13 @@ class Cluster:
     """``with Cluster(...) as cluster:`` a redis-server and warm workers; everything stopped on exit."""
 
     def __init__(self, model: str, engine_args: Mapping[str, Any], workers: int, variant: Variant,
-                 directory: Path) -> None:
+                 shard_size: int, directory: Path) -> None:
         self.model, self.variant, self.workers = model, variant, workers
         self.directory = Path(tempfile.mkdtemp(prefix="cluster-", dir=directory))
         self.port = free_port()
-        self.env = {**os.environ, **dict(variant.env), "DSCBATCH_REDIS_URL": f"redis://127.0.0.1:{self.port}/0"}
+        # Submit and workers both see the shard size: the workers size how many shards they hold from it.
+        self.env = {**os.environ, **dict(variant.env), "DSCBATCH_REDIS_URL": f"redis://127.0.0.1:{self.port}/0",
+                    "DSCBATCH_SHARD_MAX_REQUESTS": str(shard_size)}
         self.worker_command = [*DSCBATCH, "worker", "--model", model,
                                *(f"--engine-arg={key}={json.dumps(value)}" for key, value in engine_args.items()
                                  if key not in ENGINE_SET)]
@@ -110,12 +112,11 @@ class Cluster:
         run_logged([*DSCBATCH, "submit", str(warm), "--model", self.model, "--wait"], self.log, 600, env,
                    check=self._check_workers)
 
-    def run(self, input_path: Path, output: Path, timeout: float, shard_size: int | None) -> dict[str, Any]:
-        """Submit, wait and write the results: the timed part. ``shard_size`` None: dscbatch's default."""
-        env = self.env if shard_size is None else {**self.env, "DSCBATCH_SHARD_MAX_REQUESTS": str(shard_size)}
+    def run(self, input_path: Path, output: Path, timeout: float) -> dict[str, Any]:
+        """Submit, wait and write the results: the timed part."""
         started = time.perf_counter()
         _, stdout = run_logged([*DSCBATCH, "submit", str(input_path), "--model", self.model, "--wait", "-o",
-                                str(output), *self.variant.submit_flags], self.log, timeout, env,
+                                str(output), *self.variant.submit_flags], self.log, timeout, self.env,
                                ok=(0, ITEMS_FAILED_EXIT), check=self._check_workers)
         seconds = time.perf_counter() - started
         job_id = stdout.strip().splitlines()[-1]

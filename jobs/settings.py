@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dscbatch.jobs.errors import SettingsError
 
 ENV_PREFIX = "DSCBATCH_"
+MAX_SHARDS_IN_FLIGHT = 16
 # Reserved for the test suite's own variables, which are not settings.
 TEST_ENV_PREFIX = "DSCBATCH_TEST_"
 
@@ -36,8 +37,9 @@ class Settings(BaseModel):
     shutdown_timeout: Annotated[int, Field(ge=0)] = 600
     shard_max_requests: Annotated[int, Field(ge=1)] = 256
     shard_max_tokens: Annotated[int, Field(ge=1)] = 1 << 20
-    # Shards one worker holds at once; each one's requests enter its engine as the batch has room.
-    shards_in_flight: Annotated[int, Field(ge=1, le=16)] = 4
+    # Shards one worker holds at once; each one's requests enter its engine as the batch has room. None: enough
+    # to keep the engine's batch full (workers.batching.default_shards_in_flight).
+    shards_in_flight: Annotated[int, Field(ge=1, le=MAX_SHARDS_IN_FLIGHT)] | None = None
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "dscbatch"
 
     @field_validator("redis_url")

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from dscbatch.jobs.errors import EngineError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir, is_mislabelled
 from dscbatch.jobs.requests import Params
-from dscbatch.workers.batching import EngineLoop
+from dscbatch.workers.batching import EngineLoop, default_shards_in_flight
 from dscbatch.workers.engine import Engine, EngineRequest
 
 from .conftest import OFFICIAL, TOKENIZER_DIR
@@ -276,3 +276,10 @@ def test_a_shard_waits_for_room_in_the_engines_batch(loop: EngineLoop, engine: E
         thread.join(timeout=60)
     # The short request waited for room: it would otherwise have finished long before the long ones.
     assert order[2] == "short" and sorted(order[:2]) == ["long-1", "long-2"]
+
+
+def test_a_worker_holds_enough_shards_for_two_full_batches() -> None:
+    assert default_shards_in_flight(max_num_seqs=256, shard_max_requests=256) == 3
+    assert default_shards_in_flight(max_num_seqs=256, shard_max_requests=64) == 9
+    assert default_shards_in_flight(max_num_seqs=1024, shard_max_requests=16) == 16  # the most it holds
+    assert default_shards_in_flight(max_num_seqs=8, shard_max_requests=256) == 2

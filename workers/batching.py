@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from dscbatch.jobs.errors import EngineError
+from dscbatch.jobs.settings import MAX_SHARDS_IN_FLIGHT
 from dscbatch.workers.engine import Engine, EngineRequest, EngineResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,12 @@ class _Batch:
 
 
 Command = Callable[[], None]
+
+
+def default_shards_in_flight(max_num_seqs: int, shard_max_requests: int) -> int:
+    """Shards a worker holds when ``DSCBATCH_SHARDS_IN_FLIGHT`` is not set: enough for two full batches, plus
+    one, so that shards in their tails (a few long requests each) still leave the batch full."""
+    return max(2, min(MAX_SHARDS_IN_FLIGHT, math.ceil(2 * max_num_seqs / shard_max_requests) + 1))
 
 
 class EngineLoop(threading.Thread):

@@ -21,7 +21,7 @@ from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import queue_name
 from dscbatch.jobs.tokenizer import model_name
 from dscbatch.workers.app import enqueue_shard, make_app, require_json_only
-from dscbatch.workers.batching import EngineLoop
+from dscbatch.workers.batching import EngineLoop, default_shards_in_flight
 from dscbatch.workers.engine import Engine
 from dscbatch.workers.liveness import Heartbeat
 from dscbatch.workers.observer import WorkerObserver
@@ -47,6 +47,9 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
 
     loop = EngineLoop(engine)
     loop.start()
+    in_flight = settings.shards_in_flight or default_shards_in_flight(engine.max_num_seqs,
+                                                                      settings.shard_max_requests)
+    log.info("holding up to %d shards at once (engine batch: %d requests)", in_flight, engine.max_num_seqs)
     runner = ShardRunner(store, loop, observer, requeue, hostname)
     # SIGTERM starts Celery's warm shutdown, which would wait for the running shard without a bound.
     signals.worker_shutting_down.connect(lambda **_: runner.stop_within(settings.shutdown_timeout), weak=False)
@@ -57,7 +60,7 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
         register_tasks(app, runner)
         worker = app.Worker(
             hostname=hostname,
-            pool_cls="threads", concurrency=settings.shards_in_flight, queues=[queue], loglevel=loglevel,
+            pool_cls="threads", concurrency=in_flight, queues=[queue], loglevel=loglevel,
             without_gossip=True, without_mingle=True, optimization="fair",
         )
         worker.start()
