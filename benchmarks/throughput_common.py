@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,27 @@ class Totals:
     prompt_tokens: int = 0
     cached_prompt_tokens: int | None = 0  # None: the system cannot report it
     generated_tokens: int = 0
+
+
+Usage = tuple[int, int, int | None]  # prompt, generated and cached prompt tokens (None: not reported)
+
+
+def read_totals(path: Path, usage_of: Callable[[dict[str, Any]], Usage | None]) -> Totals:
+    """Totals over an output file; ``usage_of`` gives a record's usage, or None for a failed request."""
+    totals = Totals()
+    with path.open(encoding="utf-8") as stream:
+        for line in stream:
+            totals.requests += 1
+            usage = usage_of(json.loads(line))
+            if usage is None:
+                totals.failed += 1
+                continue
+            prompt, generated, cached = usage
+            totals.prompt_tokens += prompt
+            totals.generated_tokens += generated
+            totals.cached_prompt_tokens = (None if cached is None or totals.cached_prompt_tokens is None
+                                           else totals.cached_prompt_tokens + cached)
+    return totals
 
 
 def measurement(seconds: float, totals: Totals, **extra: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from throughput_common import Totals, log_tail, measurement, run_logged
+from throughput_common import Usage, log_tail, measurement, read_totals, run_logged
 
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
@@ -121,7 +121,7 @@ class Cluster:
         seconds = time.perf_counter() - started
         job_id = stdout.strip().splitlines()[-1]
         self._check_workers()
-        return measurement(seconds, read_results(output), job_id=job_id, output=str(output))
+        return measurement(seconds, read_totals(output, dscbatch_usage), job_id=job_id, output=str(output))
 
     def close(self) -> None:
         for process in reversed(self.processes):
@@ -133,17 +133,8 @@ class Cluster:
         self.close()
 
 
-def read_results(path: Path) -> Totals:
-    totals = Totals()
-    with path.open(encoding="utf-8") as stream:
-        for line in stream:
-            record = json.loads(line)
-            totals.requests += 1
-            if record["error"] is not None:
-                totals.failed += 1
-                continue
-            usage = record["usage"]
-            totals.prompt_tokens += usage["prompt_tokens"]
-            totals.cached_prompt_tokens = (totals.cached_prompt_tokens or 0) + usage["cached_prompt_tokens"]
-            totals.generated_tokens += usage["completion_tokens"]
-    return totals
+def dscbatch_usage(record: dict[str, Any]) -> Usage | None:
+    if record["error"] is not None:
+        return None
+    usage = record["usage"]
+    return usage["prompt_tokens"], usage["completion_tokens"], usage["cached_prompt_tokens"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from throughput_common import Totals, measurement, run_logged
+from throughput_common import Totals, Usage, measurement, read_totals, run_logged
 
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 
@@ -110,7 +110,7 @@ class RunBatch:
     def run(self, openai_path: Path, chat: Path, output: Path) -> BatchRun:
         as_chat(openai_path, chat)
         wall, inside = self._run(chat, output)
-        return BatchRun(wall, inside, read_output(output), output)
+        return BatchRun(wall, inside, read_totals(output, openai_usage), output)
 
 
 def result(run: BatchRun, startups: list[float]) -> dict[str, Any]:
@@ -130,24 +130,13 @@ def result(run: BatchRun, startups: list[float]) -> dict[str, Any]:
     return found
 
 
-def read_output(path: Path) -> Totals:
-    totals = Totals()
-    with path.open(encoding="utf-8") as stream:
-        for line in stream:
-            record = json.loads(line)
-            totals.requests += 1
-            response = record.get("response") or {}
-            if record.get("error") is not None or response.get("status_code") != 200:
-                totals.failed += 1
-                continue
-            usage = response["body"]["usage"]
-            totals.prompt_tokens += usage["prompt_tokens"]
-            totals.generated_tokens += usage["completion_tokens"]
-            details = usage.get("prompt_tokens_details") or {}
-            if totals.cached_prompt_tokens is not None:
-                cached = details.get("cached_tokens")
-                totals.cached_prompt_tokens = None if cached is None else totals.cached_prompt_tokens + cached
-    return totals
+def openai_usage(record: dict[str, Any]) -> Usage | None:
+    response = record.get("response") or {}
+    if record.get("error") is not None or response.get("status_code") != 200:
+        return None
+    usage = response["body"]["usage"]
+    return (usage["prompt_tokens"], usage["completion_tokens"],
+            (usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
 
 
 def timed_run_batch() -> None:
