@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SHARED_TOKENIZER := $(abspath ../shared/models/deepseek-coder-6.7b-instruct)
 
-.PHONY: setup test demo lint typecheck bench-reader
+.PHONY: setup test demo lint typecheck bench-reader bench-throughput
 
 setup:
 	scripts/setup
@@ -21,3 +21,8 @@ typecheck: setup
 
 bench-reader: setup
 	$(PY) benchmarks/reader.py
+
+# The throughput benchmark on the tiny model (about 25 minutes on 2 CPU cores; README, "Throughput").
+bench-throughput: setup
+	$(PY) scripts/make_tiny_model.py --tokenizer-dir $(SHARED_TOKENIZER) --out .cache/tiny-deepseek-coder
+	$(PY) benchmarks/throughput.py --json benchmarks/results/throughput-cpu.json

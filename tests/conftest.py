@@ -81,7 +81,9 @@ def store(settings: Settings) -> JobStore:
 
 def worker_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a dscbatch process exactly these settings."""
-    return {**os.environ, **{f"DSCBATCH_{name.upper()}": str(value) for name, value in settings.model_dump().items()}}
+    values = {f"DSCBATCH_{name.upper()}": value for name, value in settings.model_dump().items()}
+    environ = {name: value for name, value in os.environ.items() if name not in values}
+    return {**environ, **{name: str(value) for name, value in values.items() if value is not None}}
 
 
 def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,35 @@ def test_a_stream_alone_holds_other_streams_back(loop: EngineLoop) -> None:
         order.extend(result.key for result in loop.stream([_request("alone", PROMPT, params)], _never))
     thread.join(timeout=60)
     assert order == ["alone", "other"]
+
+
+@pytest.mark.engine
+def test_a_stream_waiting_to_run_alone_goes_before_shards_that_come_later(loop: EngineLoop) -> None:
+    long, short = GREEDY.model_copy(update={"max_tokens": 60}), GREEDY.model_copy(update={"max_tokens": 2})
+    order: list[str] = []
+
+    def run(key: str, params: Params, alone: bool = False) -> threading.Thread:
+        def body() -> None:
+            with loop.alone() if alone else contextlib.nullcontext():
+                order.extend(result.key for result in loop.stream([_request(key, PROMPT, params)], _never))
+        thread = threading.Thread(target=body)
+        thread.start()
+        return thread
+
+    def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    threads = [run("running", long)]
+    until(lambda: loop._streams == 1)
+    threads.append(run("alone", short, alone=True))
+    until(lambda: loop._alone is not None)  # it waits for "running" to end, and holds newcomers back
+    threads.append(run("later", short))
+    for thread in threads:
+        thread.join(timeout=60)
+    assert order == ["running", "alone", "later"]
 
 
 @pytest.mark.engine

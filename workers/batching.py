@@ -91,8 +91,9 @@ class EngineLoop(threading.Thread):
         take another shard's requests down with it, nor be blamed for theirs)."""
         me = threading.get_ident()
         with self._gate:
-            self._gate.wait_for(lambda: self._alone is None and self._streams == 0)
-            self._alone = me
+            self._gate.wait_for(lambda: self._alone is None)
+            self._alone = me  # no other stream is admitted from here: those running drain
+            self._gate.wait_for(lambda: self._streams == 0)
         try:
             yield
         finally:
