@@ -71,7 +71,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url, key_prefix="dsctest", shard_max_requests=4)
+    # Shards of 4 keep test jobs multi-shard; two held per worker, so a job runs over several admissions.
+    return Settings(redis_url=redis_url, key_prefix="dsctest", shard_max_requests=4, shards_in_flight=2)
 
 
 @pytest.fixture(scope="session")

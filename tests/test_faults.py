@@ -35,8 +35,9 @@ ITEMS = 48
 @pytest.fixture
 def fault_settings(redis_url: str, request: pytest.FixtureRequest) -> Settings:
     # A prefix (and so a queue) of the test's own.
+    # Two shards held per worker (auto would hold all twelve at once): kills land between shards and mid-shard.
     return Settings(redis_url=redis_url, key_prefix=f"fault-{request.node.name[5:25]}", shard_max_requests=4,
-                    shutdown_timeout=2)
+                    shutdown_timeout=2, shards_in_flight=2)
 
 
 @pytest.fixture
