@@ -12,6 +12,7 @@ would produce the same output: the first carries the others as ``dups`` and runs
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import marshal
 import struct
@@ -27,6 +28,8 @@ RUN_MAX_TOKENS = 1 << 20
 RUN_MAX_ITEMS = 20_000
 # Items a spilled run is written and read back in at once (the merge holds one chunk of each run).
 SPILL_CHUNK = 256
+# Runs merged at once: more are first merged into one run on disk, so the final merge's memory is bounded.
+MERGE_FAN_IN = 32
 # What a folded duplicate keeps of its own item: everything its result line repeats.
 DUP_FIELDS = ("i", "id", "type", "openai", "metadata")
 
@@ -49,6 +52,10 @@ def folded_items(item: Item) -> list[Item]:
     """The item, then each folded duplicate as an item of its own (same prompt and params, its own id)."""
     shared = {name: value for name, value in item.items() if name not in DUP_FIELDS and name != "dups"}
     return [item, *({**shared, **dup} for dup in item.get("dups", ()))]
+
+
+def _entry_key(entry: tuple[SortKey, Item]) -> SortKey:
+    return entry[0]
 
 
 def deterministic(params: dict[str, Any]) -> bool:
@@ -79,6 +86,7 @@ class PrefixSorter:
         self._buffer_tokens = 0
         self._directory: tempfile.TemporaryDirectory[str] | None = None
         self._runs: list[Path] = []
+        self._written = 0
 
     def __enter__(self) -> PrefixSorter:
         return self
@@ -94,23 +102,34 @@ class PrefixSorter:
             self._buffer_tokens += len(item["ids"])
             if self._buffer_tokens >= RUN_MAX_TOKENS or len(self._buffer) >= RUN_MAX_ITEMS:
                 self._spill()
-        self._buffer.sort(key=lambda entry: entry[0])
+        self._buffer.sort(key=_entry_key)
         runs = [_read_run(path) for path in self._runs]
-        merged = (item for _, item in heapq.merge(*runs, iter(self._buffer), key=lambda entry: entry[0]))
+        merged = (item for _, item in heapq.merge(*runs, iter(self._buffer), key=_entry_key))
         yield from self._fold(merged) if self.dedup else merged
 
     def _spill(self) -> None:
+        self._buffer.sort(key=_entry_key)
+        self._runs.append(self._write_run(self._buffer))
+        self._buffer, self._buffer_tokens = [], 0
+        if len(self._runs) >= MERGE_FAN_IN:
+            # The final merge holds a chunk of every run: merge these into one run so that stays bounded.
+            merged = self._write_run(heapq.merge(*(_read_run(path) for path in self._runs), key=_entry_key))
+            for path in self._runs:
+                path.unlink()
+            self._runs = [merged]
+
+    def _write_run(self, entries: Iterable[tuple[SortKey, Item]]) -> Path:
         if self._directory is None:
             self._directory = tempfile.TemporaryDirectory(prefix="dscbatch-sort-")
-        path = Path(self._directory.name) / f"run-{len(self._runs)}"
-        self._buffer.sort(key=lambda entry: entry[0])
+        self._written += 1
+        path = Path(self._directory.name) / f"run-{self._written}"
         with path.open("wb") as file:
             # Our own data in our own 0700 directory: no code runs on load.
-            for start in range(0, len(self._buffer), SPILL_CHUNK):
-                chunk = marshal.dumps(self._buffer[start:start + SPILL_CHUNK])
-                file.write(len(chunk).to_bytes(8, "big") + chunk)  # marshal.load on a file is 10x slower
-        self._runs.append(path)
-        self._buffer, self._buffer_tokens = [], 0
+            remaining = iter(entries)
+            while chunk := list(itertools.islice(remaining, SPILL_CHUNK)):
+                data = marshal.dumps(chunk)
+                file.write(len(data).to_bytes(8, "big") + data)  # marshal.load on a file is 10x slower
+        return path
 
     def _fold(self, items: Iterable[Item]) -> Iterator[Item]:
         held: Item | None = None

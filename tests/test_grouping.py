@@ -55,6 +55,10 @@ def test_external_sort_spills_and_gives_the_in_memory_order(monkeypatch: pytest.
         assert directory is not None and len(list(directory.iterdir())) == 12
     assert spilled == in_memory
     assert not directory.exists()  # the spill files are gone with the sorter
+    monkeypatch.setattr(grouping, "MERGE_FAN_IN", 4)  # 12 runs: merged on disk on the way, 3 left at the end
+    with PrefixSorter(dedup=False) as sorter:
+        assert [each["i"] for each in sorter.order(items)] == in_memory
+        assert len(sorter._runs) == 3
 
 
 def test_identical_deterministic_requests_run_once() -> None:
