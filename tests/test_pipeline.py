@@ -136,9 +136,9 @@ def test_duplicates_run_once_and_every_id_gets_its_result(settings: Settings, st
 def test_cancel_drops_pending_shards_and_counts_add_up(settings: Settings, store: JobStore, worker: Any,
                                                         tiny_model: Path, tmp_path: Path) -> None:
     path = tmp_path / "many.jsonl"
-    # Enough work (400 x 256 tokens) that the job is still running when `cancel` lands.
+    # Enough work (2000 x 256 tokens) that the job is still running when `cancel` lands.
     path.write_text("".join(json.dumps({"prompt": f"x{i}", "params": {"max_tokens": 256, "ignore_eos": True}}) + "\n"
-                            for i in range(400)))
+                            for i in range(2000)))
     job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1]
     cancelled = dscbatch(settings, "cancel", job_id)
     assert f"job {job_id} cancelled" in cancelled.stdout
@@ -151,11 +151,11 @@ def test_cancel_drops_pending_shards_and_counts_add_up(settings: Settings, store
     time.sleep(2)
     after = store.status(job_id)
     assert after.state == "cancelled" and after.done == before.done and after.pending > 0
-    assert after.done + after.failed + after.pending == after.total == 400
+    assert after.done + after.failed + after.pending == after.total == 2000
     out = tmp_path / "cancelled.jsonl"
     dscbatch(settings, "results", job_id, "-o", str(out))
     results = read_jsonl(out)
-    assert [r["id"] for r in results] == [str(i) for i in range(1, 401)]
+    assert [r["id"] for r in results] == [str(i) for i in range(1, 2001)]
     assert sum(1 for r in results if r["error"] and r["error"]["code"] == "cancelled") == after.pending
 
 
