@@ -61,3 +61,9 @@ class BrokerError(DscbatchError):
 
 class EngineError(DscbatchError):
     """Raised when the vLLM engine cannot start or stops answering."""
+
+
+class StorageError(DscbatchError):
+    """Raised when a path or fsspec URL cannot be read or written (missing, unreachable, refused)."""
+
+    exit_code = 2

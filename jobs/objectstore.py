@@ -1,0 +1,117 @@
+"""Where a job's data lives: a local path or any fsspec URL (``s3://``, ``gs://``, ``https://``, ``memory://``).
+
+Every read and write of user data outside Redis goes through here, so that each failure reads as one line that
+names the URL, and so that no reader ever sees a half-written file at its final name:
+
+- on object stores (S3, GCS, Azure) an object becomes visible only when its upload completes, so a writer that
+  dies mid-stream leaves nothing at the final key;
+- elsewhere (local disks, shared file systems, other fsspec file systems) the data goes to a hidden temporary
+  name beside the final one and is moved there once it is whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+
+from dscbatch.jobs.errors import StorageError
+
+# Protocols whose writes are published atomically when the upload completes.
+ATOMIC_UPLOAD_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as error:  # an unknown protocol, or its package is not installed
+        raise StorageError(f"{url}: {error}") from None
+    return fs, path
+
+
+def _protocol(fs: Any) -> str:
+    protocol = fs.protocol
+    return str(protocol[0] if isinstance(protocol, tuple | list) else protocol)
+
+
+def describe(url: str, error: BaseException) -> StorageError:
+    """One line for a failed storage operation on ``url``."""
+    if isinstance(error, FileNotFoundError):
+        return StorageError(f"{url}: no such file or bucket")
+    if isinstance(error, PermissionError):
+        return StorageError(f"{url}: permission denied")
+    if isinstance(error, IsADirectoryError):
+        return StorageError(f"{url}: is a folder, not a file")
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return StorageError(f"{url}: {reason}")
+
+
+def join(base: str, *names: str) -> str:
+    """``base`` (a folder or object-store prefix) with ``names`` appended, one ``/`` between parts."""
+    return "/".join([base.rstrip("/"), *(name.strip("/") for name in names)])
+
+
+@contextlib.contextmanager
+def open_read(url: str) -> Iterator[IO[bytes]]:
+    """``url`` opened for streaming binary reads; an unreadable URL raises :class:`StorageError`."""
+    fs, path = _filesystem(url)
+    try:
+        stream = fs.open(path, "rb")
+    except Exception as error:
+        raise describe(url, error) from None
+    with stream:
+        yield stream
+
+
+def exists(url: str) -> bool:
+    fs, path = _filesystem(url)
+    try:
+        return bool(fs.exists(path))
+    except Exception as error:
+        raise describe(url, error) from None
+
+
+@contextlib.contextmanager
+def write_atomic(url: str) -> Iterator[IO[bytes]]:
+    """A binary stream whose bytes appear at ``url`` only once the block ends without an exception."""
+    fs, path = _filesystem(url)
+    protocol = _protocol(fs)
+    if protocol in ATOMIC_UPLOAD_PROTOCOLS:
+        staging = path
+    else:
+        parent, _, name = path.rpartition("/")
+        staging = f"{parent}/.{name}.{uuid.uuid4().hex}.partial" if parent else f".{name}.{uuid.uuid4().hex}.partial"
+    try:
+        if protocol == "file":
+            fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        stream = fs.open(staging, "wb")
+    except Exception as error:
+        raise describe(url, error) from None
+    try:
+        yield stream
+        stream.close()
+        if staging != path:
+            fs.mv(staging, path)
+    except BaseException as error:
+        _abandon(fs, stream, staging if staging != path else None)
+        if isinstance(error, OSError):
+            raise describe(url, error) from None
+        raise
+
+
+def _abandon(fs: Any, stream: IO[bytes], staging: str | None) -> None:
+    """Drop a write that did not finish: abort the upload (an object store would publish it on close) or
+    remove the staging file."""
+    with contextlib.suppress(Exception):
+        discard = getattr(stream, "discard", None)
+        if callable(discard):
+            discard()
+        else:
+            stream.close()
+    if staging is not None:
+        with contextlib.suppress(Exception):
+            fs.rm(staging)
