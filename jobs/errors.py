@@ -67,3 +67,9 @@ class StorageError(DscbatchError):
     """Raised when a path or fsspec URL cannot be read or written (missing, unreachable, refused)."""
 
     exit_code = 2
+
+
+class JobRunningError(DscbatchError):
+    """Raised when an operation meant for a finished job (``delete``) names one still running."""
+
+    exit_code = 2
