@@ -73,3 +73,9 @@ class JobRunningError(DscbatchError):
     """Raised when an operation meant for a finished job (``delete``) names one still running."""
 
     exit_code = 2
+
+
+class InputFormatError(DscbatchError):
+    """Raised when an input file is not in a shape dscbatch reads (not Parquet, a column of the wrong type)."""
+
+    exit_code = 2

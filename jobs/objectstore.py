@@ -12,6 +12,7 @@ names the URL, and so that no reader ever sees a half-written file at its final 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,14 +41,21 @@ def _protocol(fs: Any) -> str:
 
 def describe(url: str, error: BaseException) -> StorageError:
     """One line for a failed storage operation on ``url``."""
+    if isinstance(error, FileNotFoundError) and isinstance(error.__cause__, OSError):
+        # fsspec's HTTP file system reports an unreachable server as a missing file; say what happened.
+        return StorageError(f"{url}: cannot connect: {_first_line(error.__cause__)}")
     if isinstance(error, FileNotFoundError):
         return StorageError(f"{url}: no such file or bucket")
     if isinstance(error, PermissionError):
         return StorageError(f"{url}: permission denied")
     if isinstance(error, IsADirectoryError):
         return StorageError(f"{url}: is a folder, not a file")
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return StorageError(f"{url}: {reason}")
+    return StorageError(f"{url}: {_first_line(error)}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def join(base: str, *names: str) -> str:
@@ -55,16 +63,28 @@ def join(base: str, *names: str) -> str:
     return "/".join([base.rstrip("/"), *(name.strip("/") for name in names)])
 
 
+def is_local(url: str) -> bool:
+    """Whether ``url`` is a plain path (or ``file://``) rather than a URL of another file system."""
+    protocol, _ = fsspec.core.split_protocol(url)
+    return protocol in (None, "file", "local")
+
+
 @contextlib.contextmanager
 def open_read(url: str) -> Iterator[IO[bytes]]:
-    """``url`` opened for streaming binary reads; an unreadable URL raises :class:`StorageError`."""
+    """``url`` opened for streaming, seekable binary reads with ``readline(limit)``; an unreadable URL raises
+    :class:`StorageError`, whenever it fails (at the open or in the middle of the stream)."""
     fs, path = _filesystem(url)
     try:
         stream = fs.open(path, "rb")
+        if not is_local(url):  # fsspec's buffered files take no limit in readline
+            stream = io.BufferedReader(stream, buffer_size=1 << 20)
     except Exception as error:
         raise describe(url, error) from None
-    with stream:
-        yield stream
+    try:
+        with stream:
+            yield stream
+    except OSError as error:
+        raise describe(url, error) from None
 
 
 def exists(url: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Generator, Iterator
 
-from dscbatch.jobs import objectstore
+from dscbatch.jobs import objectstore, parquet
 from dscbatch.jobs.errors import DscbatchError, StorageError
 from dscbatch.jobs.results import ItemInfo, result_line
 from dscbatch.jobs.store import JobStatus, JobStore
@@ -83,5 +83,8 @@ def write_lines(lines: Iterator[str], out: str, progress: Callable[[int], None] 
 
 def write_results(store: JobStore, status: JobStatus, out: str, *, partial: bool = False,
                   progress: Callable[[int], None] | None = None) -> int:
-    """Write every item's line to ``out``. Returns lines written."""
-    return write_lines(result_lines(store, status, partial=partial), out, progress)
+    """Write every item's line to ``out`` (Parquet for a ``.parquet`` name, else JSONL). Returns lines written."""
+    lines = result_lines(store, status, partial=partial)
+    if parquet.is_parquet(out):
+        return parquet.write_lines(lines, out)
+    return write_lines(lines, out, progress)

@@ -13,14 +13,15 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from dscbatch.jobs.errors import InvalidInputError
+from dscbatch.jobs import objectstore, parquet
+from dscbatch.jobs.errors import InvalidInputError, StorageError
 from dscbatch.jobs.requests import (
     MODEL_BY_TYPE,
     REQUEST_TYPES,
@@ -127,6 +128,10 @@ class _LineParser:
             detail = error.msg if isinstance(error, json.JSONDecodeError) else str(error) or "nested too deeply"
             where = f" (column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
             return Line(number, None, (self.problem(number, "json", f"invalid JSON: {detail}{where}"),), str(number))
+        return self.parse_value(number, value)
+
+    def parse_value(self, number: int, value: Any) -> Line:
+        """A line from its decoded JSON value (or a Parquet row)."""
         if not isinstance(value, dict):
             kind = type(value).__name__ if value is not None else "null"
             problem = self.problem(number, "json", f"a line must be a JSON object, not {kind}")
@@ -169,11 +174,15 @@ class _LineParser:
         return Line(number, request, (), line_id)  # type: ignore[arg-type]
 
 
-def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """Physical lines without their ending; ``None`` stands for a line over the size limit."""
-    with path.open("rb") as stream:
+def _raw_lines(url: str, max_line_bytes: int,
+               on_bytes: Callable[[bytes], None] | None = None) -> Iterator[tuple[int, bytes | None]]:
+    """Physical lines without their ending; ``None`` stands for a line over the size limit. ``on_bytes``
+    sees every byte of the file, in order."""
+    with objectstore.open_read(url) as stream:
         number = 0
         while raw := stream.readline(max_line_bytes + 2):
+            if on_bytes is not None:
+                on_bytes(raw)
             number += 1
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
@@ -181,64 +190,84 @@ def _raw_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, bytes | N
             body = raw.rstrip(b"\n").removesuffix(b"\r")
             if len(body) > max_line_bytes:
                 while not ended and (rest := stream.readline(1 << 20)):
+                    if on_bytes is not None:
+                        on_bytes(rest)
                     ended = rest.endswith(b"\n")
                 yield number, None
             else:
                 yield number, body
 
 
-def read_lines(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Line]:
-    """Every non-blank line of ``path`` in order, valid or not; duplicate ids are problems of the later line."""
-    file_path = Path(path)
-    parser = _LineParser(str(path))
+def _jsonl_lines(path: str, parser: _LineParser, max_line_bytes: int,
+                 on_bytes: Callable[[bytes], None] | None) -> Iterator[Line]:
+    for number, body in _raw_lines(path, max_line_bytes, on_bytes):
+        if body is None:
+            message = f"line is longer than the limit of {max_line_bytes} bytes (--max-line-bytes)"
+            yield Line(number, None, (parser.problem(number, "line", message),), str(number))
+            continue
+        if not body.strip():
+            continue
+        nul = body.find(b"\x00")
+        if nul >= 0:
+            message = f"NUL byte at byte {nul + 1}: the file is not JSON Lines text"
+            yield Line(number, None, (parser.problem(number, "line", message),), str(number))
+            continue
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            message = f"invalid UTF-8 at byte {error.start + 1}: the file must be UTF-8"
+            yield Line(number, None, (parser.problem(number, "encoding", message),), str(number))
+            continue
+        yield parser.parse(number, text)
+
+
+def read_lines(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+               on_bytes: Callable[[bytes], None] | None = None) -> Iterator[Line]:
+    """Every non-blank line (or Parquet row) of ``path``, a path or fsspec URL, in order, valid or not;
+    duplicate ids are problems of the later line. ``on_bytes`` sees the bytes of a JSONL file as read."""
+    url = str(path)
+    parser = _LineParser(url)
+    lines = ((parser.parse_value(number, row) for number, row in parquet.read_rows(url)) if parquet.is_parquet(url)
+             else _jsonl_lines(url, parser, max_line_bytes, on_bytes))
     seen = _SeenIds()
     try:
-        for number, body in _raw_lines(file_path, max_line_bytes):
-            if body is None:
-                message = f"line is longer than the limit of {max_line_bytes} bytes (--max-line-bytes)"
-                yield Line(number, None, (parser.problem(number, "line", message),), str(number))
-                continue
-            if not body.strip():
-                continue
-            nul = body.find(b"\x00")
-            if nul >= 0:
-                message = f"NUL byte at byte {nul + 1}: the file is not JSON Lines text"
-                yield Line(number, None, (parser.problem(number, "line", message),), str(number))
-                continue
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError as error:
-                message = f"invalid UTF-8 at byte {error.start + 1}: the file must be UTF-8"
-                yield Line(number, None, (parser.problem(number, "encoding", message),), str(number))
-                continue
-            line = parser.parse(number, text)
-            first = seen.first_line(line.id, number)
+        for line in lines:
+            first = seen.first_line(line.id, line.number)
             if first is not None:
                 message = f"duplicate id {json.dumps(line.id)} (first used on line {first})"
-                problem = parser.problem(number, "custom_id" if line.openai else "id", message)
-                line = Line(number, None, (*line.problems, problem), line.id, line.openai)
+                problem = parser.problem(line.number, "custom_id" if line.openai else "id", message)
+                line = Line(line.number, None, (*line.problems, problem), line.id, line.openai)
             yield line
     finally:
         seen.close()
 
 
+def _digest(url: str) -> str:
+    digest = hashlib.sha256()
+    with objectstore.open_read(url) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def require_input(path: str | Path) -> None:
-    """Refuse an input that is not there (a one-line error), before anything else is tried."""
-    if not Path(path).is_file():
-        raise InvalidInputError([f"{path}: no such file"], 1)
+    """Refuse an input that cannot be read, as one line (``StorageError``), before anything else is tried."""
+    url = str(path)
+    if objectstore.is_local(url):
+        if not Path(url.removeprefix("file://")).is_file():
+            raise StorageError(f"{url}: no such file")
+        return
+    with objectstore.open_read(url) as stream:
+        stream.read(1)
 
 
 def check_file(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> FileCheck:
     """Validate the whole file in one streaming pass; raise if it holds no line at all."""
     require_input(path)
-    file_path = Path(path)
     digest = hashlib.sha256()
-    with file_path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
     requests = invalid = problem_count = 0
     problems: list[Problem] = []
-    for line in read_lines(file_path, max_line_bytes=max_line_bytes):
+    for line in read_lines(path, max_line_bytes=max_line_bytes, on_bytes=digest.update):
         if line.request is not None:
             requests += 1
             continue
@@ -247,7 +276,8 @@ def check_file(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
         problems.extend(line.problems[: MAX_REPORTED_PROBLEMS - len(problems)])
     if requests + invalid == 0:
         raise InvalidInputError([f"{path}: the file holds no requests (it is empty or only blank lines)"], 1)
-    return FileCheck(requests, invalid, problems, problem_count, digest.hexdigest())
+    sha256 = _digest(str(path)) if parquet.is_parquet(str(path)) else digest.hexdigest()
+    return FileCheck(requests, invalid, problems, problem_count, sha256)
 
 
 def require_valid(check: FileCheck) -> None:

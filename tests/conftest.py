@@ -106,6 +106,43 @@ def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *a
     raise RuntimeError(f"worker did not start within {WORKER_START_SECONDS} s:\n{log.read_text()[-4000:]}")
 
 
+# Fake credentials and the moto server's address: s3fs (through botocore) reads them from the environment, in
+# this process and in every dscbatch process the tests start.
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API (moto's standalone server) on a loopback port, used through s3fs as in production."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    previous = {name: os.environ.get(name) for name in S3_ENV}
+    os.environ.update(dict(zip(S3_ENV, ("testing", "testing", "us-east-1", endpoint), strict=True)))
+    yield endpoint
+    server.stop()
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket of the test's own; returns its ``s3://`` URL."""
+    import uuid
+
+    import fsspec
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
+
+
 @pytest.fixture(scope="session")
 def worker_metrics_port() -> int:
     """Where the shared worker serves /metrics and /healthz."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from dscbatch.jobs import finalize, retention
@@ -63,8 +64,8 @@ def test_a_settled_job_is_finalized_into_its_output_folder_and_leaves_redis(
 def test_without_an_output_folder_results_stay_in_redis_and_shards_leave(
         settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps({"id": f"n{i}", "prompt": f"def n{i}():", "params": {"max_tokens": 2}})
-                            + "\n" for i in range(10)))
+    path.write_text("".join(json.dumps({"id": f"n{i}", "prompt": f"def n{i}():", "params": {"max_tokens": 2},
+                                        "metadata": {"n": i}}) + "\n" for i in range(10)))
     job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait").stdout.split()[-1]
     status = store.status(job_id)
     assert (status.shards, status.output_url, status.results_url) == (3, None, None)
@@ -73,7 +74,14 @@ def test_without_an_output_folder_results_stay_in_redis_and_shards_leave(
              30, "the last shard to leave Redis")
     out = tmp_path / "out.jsonl"
     dscbatch(settings, "results", job_id, "-o", str(out))
-    assert [r["id"] for r in read_jsonl(out)] == input_ids(path)
+    results = read_jsonl(out)
+    assert [r["id"] for r in results] == input_ids(path)
+    dscbatch(settings, "results", job_id, "-o", str(tmp_path / "out.parquet"))
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [row["id"] for row in rows] == input_ids(path)
+    assert [json.loads(row["metadata"]) for row in rows] == [{"n": i} for i in range(10)]
+    assert [row["outputs"] for row in rows] == [r["outputs"] for r in results]
+    assert [row["usage"] for row in rows] == [r["usage"] for r in results]
 
 
 @pytest.mark.engine
