@@ -353,15 +353,23 @@ class JobStore:
         reaper)."""
         return bool(self.client.hdel(f"{self.prefix}:claims", json.dumps([worker, shard_key])))
 
-    def orphaned_claims(self) -> list[tuple[str, str, str]]:
-        """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""
+    def _claims(self) -> list[tuple[str, str, str, bool]]:
+        """(worker, job id, shard key, whether the worker's heartbeat is alive) of every claim."""
         claims = [(*json.loads(field), job.decode()) for field, job in
                   cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}:claims")).items()]
         pipe = self.client.pipeline(transaction=False)
         for worker, _, _ in claims:
             pipe.exists(f"{self.prefix}:worker:{worker}")
-        return [(worker, job_id, shard_key) for (worker, shard_key, job_id), alive in
-                zip(claims, pipe.execute(), strict=True) if not alive]
+        return [(worker, job_id, shard_key, bool(alive)) for (worker, shard_key, job_id), alive in
+                zip(claims, pipe.execute(), strict=True)]
+
+    def orphaned_claims(self) -> list[tuple[str, str, str]]:
+        """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""
+        return [(worker, job_id, shard_key) for worker, job_id, shard_key, alive in self._claims() if not alive]
+
+    def live_claims(self) -> set[str]:
+        """The shard keys live workers claim."""
+        return {shard_key for _, _, shard_key, alive in self._claims() if alive}
 
     # Results
 

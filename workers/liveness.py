@@ -3,7 +3,8 @@
 A worker that is SIGKILLed leaves its shard unacknowledged; Redis would hand it out again only after the
 visibility timeout (an hour by default). Each shard a worker runs is claimed in Redis instead, and every
 live worker's heartbeat requeues the claims of workers whose heartbeat expired, within about
-``HEARTBEAT_TTL_SECONDS + HEARTBEAT_SECONDS``. Results are stored first-wins, so a shard run twice (the
+``HEARTBEAT_TTL_SECONDS + HEARTBEAT_SECONDS``, and the deliveries no live worker claimed (``reaper``: a
+worker killed between a shard's delivery and its claim). Results are stored first-wins, so a shard run twice (the
 requeued copy and the later redelivery) still leaves one result per item.
 """
 
@@ -19,6 +20,7 @@ import redis
 
 from dscbatch.jobs.finalize import reap_finalizers
 from dscbatch.jobs.store import JobStore
+from dscbatch.workers import reaper
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.engine import Engine
 from dscbatch.workers.observer import WorkerObserver
@@ -61,10 +63,14 @@ class Heartbeat(threading.Thread):
     def requeue_orphans(self) -> None:
         # Results files first: a requeued shard of a settled job finds the dead writer's claim gone.
         reap_finalizers(self.store)
+        delivered = reaper.deliveries(self.store)
         for worker, job_id, shard_key in self.store.orphaned_claims():
             if self.store.release(worker, shard_key):  # only one live worker wins each orphan
                 log.warning("worker %s is gone; requeueing its shard %s", worker, shard_key)
+                reaper.forget(self.store, shard_key, delivered)  # its delivery could only come back later
                 self.requeue(job_id, shard_key)
+        # Delivered to a worker that died before claiming it: back on the queue, not after the visibility timeout.
+        reaper.requeue_unclaimed(self.store, delivered, HEARTBEAT_TTL_SECONDS, self.store.live_claims())
 
     def stop(self) -> None:
         self.stopping.set()

@@ -1,0 +1,112 @@
+"""Deliveries no live worker claims: closes the window between a shard's delivery and its claim.
+
+Celery's Redis transport (kombu) keeps every delivered, unacknowledged message in the hash ``unacked``
+(delivery tag -> JSON ``[message, exchange, routing key]``) and its delivery time in the sorted set
+``unacked_index``; it hands a message out again only after the visibility timeout (an hour by default). A
+worker claims a shard in the milliseconds after its delivery (``JobStore.claim``), so a delivery older than a
+heartbeat's lifetime that no live worker claims belongs to a worker that died before claiming it. Every
+live worker's heartbeat puts such deliveries back on their queue (``requeue_unclaimed``), as kombu itself
+would after the visibility timeout; a Lua script moves each one, so one reaper wins it.
+
+When a dead worker's claim is requeued (``Heartbeat.requeue_orphans``), its delivery is dropped
+(``forget``), so the shard is not queued twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.app import RUN_SHARD
+
+log = logging.getLogger(__name__)
+
+# kombu.transport.redis.Channel.unacked_key and unacked_index_key (dscbatch sets no global_keyprefix).
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+
+# KEYS: unacked, unacked_index, queue. ARGV: tag, the entry as read, the message to queue.
+_RESTORE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    tag: str
+    entry: str  # the unacked hash's value, as read
+    message: dict[str, Any]
+    queue: str
+    shard_key: str
+    delivered: float
+
+
+def _shard_key(message: dict[str, Any]) -> str | None:
+    """The shard a dscbatch message runs, or None for any other message."""
+    if message.get("headers", {}).get("task") != RUN_SHARD:
+        return None
+    body = message.get("body", "")
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body).decode()
+    args = json.loads(body)[0]
+    return str(args[1])
+
+
+def deliveries(store: JobStore) -> list[Delivery]:
+    """The unacknowledged deliveries of this prefix's queues."""
+    index = cast(list[tuple[bytes, float]], store.client.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True))
+    if not index:
+        return []
+    entries = cast(list[bytes | None], store.client.hmget(UNACKED_KEY, [tag for tag, _ in index]))
+    found = []
+    for (tag, delivered), entry in zip(index, entries, strict=True):
+        if entry is None:
+            continue
+        message, _, queue = json.loads(entry)
+        if not str(queue).startswith(f"{store.prefix}."):
+            continue  # another deployment's queue on the same Redis
+        shard_key = _shard_key(message)
+        if shard_key is not None:
+            found.append(Delivery(tag.decode(), entry.decode(), message, str(queue), shard_key, delivered))
+    return found
+
+
+def _move(store: JobStore, delivery: Delivery, requeue: bool) -> bool:
+    message = ""
+    if requeue:
+        redelivered = {**delivery.message, "headers": {**delivery.message.get("headers", {}), "redelivered": True}}
+        message = json.dumps(redelivered)
+    return bool(store.client.eval(_RESTORE, 3, UNACKED_KEY, UNACKED_INDEX_KEY, delivery.queue, delivery.tag,
+                                  delivery.entry, message))
+
+
+def forget(store: JobStore, shard_key: str, found: Iterable[Delivery]) -> None:
+    """Drop the deliveries of a shard that is being queued again (its claimer died)."""
+    for delivery in found:
+        if delivery.shard_key == shard_key:
+            _move(store, delivery, requeue=False)
+
+
+def requeue_unclaimed(store: JobStore, found: Iterable[Delivery], older_than: float,
+                      live_claims: set[str]) -> list[str]:
+    """Put back on their queues the deliveries over ``older_than`` seconds old whose shard no live worker
+    claims; returns their shard keys."""
+    requeued = []
+    cutoff = time.time() - older_than
+    for delivery in found:
+        if delivery.delivered <= cutoff and delivery.shard_key not in live_claims and \
+                _move(store, delivery, requeue=True):
+            log.warning("shard %s was delivered %.0f s ago and no live worker claims it; requeueing it",
+                        delivery.shard_key, time.time() - delivery.delivered)
+            requeued.append(delivery.shard_key)
+    return requeued
