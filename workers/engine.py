@@ -21,6 +21,7 @@ from dscbatch.jobs.errors import EngineError, RequestError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir
 from dscbatch.jobs.requests import DEFAULT_PARAMS, Params
 from dscbatch.jobs.tokenizer import ModelTokenizer, resolve_model_dir
+from dscbatch.workers.stderr_tail import SYMPTOM, StderrTail
 
 # The CPU build fails with the default GPU memory fraction; 256 MiB of KV cache holds 262k tokens of the
 # tiny test model (a 6.7B model needs 512 KiB a token: pass more, and a smaller max_model_len).
@@ -115,11 +116,14 @@ class Engine:
         self.engine_args = args
         from vllm import LLM
 
-        try:
-            self._llm: Any | None = LLM(**args)
-        except Exception as error:  # vLLM raises many kinds at start; all mean "no engine"
-            raise EngineError(f"the vLLM engine for {model} failed to start: {type(error).__name__}: {error}") \
-                from error
+        with StderrTail() as stderr:
+            try:
+                self._llm: Any | None = LLM(**args)
+            except Exception as error:  # vLLM raises many kinds at start; all mean "no engine"
+                reason = f"{type(error).__name__}: {error}"
+                if SYMPTOM in str(error):  # the cause is in the engine process's log
+                    reason = stderr.root_cause() or reason
+                raise EngineError(f"the vLLM engine for {model} failed to start: {reason}") from error
         self._children = psutil.Process().children(recursive=True)
         self._request_numbers = itertools.count()
         self._running: dict[str, tuple[EngineRequest, Any]] = {}  # engine id: (request, SamplingParams)
