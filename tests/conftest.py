@@ -87,23 +87,37 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return {**environ, **{name: str(value) for name, value in values.items() if value is not None}}
 
 
-def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A real ``dscbatch worker`` process (``args`` added to its command line), returned once its heartbeat says
-    the engine is up."""
+def start_workers(settings: Settings, store: JobStore, model: Path, logs: list[Path],
+                  *args: str) -> list[subprocess.Popen[bytes]]:
+    """Real ``dscbatch worker`` processes, one per log (``args`` added to each command line), started at once
+    (their engines start side by side) and returned, in the order of ``logs``, once each one's heartbeat says
+    its engine is up."""
     before = set(store.workers())
-    with log.open("wb") as stream:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", str(model), *args],
-            stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings), start_new_session=True)
+    processes = []
+    for log in logs:
+        with log.open("wb") as stream:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", str(model), *args],
+                stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings), start_new_session=True))
     deadline = time.monotonic() + WORKER_START_SECONDS
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        if set(store.workers()) - before:
-            return process
+        for process, log in zip(processes, logs, strict=True):
+            if process.poll() is not None:
+                for each in processes:
+                    stop_process(each)
+                raise RuntimeError(f"worker exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        started = {int(name.rsplit("-", 1)[1]) for name in set(store.workers()) - before}
+        if started.issuperset(process.pid for process in processes):
+            return processes
         time.sleep(0.5)
-    stop_process(process)
-    raise RuntimeError(f"worker did not start within {WORKER_START_SECONDS} s:\n{log.read_text()[-4000:]}")
+    for process in processes:
+        stop_process(process)
+    raise RuntimeError(f"workers did not start within {WORKER_START_SECONDS} s:\n{logs[0].read_text()[-4000:]}")
+
+
+def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """One real ``dscbatch worker`` process, returned once its heartbeat says the engine is up."""
+    return start_workers(settings, store, model, [log], *args)[0]
 
 
 @pytest.fixture(scope="session")
