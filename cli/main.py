@@ -323,6 +323,15 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
     sys.exit(_summary(status))
 
 
+def _add_commands() -> None:
+    from dscbatch.cli.evaluation import eval_group
+
+    cli.add_command(eval_group)
+
+
+_add_commands()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="dscbatch", standalone_mode=False)
