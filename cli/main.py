@@ -282,16 +282,20 @@ def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_p
 @cli.command()
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Programs run at once (default: $DSCBATCH_EXECUTOR_CONCURRENCY, else one per core).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus /metrics (and /healthz) on this port.")
 @click.pass_context
-def executor(ctx: click.Context, concurrency: int | None) -> None:
+def executor(ctx: click.Context, concurrency: int | None, metrics_port: int | None) -> None:
     """Serve the executor queue: run results' outputs against their tests in the sandbox (needs bwrap)."""
     from dscbatch.executor.worker import run_executor
+    from dscbatch.monitoring.executor_metrics import serve_executor_metrics
 
     logging.getLogger().setLevel(logging.INFO)
     settings = _settings(ctx)
     if concurrency is not None:
         settings = settings.model_copy(update={"executor_concurrency": concurrency})
-    run_executor(settings)
+    metrics = None if metrics_port is None else serve_executor_metrics(metrics_port, settings)
+    run_executor(settings, observer=metrics)
 
 
 @cli.command()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,10 +20,9 @@ from dscbatch.jobs.store import JobStatus, JobStore, ResultEntry
 from dscbatch.workers.app import make_app
 from dscbatch.workers.embedded import stop_process
 
-from .conftest import worker_env
+from .conftest import start_executor
 from .test_pipeline import dscbatch, read_jsonl
 
-START_SECONDS = 60
 # The sweeper queues again what waited a visibility timeout (10 s here) and sweeps every 10 s.
 SETTLE_SECONDS = 150
 TESTS = "assert f() == 1\n"
@@ -40,16 +38,7 @@ def executor_settings(settings: Settings) -> Settings:
 @pytest.fixture(scope="module")
 def executor(executor_settings: Settings, store: JobStore,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
-    log = tmp_path_factory.mktemp("executor") / "executor.log"
-    before = set(store.executors())
-    with log.open("wb") as stream:
-        process = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "executor"], stdout=stream,
-                                   stderr=subprocess.STDOUT, env=worker_env(executor_settings),
-                                   start_new_session=True)
-    deadline = time.monotonic() + START_SECONDS
-    while not set(store.executors()) - before:
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-        time.sleep(0.2)
+    process = start_executor(executor_settings, store, tmp_path_factory.mktemp("executor") / "executor.log")
     yield process
     stop_process(process)
 
@@ -116,3 +105,22 @@ def test_a_verification_delivered_twice_stores_one_verdict(
         not member.startswith(job_id.encode()) for member in store.client.zrange(store.waiting_key, 0, -1))
     record = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
     assert (record["passed"], record["samples"]) == (1, 1)
+
+
+@pytest.mark.engine
+def test_eval_humaneval_generates_and_judges_every_sample(
+        executor: subprocess.Popen[bytes], executor_settings: Settings, worker: object, tiny_model: Path,
+        tmp_path: Path) -> None:
+    report_path, results = tmp_path / "report.json", tmp_path / "results.jsonl"
+    result = dscbatch(executor_settings, "eval", "humaneval", "--model", str(tiny_model), "-n", "2",
+                      "-p", "max_tokens=16", "--report", str(report_path), "-o", str(results), timeout=280)
+    assert "164 problems, 2 samples each, instruct prompts, max_tokens 16" in result.stderr
+    report = json.loads(report_path.read_text())
+    assert (report["problems"], report["samples"], sum(report["verdicts"].values())) == (164, 328, 328)
+    assert report["pass_at_k"] == {"pass@1": 0.0}  # random weights
+    assert "pass@1           0.000" in result.stdout
+    records = read_jsonl(results)
+    assert [record["id"] for record in records] == [f"HumanEval/{i}" for i in range(164)]
+    first = records[0]["verification"]["verdicts"][0]
+    assert first["status"] != "passed" and "def has_close_elements" in first["program"]
+    assert first["program"].rstrip().endswith("check(has_close_elements)")
