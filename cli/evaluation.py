@@ -116,14 +116,15 @@ def _generate(settings: Settings, problems: dict[str, Problem], model: str, samp
 
     tokenizer = ModelTokenizer.load(model)
     style: PromptStyle = prompt_style or ("instruct" if tokenizer.chat_template is not None else "base")
-    defaults = default_params(style, samples, _params(params))
-    click.echo(f"HumanEval: {len(problems)} problems, {defaults.n} samples each, {style} prompts, "
+    defaults = default_params(style, _params(params))
+    outputs = defaults.n or 1
+    click.echo(f"HumanEval: {len(problems)} problems, {samples * outputs} samples each, {style} prompts, "
                f"max_tokens {defaults.max_tokens}, temperature {defaults.temperature}", err=True)
     options = SubmitOptions(model=model, defaults=defaults, shard_max_requests=settings.shard_max_requests,
                             shard_max_tokens=settings.shard_max_tokens)
     with tempfile.TemporaryDirectory(prefix="dscbatch-eval-") as directory, contextlib.ExitStack() as stack:
         path = os.path.join(directory, "humaneval.jsonl")
-        _write_lines(path, list(job_lines(problems.values(), style)))
+        _write_lines(path, list(job_lines(problems.values(), style, samples)))
         check: Callable[[], None] | None = None
         if local:
             cluster = stack.enter_context(EmbeddedCluster(model, [f"--engine-arg={a}" for a in engine_args],
@@ -141,4 +142,8 @@ def _generate(settings: Settings, problems: dict[str, Problem], model: str, samp
         if output is not None:
             written = write_results(store, status, output)
             click.echo(f"wrote {written} results to {output}", err=True)
-        return report_from_results(problems, result_lines(store, status), defaults.n or samples)
+        outcome = report_from_results(problems, result_lines(store, status), outputs)
+    if outcome.errors:
+        click.echo(f"{outcome.errors} requests failed in the worker (their samples count as failed), e.g. "
+                   f"{outcome.first_error}", err=True)
+    return outcome.report

@@ -119,8 +119,10 @@ def test_eval_humaneval_generates_and_judges_every_sample(
     assert (report["problems"], report["samples"], sum(report["verdicts"].values())) == (164, 328, 328)
     assert report["pass_at_k"] == {"pass@1": 0.0}  # random weights
     assert "pass@1           0.000" in result.stdout
+    assert "failed in the worker" not in result.stderr
     records = read_jsonl(results)
-    assert [record["id"] for record in records] == [f"HumanEval/{i}" for i in range(164)]
+    assert [record["id"] for record in records] == [f"HumanEval/{i}#{k}" for i in range(164) for k in range(2)]
+    assert all(record["error"] is None and len(record["verification"]["verdicts"]) == 1 for record in records)
     first = records[0]["verification"]["verdicts"][0]
     assert first["status"] != "passed" and "def has_close_elements" in first["program"]
     assert first["program"].rstrip().endswith("check(has_close_elements)")

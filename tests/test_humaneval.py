@@ -29,10 +29,13 @@ def test_job_lines_are_deepseeks_prompts() -> None:
     assert instruct["type"] == "chat" and instruct["verify"]["extract"] == "humaneval_instruct"
     assert instruct["messages"] == [{"role": "user", "content": MESSAGE.replace(PROMPT.strip(),
                                                                                 problems[3].prompt.strip())}]
-    assert default_params("base", 1, Params()) == Params(temperature=0.0, max_tokens=512, n=1, stop=[
+    assert default_params("base", Params()) == Params(temperature=0.0, max_tokens=512, n=1, stop=[
         "\ndef", "\nclass", "\nif", "\n#", "\nprint"])
-    assert default_params("instruct", 2, Params(max_tokens=16)) == Params(temperature=0.0, max_tokens=16, n=2,
-                                                                          stop=[])
+    assert default_params("instruct", Params(max_tokens=16)) == Params(temperature=0.0, max_tokens=16, n=1,
+                                                                       stop=[])
+    twice = list(job_lines(problems[:2], "base", samples=2))
+    assert [(line["id"], line["metadata"]) for line in twice] == [
+        (f"HumanEval/{i}#{k}", {"task_id": f"HumanEval/{i}"}) for i in range(2) for k in range(2)]
 
 
 def test_base_completions_are_cut_at_deepseeks_stop_words() -> None:
