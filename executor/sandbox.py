@@ -8,12 +8,12 @@ rlimits on address space, CPU seconds, processes, file size and open files (set 
 they bind the program and not bwrap). The executor adds a wall-clock limit that kills the whole process
 group and a cap on what the program prints.
 
-Sandboxed code never runs as root. The kernel does not apply ``RLIMIT_NPROC`` to root, and a user
-namespace's uid 0 is the executor's uid outside, so an executor running as root (containers, CI) starts
-bwrap as a *slot uid* of its own (``SLOT_UID_BASE`` and up, one per concurrent sandbox, leased with a file
-lock so that two executors on one host never share one): the process limit then counts exactly one
-sandbox's processes. An executor that is not root runs bwrap as itself; the process limit then counts its
-own processes too.
+Sandboxed code never runs as root. The kernel does not apply ``RLIMIT_NPROC`` to a process whose real uid
+is root, whatever uid it has inside its user namespace, so an executor running as root (containers, CI)
+starts bwrap as a *slot uid* of its own (``SLOT_UID_BASE`` and up, one per concurrent sandbox, leased with a
+file lock so that two executors on one host never share one). An executor that is not root runs bwrap as
+itself. Either way the process limit counts the processes of the sandbox's own user namespace (Linux 5.14+
+counts ``RLIMIT_NPROC`` per user namespace), so the executor's threads and other sandboxes do not use it up.
 
 bwrap's outer process exits as soon as it learns the exit status, before its child (the namespace's init)
 is reaped, which would leave that child to the host's pid 1: a zombie that still counts against the slot
