@@ -118,7 +118,8 @@ def _generate(settings: Settings, problems: dict[str, Problem], model: str, samp
     style: PromptStyle = prompt_style or ("instruct" if tokenizer.chat_template is not None else "base")
     defaults = default_params(style, _params(params))
     outputs = defaults.n or 1
-    click.echo(f"HumanEval: {len(problems)} problems, {samples * outputs} samples each, {style} prompts, "
+    each = samples * outputs
+    click.echo(f"HumanEval: {len(problems)} problems, {each} sample{'s' if each != 1 else ''} each, {style} prompts, "
                f"max_tokens {defaults.max_tokens}, temperature {defaults.temperature}", err=True)
     options = SubmitOptions(model=model, defaults=defaults, shard_max_requests=settings.shard_max_requests,
                             shard_max_tokens=settings.shard_max_tokens)

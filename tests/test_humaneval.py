@@ -3,12 +3,20 @@ answers, and the programs they make (the canonical solutions pass through both).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from dscbatch.executor.evaluation import run_programs
 from dscbatch.executor.extraction import IMPORT_HELPER, instruct_code, program, truncate
 from dscbatch.executor.humaneval import default_params, job_lines
 from dscbatch.executor.problems import load_problems
 from dscbatch.executor.sandbox import Sandbox
 from dscbatch.jobs.requests import Params, Verify
+
+from .test_pipeline import _processes_mentioning
 
 PROMPT = ('from typing import List\n\n\ndef below_zero(operations: List[int]) -> bool:\n'
           '    """ True if the balance falls below zero.\n    >>> below_zero([1, -2])\n    True\n    """\n')
@@ -73,3 +81,21 @@ def test_canonical_solutions_pass_through_both_extractions() -> None:
         [f"{task} {mode}" for task in problems for mode in ("base", "instruct")], verdicts, strict=True)
         if not verdict.passed]
     assert failed == []
+
+
+def test_eval_local_generates_and_judges_with_its_own_cluster(tiny_model: Path, tmp_path: Path) -> None:
+    problems = tmp_path / "three.jsonl"
+    problems.write_text("".join(problem.model_dump_json() + "\n" for problem in list(load_problems().values())[:3]))
+    report_path = tmp_path / "report.json"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "eval", "humaneval", "--model",
+                             str(tiny_model), "--local", "--problems", str(problems), "--prompt-style", "base",
+                             "-p", "max_tokens=8", "--report", str(report_path)],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "3 problems, 1 sample each, base prompts, max_tokens 8" in result.stderr
+    report = json.loads(report_path.read_text())
+    assert (report["samples"], sum(report["verdicts"].values()), report["pass_at_k"]) == (3, 3, {"pass@1": 0.0})
+    port = result.stderr.split("127.0.0.1:")[1].split(",")[0]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("dscbatch-run-", "dscbatch-eval-"))]
+    assert not _processes_mentioning(f"127.0.0.1:{port}")

@@ -33,7 +33,7 @@ from dscbatch.workers.embedded import free_port, stop_process
 from dscbatch.workers.engine import Completion, EngineResult
 
 from .conftest import ROOT, start_executor, worker_env
-from .test_executor import GOOD, WRONG, stored_job, wait_for_verdicts
+from .test_verification import GOOD, WRONG, stored_job, wait_for_verdicts
 
 MONITORING = ROOT / "monitoring"
 RULES = MONITORING / "prometheus" / "alerts.yml"
@@ -132,6 +132,11 @@ def exporter_port(settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
         process = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "exporter", "--port", str(port)],
                                    stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings),
                                    start_new_session=True)
+    yield from serving(process, port)
+
+
+def serving(process: subprocess.Popen[bytes], port: int) -> Iterator[int]:
+    """``port`` once the process's /healthz answers there; the process is stopped afterwards."""
     try:
         wait_until_answers(f"http://127.0.0.1:{port}/healthz", process)
         yield port
@@ -145,11 +150,7 @@ def executor_metrics_port(settings: Settings, store: JobStore,
     port = free_port()
     process = start_executor(settings, store, tmp_path_factory.mktemp("executor") / "executor.log",
                              "--metrics-port", str(port))
-    try:
-        wait_until_answers(f"http://127.0.0.1:{port}/healthz", process)
-        yield port
-    finally:
-        stop_process(process)
+    yield from serving(process, port)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The executor pool: a real `dscbatch executor` judges stored results once each, and nothing is lost when the
+"""Verification by the executor pool: a real `dscbatch executor` judges stored results once each, nothing is lost
 worker that stored them died before queueing their verification."""
 
 from __future__ import annotations
