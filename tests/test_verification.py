@@ -1,5 +1,6 @@
-"""Verification by the executor pool: a real `dscbatch executor` judges stored results once each, nothing is lost
-worker that stored them died before queueing their verification."""
+"""Verification by the executor pool: a real `dscbatch executor` judges stored results once each, nothing is
+lost when the worker that stored them died before queueing their verification, and `eval humaneval` runs
+end to end through the shared worker."""
 
 from __future__ import annotations
 
