@@ -243,11 +243,14 @@ def _program_fd(program: str) -> Iterator[int]:
 
 
 def _reap(status: dict[str, Any]) -> None:
-    """Wait for the run's namespace init, which bwrap's outer process leaves to its subreaper: this one."""
+    """Reap the run's namespace init, which bwrap's outer process (gone by now) leaves to its subreaper, this
+    process: it is exiting already, and is killed in case it is not (its pid cannot be reused until reaped)."""
     child = status.get("child-pid")
     if isinstance(child, int):
-        with contextlib.suppress(ChildProcessError):  # not ours (reaped by a pid 1 that was faster)
-            os.waitpid(child, 0)
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):  # not ours: reaped elsewhere
+            if os.waitpid(child, os.WNOHANG) == (0, 0):  # not exited yet
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
 
 
 def _read_status(fd: int) -> dict[str, Any]:
