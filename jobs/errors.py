@@ -67,3 +67,9 @@ class StorageError(DscbatchError):
     """Raised when a path or fsspec URL cannot be read or written (missing, unreachable, refused)."""
 
     exit_code = 2
+
+
+class SandboxError(DscbatchError):
+    """Raised when generated code cannot be run sandboxed (bwrap missing or unusable): it is never run bare."""
+
+    exit_code = 2

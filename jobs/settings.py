@@ -41,6 +41,13 @@ class Settings(BaseModel):
     # to keep the engine's batch full (workers.batching.default_shards_in_flight).
     shards_in_flight: Annotated[int, Field(ge=1, le=MAX_SHARDS_IN_FLIGHT)] | None = None
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "dscbatch"
+    # The sandbox that runs generated code (executor/sandbox.py): wall-clock seconds per program (CPU seconds
+    # the same), its address-space limit, and the interpreter it runs (bound read-only inside).
+    sandbox_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    sandbox_memory_mb: Annotated[int, Field(ge=64)] = 1024
+    sandbox_python: str = "/usr/bin/python3"
+    # Programs one executor runs at once. None: one per CPU core.
+    executor_concurrency: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("redis_url")
     @classmethod

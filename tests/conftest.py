@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_TOKENIZER = ROOT.parent / "shared" / "models" / "deepseek-coder-6.7b-instruct"
 CACHE = Path(os.environ.get("DSCBATCH_TEST_CACHE", ROOT / ".cache"))
 WORKER_START_SECONDS = 600
+EXECUTOR_START_SECONDS = 60
 
 
 def _script(name: str) -> ModuleType:
@@ -118,6 +119,21 @@ def start_workers(settings: Settings, store: JobStore, model: Path, logs: list[P
 def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     """One real ``dscbatch worker`` process, returned once its heartbeat says the engine is up."""
     return start_workers(settings, store, model, [log], *args)[0]
+
+
+def start_executor(settings: Settings, store: JobStore, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A real ``dscbatch executor`` process (``args`` added), returned once its heartbeat is in Redis."""
+    before = set(store.executors())
+    with log.open("wb") as stream:
+        process = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "executor", *args], stdout=stream,
+                                   stderr=subprocess.STDOUT, env=worker_env(settings), start_new_session=True)
+    deadline = time.monotonic() + EXECUTOR_START_SECONDS
+    while not set(store.executors()) - before:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError(f"executor did not start (status {process.returncode}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    return process
 
 
 @pytest.fixture(scope="session")
