@@ -236,13 +236,15 @@ def list_jobs(ctx: click.Context) -> None:
 @click.argument("job_id")
 @click.option("-o", "--output", required=True, help="Output path or fsspec URL.")
 @click.option("--partial", is_flag=True, help="Write a job that is still running (pending items as errors).")
+@click.option("--passed-only", is_flag=True, help="Only lines whose samples passed their tests (verified jobs), "
+                                                  "with only the samples that passed.")
 @click.pass_context
-def results(ctx: click.Context, job_id: str, output: str, partial: bool) -> None:
+def results(ctx: click.Context, job_id: str, output: str, partial: bool, passed_only: bool) -> None:
     """Write one result line per input line, in input order."""
     from dscbatch.jobs.output import write_results
 
     store = _store(ctx)
-    written = write_results(store, store.status(job_id), output, partial=partial)
+    written = write_results(store, store.status(job_id), output, partial=partial, passed_only=passed_only)
     click.echo(f"wrote {written} results to {output}", err=True)
 
 
@@ -300,6 +302,25 @@ def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_p
 
 
 @cli.command()
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Programs run at once (default: $DSCBATCH_EXECUTOR_CONCURRENCY, else one per core).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus /metrics (and /healthz) on this port.")
+@click.pass_context
+def executor(ctx: click.Context, concurrency: int | None, metrics_port: int | None) -> None:
+    """Serve the executor queue: run results' outputs against their tests in the sandbox (needs bwrap)."""
+    from dscbatch.executor.worker import run_executor
+    from dscbatch.monitoring.executor_metrics import serve_executor_metrics
+
+    logging.getLogger().setLevel(logging.INFO)
+    settings = _settings(ctx)
+    if concurrency is not None:
+        settings = settings.model_copy(update={"executor_concurrency": concurrency})
+    metrics = None if metrics_port is None else serve_executor_metrics(metrics_port, settings)
+    run_executor(settings, observer=metrics)
+
+
+@cli.command()
 @click.option("--port", type=click.IntRange(1, 65535), required=True, help="Serve /metrics on this port.")
 @click.option("--recent-jobs", type=click.IntRange(min=0), default=10, show_default=True,
               help="Finished jobs to report per-job series for, besides every unfinished one.")
@@ -343,6 +364,15 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
         status = wait_for_job(store, job_id, check=cluster.check_worker)
         _write_results(store, status, output)
     sys.exit(_summary(status))
+
+
+def _add_commands() -> None:
+    from dscbatch.cli.evaluation import eval_group
+
+    cli.add_command(eval_group)
+
+
+_add_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

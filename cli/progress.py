@@ -35,7 +35,8 @@ def progress_line(status: JobStatus, first: JobStatus, elapsed: float) -> str:
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     percent = 100 * settled // status.total if status.total else 100
     return (f"[{bar}] {settled}/{status.total} items {percent:3d}%  {_count(rate)} items/s  "
-            f"{_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {eta}  failed {status.failed}")
+            f"{_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {eta}  failed {status.failed}"
+            + (f"  verified {status.verified}/{status.to_verify}" if status.to_verify else ""))
 
 
 class ReadingProgress:
@@ -73,14 +74,15 @@ def wait_for_finalized(store: JobStore, job_id: str, *, interval: float = 0.2) -
 
 def wait_for_job(store: JobStore, job_id: str, *, interval: float = 0.2, stream: TextIO = sys.stderr,
                  check: Callable[[], None] | None = None) -> JobStatus:
-    """Poll the job until no item is pending (or it is cancelled), drawing progress on ``stream``."""
+    """Poll the job until it settles (every result and verdict in, or cancelled), drawing progress on
+    ``stream``."""
     first = status = store.status(job_id)
     started = last_plain = time.monotonic()
     tty = stream.isatty()
     while True:
         now = time.monotonic()
         line = progress_line(status, first, now - started)
-        finished = status.pending == 0 or status.cancelled
+        finished = status.settled
         if tty:
             stream.write("\r" + line + ("\n" if finished else ""))
             stream.flush()

@@ -79,3 +79,9 @@ class InputFormatError(DscbatchError):
     """Raised when an input file is not in a shape dscbatch reads (not Parquet, a column of the wrong type)."""
 
     exit_code = 2
+
+
+class SandboxError(DscbatchError):
+    """Raised when generated code cannot be run sandboxed (bwrap missing or unusable): it is never run bare."""
+
+    exit_code = 2

@@ -11,7 +11,8 @@ another worker finalizes the job (it stays in ``P:finalize`` until one commits).
 
 The commit is one Lua script: it checks that the writer still holds its claim and that the job has not been
 unsettled (``retry``) since the writer read it, then records the file's URL and time on the job record and
-deletes the job's results, shards and attempt counters from Redis. The record keeps the counts.
+deletes the job's results, verdicts (they are in the file), shards and attempt counters from Redis. The
+record keeps the counts.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
         written = write_lines(result_lines(store, status), url)
         job = store.job_key(job_id)
         keys = [finalizing_key(store), job, finalize_key(store), f"{job}:results", f"{job}:attempts",
-                f"{job}:item_attempts", *(store.shard_key(job_id, number) for number in range(status.shards))]
+                f"{job}:item_attempts", f"{job}:verdicts",
+                *(store.shard_key(job_id, number) for number in range(status.shards))]
         committed = bool(store.client.eval(
             _COMMIT, len(keys), *keys, job_id, worker, settlement, url, time.time()))
     except DscbatchError as error:

@@ -31,7 +31,7 @@ SPILL_CHUNK = 256
 # Runs merged at once: more are first merged into one run on disk, so the final merge's memory is bounded.
 MERGE_FAN_IN = 32
 # What a folded duplicate keeps of its own item: everything its result line repeats.
-DUP_FIELDS = ("i", "id", "type", "openai", "metadata")
+DUP_FIELDS = ("i", "id", "type", "openai", "metadata", "verify")
 
 Item = dict[str, Any]
 SortKey = tuple[bytes, str, int]

@@ -7,11 +7,13 @@ Redis, and they come from its results file, with any result stored since (a ``re
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 from collections.abc import Callable, Generator, Iterator
 
 from dscbatch.jobs import objectstore, parquet
 from dscbatch.jobs.errors import DscbatchError, StorageError
-from dscbatch.jobs.results import ItemInfo, result_line
+from dscbatch.jobs.results import ItemInfo, result_line, with_verification
 from dscbatch.jobs.store import JobStatus, JobStore
 
 WRITE_CHUNK_BYTES = 1 << 20
@@ -39,26 +41,41 @@ def _finalized_lines(url: str, total: int) -> Generator[str, None, None]:
     raise StorageError(f"{url}: holds {count} result lines, the job has {total} items")
 
 
-def result_lines(store: JobStore, status: JobStatus, *, partial: bool = False) -> Iterator[str]:
-    """Every item's line in input order; items that never ran get an error record."""
-    if status.pending and not (status.cancelled or partial):
+def result_lines(store: JobStore, status: JobStatus, *, partial: bool = False,
+                 passed_only: bool = False) -> Iterator[str]:
+    """Every item's line in input order; items that never ran get an error record, verified items their
+    ``verification``. With ``passed_only``, only lines with samples that passed (and only those samples)."""
+    if not status.settled and not partial:
         raise DscbatchError(f"job {status.id} is {status.state} with {status.pending} of {status.total} items "
-                            "pending: wait for it, or pass --partial")
+                            f"pending and {status.verifying} results awaiting verification: wait for it, or "
+                            "pass --partial")
+    return _lines(store, status, passed_only)
+
+
+def _lines(store: JobStore, status: JobStatus, passed_only: bool) -> Iterator[str]:
     unsettled = _unsettled_items(store, status) if status.pending else {}
     code = "cancelled" if status.cancelled else "pending"
+    verified = status.to_verify > 0 or passed_only
+    verdicts = store.iter_verdicts(status.id, status.total) if verified else itertools.repeat(None)
     with contextlib.ExitStack() as stack:
         earlier = None
         if status.results_file is not None:
             earlier = stack.enter_context(contextlib.closing(_finalized_lines(status.results_file, status.total)))
-        for index, line in store.iter_results(status.id, status.total):
+        for (index, line), verification in zip(store.iter_results(status.id, status.total), verdicts,
+                                               strict=False):
             before = next(earlier) if earlier is not None else None
-            if line is None:
-                line = before
+            if line is None and before is not None:
+                line = before  # finalized: its verification (if any) is in the line, its verdict left Redis
+                if passed_only and verification is None and "verification" in (record := json.loads(line)):
+                    verification = json.dumps(record["verification"])
             if line is None:
                 info = unsettled.get(index) or ItemInfo(index, str(index + 1), "unknown", False, None)
                 line = result_line(info, model=status.model, job_id=status.id, created=int(status.created),
                                    error_code=code, error_message=f"the item did not run: the job is {code}")
-            yield line
+            if verification is not None:
+                line = with_verification(line, verification, passed_only)
+            if line is not None and not (passed_only and verification is None):
+                yield line
 
 
 def write_lines(lines: Iterator[str], out: str, progress: Callable[[int], None] | None = None) -> int:
@@ -82,9 +99,10 @@ def write_lines(lines: Iterator[str], out: str, progress: Callable[[int], None] 
 
 
 def write_results(store: JobStore, status: JobStatus, out: str, *, partial: bool = False,
-                  progress: Callable[[int], None] | None = None) -> int:
-    """Write every item's line to ``out`` (Parquet for a ``.parquet`` name, else JSONL). Returns lines written."""
-    lines = result_lines(store, status, partial=partial)
+                  passed_only: bool = False, progress: Callable[[int], None] | None = None) -> int:
+    """Write :func:`result_lines` to ``out`` (Parquet for a ``.parquet`` name, else JSONL). Returns lines
+    written."""
+    lines = result_lines(store, status, partial=partial, passed_only=passed_only)
     if parquet.is_parquet(out):
         return parquet.write_lines(lines, out)
     return write_lines(lines, out, progress)

@@ -41,10 +41,25 @@ DEFAULT_PARAMS = Params(max_tokens=256, temperature=0.0, top_p=1.0, top_k=-1, n=
                         min_tokens=0)
 
 
+# How the code to test is taken from an output (executor/extraction.py): the text as it is; the first ```python
+# block of it; or as DeepSeek's HumanEval scripts do for base models (cut at the first top-level statement
+# after the function) and for instruct models (the code block, with the prompt's lines above the function).
+ExtractMode = Literal["text", "code_block", "humaneval_base", "humaneval_instruct"]
+
+
+class Verify(StrictModel):
+    """Run each output against tests in the sandbox; the result gets a ``verification`` record."""
+
+    tests: str  # Python appended to the code; it passes when the program exits 0
+    prompt: str = ""  # code the output continues, put before it ("text"), or the problem (humaneval_*)
+    extract: ExtractMode = "text"
+
+
 class RequestBase(StrictModel):
     id: Annotated[str, Field(min_length=1)]
     params: Params = Params()
     metadata: dict[str, Any] | None = None
+    verify: Verify | None = None
 
 
 class CompletionRequest(RequestBase):

@@ -103,3 +103,31 @@ def result_line(item: ItemInfo, *, model: str, job_id: str, created: int, output
     except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800") can only be written escaped
         line = json.dumps(record)
     return line
+
+
+def output_texts(record: dict[str, Any]) -> list[str]:
+    """The generated texts of a result record, native or OpenAI (none for an error record)."""
+    if "outputs" in record:
+        return [output["text"] for output in record["outputs"]]
+    body = (record.get("response") or {}).get("body") or {}
+    return [choice["message"]["content"] if "message" in choice else choice["text"]
+            for choice in body.get("choices", [])]
+
+
+def with_verification(line: str, verification: str, passed_only: bool = False) -> str | None:
+    """The result line with its ``verification`` record (one verdict per output); with ``passed_only``, only
+    the outputs that passed, and None when none did."""
+    record = json.loads(line)
+    check = json.loads(verification)
+    if passed_only:
+        keep = [i for i, verdict in enumerate(check["verdicts"]) if verdict["status"] == "passed"]
+        if not keep:
+            return None
+        check["verdicts"] = [check["verdicts"][i] for i in keep]
+        if "outputs" in record:
+            record["outputs"] = [record["outputs"][i] for i in keep]
+        else:
+            body = record["response"]["body"]
+            body["choices"] = [body["choices"][i] for i in keep]
+    record["verification"] = check
+    return json.dumps(record, ensure_ascii=False)

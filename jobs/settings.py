@@ -63,6 +63,13 @@ class Settings(BaseModel):
     output_url: str | None = None
     # Seconds a finished job stays in Redis (its record, and its results if it has no results file).
     job_retention: Duration = 7 * 86400
+    # The sandbox that runs generated code (executor/sandbox.py): wall-clock seconds per program (CPU seconds
+    # the same), its address-space limit, and the interpreter it runs (bound read-only inside).
+    sandbox_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    sandbox_memory_mb: Annotated[int, Field(ge=64)] = 1024
+    sandbox_python: str = "/usr/bin/python3"
+    # Programs one executor runs at once. None: one per CPU core.
+    executor_concurrency: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("redis_url")
     @classmethod

@@ -10,6 +10,15 @@ Keys (``P`` is the settings' key prefix)::
     P:job:ID:retry         hash: index -> the shard item of a retryable failure (``retry`` rebuilds shards from it)
     P:finalize             set: settled jobs with an output folder whose results file is not written yet
     P:finalizing           hash: job id -> the worker writing its results file (``jobs.finalize``)
+    P:job:ID:verify        hash: item index -> its ``verify`` spec (JSON), for lines that carry one
+    P:job:ID:verdicts      hash: item index -> its verification record (one verdict per sample)
+    P:verify:waiting       sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
+
+A job *settles* (gets ``finished``) when every item has a result and every result that needs verification
+has its verdicts: ``done + failed >= total`` and ``verified >= to_verify`` (``_SETTLE``, checked by both
+scripts that store; :meth:`JobStatus.settled` is the same test in Python). Each settlement also bumps the
+job's ``settlements`` generation (``retry`` unsettles a job) and, for a job with an output folder, adds it to
+``P:finalize``.
 
 Counters move only inside Lua scripts, in the same step that stores a result, so ``done + failed`` always
 equals the number of stored results, whatever crashes or redeliveries happen around it.
@@ -36,36 +45,45 @@ from redis.typing import EncodableT, FieldT
 from dscbatch.jobs.errors import BrokerError, JobNotFoundError
 from dscbatch.jobs.settings import Settings
 
-# The one place a job settles: every item has a result. It then gets its ``finished`` time (once per settlement;
-# ``retry`` unsettles it), a new ``settlements`` generation, and, with an output folder, a place in the finalize
-# set. KEYS[2]: job, KEYS[5]: finalize set; ARGV[1]: job id.
+# The settle condition, shared by the scripts that store results and verdicts (KEYS[2] is the job). A job that
+# settles gets its ``finished`` time (once per settlement; ``retry`` unsettles it), a new ``settlements``
+# generation and, with an output folder, a place in the finalize set (``jobs.finalize``).
 _SETTLE = """
-local counts = redis.call('HMGET', KEYS[2], 'total', 'done', 'failed')
-if counts[1] and tonumber(counts[2] or 0) + tonumber(counts[3] or 0) >= tonumber(counts[1]) then
-  if redis.call('HSETNX', KEYS[2], 'finished', redis.call('TIME')[1]) == 1 then
-    redis.call('HINCRBY', KEYS[2], 'settlements', 1)
-    if redis.call('HEXISTS', KEYS[2], 'output_url') == 1 then redis.call('SADD', KEYS[5], ARGV[1]) end
+local function settle(finalize, job_id)
+  local c = redis.call('HMGET', KEYS[2], 'total', 'done', 'failed', 'to_verify', 'verified')
+  if c[1] and tonumber(c[2] or 0) + tonumber(c[3] or 0) >= tonumber(c[1])
+      and tonumber(c[5] or 0) >= tonumber(c[4] or 0) then
+    if redis.call('HSETNX', KEYS[2], 'finished', redis.call('TIME')[1]) == 1 then
+      redis.call('HINCRBY', KEYS[2], 'settlements', 1)
+      if redis.call('HEXISTS', KEYS[2], 'output_url') == 1 then redis.call('SADD', finalize, job_id) end
+    end
   end
 end
 """
 
-# KEYS: results, job, failed, retry, finalize set, and optionally the shard the results come from (nothing is
-# stored once its payload is gone: the shard was finished, perhaps finalized, by another copy). ARGV: job id,
-# then flat groups of (index, line, outcome, prompt, completion, cached, retry item) where outcome is "done",
-# "failed" (stays failed) or "retryable" (failed, and ``retry`` may run it again from the retry item).
-_RECORD = """
-if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 0 then return 0 end
+# KEYS: results, job, failed, waiting, retry, finalize set, and optionally the shard the results come from
+# (nothing is stored once its payload is gone: another copy finished the shard, perhaps the job was finalized).
+# ARGV: job id, then flat groups of (index, line, outcome, prompt, completion, cached, verify, retry item) where
+# outcome is "done", "failed" (stays failed) or "retryable" (failed, and ``retry`` may run it again from the
+# retry item), and verify is the item's "JOB:INDEX" member when its result awaits verification, else "".
+_RECORD = _SETTLE + """
+if KEYS[7] and redis.call('EXISTS', KEYS[7]) == 0 then return 0 end
 local stored = 0
-for i = 2, #ARGV, 7 do
+local now = redis.call('TIME')[1]
+for i = 2, #ARGV, 8 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
     stored = stored + 1
     if ARGV[i + 2] == 'done' then
       redis.call('HINCRBY', KEYS[2], 'done', 1)
+      if ARGV[i + 6] ~= '' then
+        redis.call('HINCRBY', KEYS[2], 'to_verify', 1)
+        redis.call('ZADD', KEYS[4], 'NX', now, ARGV[i + 6])
+      end
     else
       redis.call('HINCRBY', KEYS[2], 'failed', 1)
       if ARGV[i + 2] == 'retryable' then
         redis.call('SADD', KEYS[3], ARGV[i])
-        if ARGV[i + 6] ~= '' then redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 6]) end
+        if ARGV[i + 7] ~= '' then redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 7]) end
       end
     end
     redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[i + 3])
@@ -73,26 +91,48 @@ for i = 2, #ARGV, 7 do
     redis.call('HINCRBY', KEYS[2], 'cached_prompt_tokens', ARGV[i + 5])
   end
 end
-""" + _SETTLE + """
+settle(KEYS[6], ARGV[1])
 return stored
 """
 
-# KEYS: results, job, failed, retry, finalize set. Removes every retryable failure; returns their indices, then
-# the retry items stored for them (each once, under its first index).
+# KEYS: verdicts, job, waiting, finalize set. ARGV: index, record (JSON), samples, passed samples, "JOB:INDEX",
+# job id. First wins.
+_VERDICT = _SETTLE + """
+redis.call('ZREM', KEYS[3], ARGV[5])
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'verified', 1)
+redis.call('HINCRBY', KEYS[2], 'verified_samples', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'passed_samples', ARGV[4])
+settle(KEYS[4], ARGV[6])
+return 1
+"""
+
+# KEYS: waiting. ARGV: cutoff, now, limit. Members queued before the cutoff are stamped now and returned, so that
+# of several executors sweeping at once only one queues each again.
+_TAKE_STALE = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, member in ipairs(members) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
+end
+return members
+"""
+
+# KEYS: results, job, failed, waiting, retry, finalize set. Removes every retryable failure; returns their
+# indices, then the retry items stored for them (each once, under its first index).
 _TAKE_FAILED = """
 local indices = redis.call('SMEMBERS', KEYS[3])
 local items = {}
 for _, index in ipairs(indices) do
   redis.call('HDEL', KEYS[1], index)
-  local item = redis.call('HGET', KEYS[4], index)
+  local item = redis.call('HGET', KEYS[5], index)
   if item then table.insert(items, item) end
 end
 if #indices > 0 then
   redis.call('DEL', KEYS[3])
-  redis.call('HDEL', KEYS[4], unpack(indices))
+  redis.call('HDEL', KEYS[5], unpack(indices))
   redis.call('HINCRBY', KEYS[2], 'failed', -#indices)
   redis.call('HDEL', KEYS[2], 'finished', 'cancelled', 'finalized')
-  redis.call('SREM', KEYS[5], ARGV[1])
+  redis.call('SREM', KEYS[6], ARGV[1])
 end
 return {indices, items}
 """
@@ -101,7 +141,7 @@ return {indices, items}
 AOF_FSYNC_SECONDS = 1.2
 
 # The job's keys besides its record and its shards.
-JOB_KEY_SUFFIXES = ("results", "failed", "retry", "attempts", "item_attempts")
+JOB_KEY_SUFFIXES = ("results", "failed", "retry", "attempts", "item_attempts", "verify", "verdicts")
 
 JOB_STATES = ("queued", "running", "completed", "completed_with_errors", "cancelled")
 
@@ -114,8 +154,8 @@ class ResultEntry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
+    verify: bool = False  # a "done" result that the executor pool then runs against the item's tests
     retry_item: str = ""  # a retryable failure's shard item (JSON), stored once per shard item
-
 
 
 @dataclass(frozen=True)
@@ -137,6 +177,10 @@ class JobStatus:
     cancelled: bool
     deduplicated: int = 0  # items that shared an identical deterministic request's run
     options: dict[str, Any] = field(default_factory=dict)
+    to_verify: int = 0  # results stored so far that need a verdict
+    verified: int = 0  # of those, how many have their verdicts
+    verified_samples: int = 0  # samples (outputs) run against their tests
+    passed_samples: int = 0  # of those, how many passed
     output_url: str | None = None  # the folder the job's results file is written to when it settles
     results_file: str | None = None  # where it was last written (kept while a retry runs)
     finalized: float | None = None  # when it was written, for the job's present results; None: not (yet)
@@ -152,16 +196,27 @@ class JobStatus:
         return self.total - self.done - self.failed
 
     @property
+    def verifying(self) -> int:
+        """Results waiting for their verdicts."""
+        return self.to_verify - self.verified
+
+    @property
+    def settled(self) -> bool:
+        """Every item has a result and every verdict is in (or the job is cancelled): the job's end."""
+        return self.cancelled or (self.pending == 0 and self.verifying == 0)
+
+    @property
     def state(self) -> str:
         if self.cancelled:
             return "cancelled"
-        if self.pending == 0:
+        if self.pending == 0 and self.verifying == 0:
             return "completed_with_errors" if self.failed else "completed"
         return "running" if self.done or self.failed else "queued"
 
     def as_dict(self) -> dict[str, Any]:
         values = {key: value for key, value in vars(self).items() if key != "cancelled"}
-        return {**values, "pending": self.pending, "state": self.state, "results_url": self.results_url}
+        return {**values, "pending": self.pending, "verifying": self.verifying, "state": self.state,
+                "results_url": self.results_url}
 
 
 def _int(value: bytes | None) -> int:
@@ -174,6 +229,8 @@ class JobStore:
         self.prefix = prefix
         self._record = client.register_script(_RECORD)
         self._take_failed = client.register_script(_TAKE_FAILED)
+        self._verdict = client.register_script(_VERDICT)
+        self._take_stale = client.register_script(_TAKE_STALE)
 
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
@@ -204,7 +261,11 @@ class JobStore:
 
     def _keys(self, job_id: str) -> list[str]:
         job = self.job_key(job_id)
-        return [f"{job}:results", job, f"{job}:failed", f"{job}:retry", f"{self.prefix}:finalize"]
+        return [f"{job}:results", job, f"{job}:failed", self.waiting_key, f"{job}:retry", f"{self.prefix}:finalize"]
+
+    @property
+    def waiting_key(self) -> str:
+        return f"{self.prefix}:verify:waiting"
 
     # Shards
 
@@ -296,7 +357,7 @@ class JobStore:
             total=int(values["total"]),
             **{name: _int(raw.get(name.encode())) for name in
                ("done", "failed", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "shards",
-                "deduplicated")},
+                "deduplicated", "to_verify", "verified", "verified_samples", "passed_samples")},
             cancelled=values.get("cancelled") == "1",
             options=json.loads(values.get("options", "{}")),
             output_url=values.get("output_url"), results_file=values.get("results_file"),
@@ -335,6 +396,15 @@ class JobStore:
             if value is not None:
                 found[key.decode().rsplit(":", 1)[-1]] = json.loads(cast(bytes, value))
         return found
+
+    def beat_executor(self, hostname: str, info: dict[str, Any], ttl: int) -> None:
+        """Say that an executor is alive for the next ``ttl`` seconds."""
+        self.client.set(f"{self.prefix}:executor:{hostname}", json.dumps(info), ex=ttl)
+
+    def executors(self) -> list[str]:
+        """Hostnames of executors whose heartbeat has not expired."""
+        return [key.decode().split(":", 2)[-1] for key in
+                cast(list[bytes], list(self.client.scan_iter(f"{self.prefix}:executor:*", count=1000)))]
 
     def claim(self, worker: str, job_id: str, shard_key: str) -> int:
         """Note that ``worker`` runs the shard, so that it can be requeued if the worker dies; returns how
@@ -379,7 +449,7 @@ class JobStore:
         args: list[str | int] = [job_id]
         for entry in entries:
             args += [entry.index, entry.line, entry.outcome, entry.prompt_tokens, entry.completion_tokens,
-                     entry.cached_prompt_tokens, entry.retry_item]
+                     entry.cached_prompt_tokens, f"{job_id}:{entry.index}" if entry.verify else "", entry.retry_item]
         keys = self._keys(job_id) + ([shard_key] if shard_key is not None else [])
         return int(self._record(keys=keys, args=args))
 
@@ -395,6 +465,53 @@ class JobStore:
         shard items that run them again."""
         indices, items = self._take_failed(keys=self._keys(job_id), args=[job_id])
         return sorted(int(index) for index in indices), [json.loads(item) for item in items]
+
+    # Verification
+
+    def save_verify_specs(self, job_id: str, specs: dict[int, str]) -> None:
+        """Keep each item's ``verify`` spec (JSON) for the executor pool."""
+        if specs:
+            self.client.hset(f"{self.job_key(job_id)}:verify", mapping=dict(specs.items()))
+
+    def verification_input(self, job_id: str, index: int) -> tuple[str | None, str | None]:
+        """An item's ``verify`` spec and its stored result line (either None where it is missing)."""
+        job = self.job_key(job_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(f"{job}:verify", str(index))
+        pipe.hget(f"{job}:results", str(index))
+        spec, line = cast(list[bytes | None], pipe.execute())
+        return (None if spec is None else spec.decode()), (None if line is None else line.decode())
+
+    def record_verdict(self, job_id: str, index: int, record: str, samples: int, passed: int) -> bool:
+        """Store the item's verification record unless it has one (first wins); True if this one was new."""
+        job = self.job_key(job_id)
+        return bool(self._verdict(keys=[f"{job}:verdicts", job, self.waiting_key, f"{self.prefix}:finalize"],
+                                  args=[index, record, samples, passed, f"{job_id}:{index}", job_id]))
+
+    def has_verdict(self, job_id: str, index: int) -> bool:
+        return bool(self.client.hexists(f"{self.job_key(job_id)}:verdicts", str(index)))
+
+    def forget_waiting(self, job_id: str, index: int) -> None:
+        """Stop sweeping for an item that will never get a verdict (its job was deleted or cancelled)."""
+        self.client.zrem(self.waiting_key, f"{job_id}:{index}")
+
+    def take_stale_verifications(self, older_than: float, limit: int = 1000) -> list[tuple[str, int]]:
+        """(job id, index) of results queued for verification more than ``older_than`` seconds ago without a
+        verdict since, each returned to one caller only (it queues them again)."""
+        now = time.time()
+        members = cast(list[bytes], self._take_stale(keys=[self.waiting_key], args=[now - older_than, now, limit]))
+        found = []
+        for member in members:
+            job_id, _, index = member.decode().rpartition(":")
+            found.append((job_id, int(index)))
+        return found
+
+    def iter_verdicts(self, job_id: str, total: int, chunk: int = 1000) -> Iterator[str | None]:
+        """Each item's verification record in index order (None where it has none)."""
+        key = f"{self.job_key(job_id)}:verdicts"
+        for start in range(0, total, chunk):
+            values = cast(list[bytes | None], self.client.hmget(key, list(range(start, min(start + chunk, total)))))
+            yield from (None if value is None else value.decode() for value in values)
 
     def iter_results(self, job_id: str, total: int, chunk: int = 1000) -> Iterator[tuple[int, str | None]]:
         key = f"{self.job_key(job_id)}:results"

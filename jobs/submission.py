@@ -128,6 +128,7 @@ class _Rendering:
         valid = [(index, line, line.request) for index, line in chunk if line.request is not None]
         rendered = dict(zip((index for index, _, _ in valid),
                             self.renderer.render_many([request for _, _, request in valid]), strict=True))
+        specs: dict[int, str] = {}  # the verify specs of this chunk's items that carry one
         for index, line in chunk:
             request = line.request
             kind = request.type if request is not None else "invalid"
@@ -145,7 +146,11 @@ class _Rendering:
                 item["metadata"] = request.metadata
             if self.options.echo_prompt:
                 item["prompt"] = result.prompt
+            if request.verify is not None:
+                item["verify"] = True
+                specs[index] = request.verify.model_dump_json()
             yield item
+        self.store.save_verify_specs(self.id, specs)
 
     def _refuse(self, number: int, index: int, custom_id: str, kind: str, openai: bool, request: Request | None,
                 error: RequestError) -> None:

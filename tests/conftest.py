@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_TOKENIZER = ROOT.parent / "shared" / "models" / "deepseek-coder-6.7b-instruct"
 CACHE = Path(os.environ.get("DSCBATCH_TEST_CACHE", ROOT / ".cache"))
 WORKER_START_SECONDS = 600
+EXECUTOR_START_SECONDS = 60
 
 
 def _script(name: str) -> ModuleType:
@@ -87,23 +88,52 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return {**environ, **{name: str(value) for name, value in values.items() if value is not None}}
 
 
-def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A real ``dscbatch worker`` process (``args`` added to its command line), returned once its heartbeat says
-    the engine is up."""
+def start_workers(settings: Settings, store: JobStore, model: Path, logs: list[Path],
+                  *args: str) -> list[subprocess.Popen[bytes]]:
+    """Real ``dscbatch worker`` processes, one per log (``args`` added to each command line), started at once
+    (their engines start side by side) and returned, in the order of ``logs``, once each one's heartbeat says
+    its engine is up."""
     before = set(store.workers())
-    with log.open("wb") as stream:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", str(model), *args],
-            stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings), start_new_session=True)
+    processes = []
+    for log in logs:
+        with log.open("wb") as stream:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", str(model), *args],
+                stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings), start_new_session=True))
     deadline = time.monotonic() + WORKER_START_SECONDS
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        if set(store.workers()) - before:
-            return process
+        for process, log in zip(processes, logs, strict=True):
+            if process.poll() is not None:
+                for each in processes:
+                    stop_process(each)
+                raise RuntimeError(f"worker exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        started = {int(name.rsplit("-", 1)[1]) for name in set(store.workers()) - before}
+        if started.issuperset(process.pid for process in processes):
+            return processes
         time.sleep(0.5)
-    stop_process(process)
-    raise RuntimeError(f"worker did not start within {WORKER_START_SECONDS} s:\n{log.read_text()[-4000:]}")
+    for process in processes:
+        stop_process(process)
+    raise RuntimeError(f"workers did not start within {WORKER_START_SECONDS} s:\n{logs[0].read_text()[-4000:]}")
+
+
+def start_worker(settings: Settings, store: JobStore, model: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """One real ``dscbatch worker`` process, returned once its heartbeat says the engine is up."""
+    return start_workers(settings, store, model, [log], *args)[0]
+
+
+def start_executor(settings: Settings, store: JobStore, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A real ``dscbatch executor`` process (``args`` added), returned once its heartbeat is in Redis."""
+    before = set(store.executors())
+    with log.open("wb") as stream:
+        process = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "executor", *args], stdout=stream,
+                                   stderr=subprocess.STDOUT, env=worker_env(settings), start_new_session=True)
+    deadline = time.monotonic() + EXECUTOR_START_SECONDS
+    while not set(store.executors()) - before:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError(f"executor did not start (status {process.returncode}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    return process
 
 
 # Fake credentials and the moto server's address: s3fs (through botocore) reads them from the environment, in

@@ -22,15 +22,18 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from dscbatch.executor.tasks import enqueue_verifications
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.monitoring.job_counters import JobCounters
 from dscbatch.monitoring.server import MetricsServer
 from dscbatch.monitoring.worker_metrics import WorkerMetrics
+from dscbatch.workers.app import make_app
 from dscbatch.workers.embedded import free_port, stop_process
 from dscbatch.workers.engine import Completion, EngineResult
 
-from .conftest import ROOT, worker_env
+from .conftest import ROOT, start_executor, worker_env
+from .test_verification import GOOD, WRONG, stored_job, wait_for_verdicts
 
 MONITORING = ROOT / "monitoring"
 RULES = MONITORING / "prometheus" / "alerts.yml"
@@ -129,6 +132,11 @@ def exporter_port(settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
         process = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "exporter", "--port", str(port)],
                                    stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings),
                                    start_new_session=True)
+    yield from serving(process, port)
+
+
+def serving(process: subprocess.Popen[bytes], port: int) -> Iterator[int]:
+    """``port`` once the process's /healthz answers there; the process is stopped afterwards."""
     try:
         wait_until_answers(f"http://127.0.0.1:{port}/healthz", process)
         yield port
@@ -137,9 +145,29 @@ def exporter_port(settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def prometheus(worker_metrics_port: int, exporter_port: int,
+def executor_metrics_port(settings: Settings, store: JobStore,
+                          tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    process = start_executor(settings, store, tmp_path_factory.mktemp("executor") / "executor.log",
+                             "--metrics-port", str(port))
+    yield from serving(process, port)
+
+
+@pytest.fixture(scope="module")
+def executor_scrape(settings: Settings, store: JobStore, executor_metrics_port: int) -> str:
+    """The executor's /metrics once it judged a job of two items (outputs: one passing, then one failing and
+    one passing)."""
+    job_id = stored_job(store, [[GOOD], [WRONG, GOOD]])
+    enqueue_verifications(make_app(settings), settings.key_prefix, job_id, [0, 1])
+    wait_for_verdicts(store, job_id)
+    return get(f"http://127.0.0.1:{executor_metrics_port}/metrics")[1]
+
+
+@pytest.fixture(scope="module")
+def prometheus(worker_metrics_port: int, exporter_port: int, executor_metrics_port: int,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus on loopback scraping the shared worker and the exporter every second, with the rules."""
+    """A real Prometheus on loopback scraping the shared worker, the exporter and an executor every second, with
+    the rules."""
     directory = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -147,6 +175,8 @@ def prometheus(worker_metrics_port: int, exporter_port: int,
         "scrape_configs": [
             {"job_name": "dscbatch-worker", "static_configs": [{"targets": [f"127.0.0.1:{worker_metrics_port}"]}]},
             {"job_name": "dscbatch-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
+            {"job_name": "dscbatch-executor",
+             "static_configs": [{"targets": [f"127.0.0.1:{executor_metrics_port}"]}]},
         ],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -287,9 +317,23 @@ def test_exporter_reports_the_job_and_the_worker(observed_job: ObservedJob, tiny
                                                                              queue=queue)
 
 
+def test_executor_metrics_count_each_verdict(executor_scrape: str) -> None:
+    checked = promtool("check", "metrics", stdin=executor_scrape)
+    assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
+    queue = {"queue": "dsctest.executor"}
+    counts = {verdict: value(executor_scrape, "dscbatch_executor_executions_total", verdict=verdict, **queue)
+              for verdict in ("passed", "failed", "timeout", "memory", "sandbox_error")}
+    assert counts == {"passed": 2, "failed": 1, "timeout": 0, "memory": 0, "sandbox_error": 0}
+    assert value(executor_scrape, "dscbatch_executor_sandbox_duration_seconds_count", **queue) == 3
+    assert 0 < value(executor_scrape, "dscbatch_executor_sandbox_duration_seconds_sum", **queue) < 30
+    assert time.time() - value(executor_scrape, "dscbatch_executor_heartbeat_timestamp_seconds", **queue) < 30
+
+
 @engine
-def test_every_metric_the_dashboard_and_alerts_use_is_in_a_real_scrape(observed_job: ObservedJob) -> None:
-    scraped = set(samples(observed_job.worker_after)) | set(samples(observed_job.exporter_after))
+def test_every_metric_the_dashboard_and_alerts_use_is_in_a_real_scrape(observed_job: ObservedJob,
+                                                                        executor_scrape: str) -> None:
+    scraped = (set(samples(observed_job.worker_after)) | set(samples(observed_job.exporter_after))
+               | set(samples(executor_scrape)))
     recorded = {rule["record"] for rule in rules() if "record" in rule}
     used = set().union(*map(metric_names, dashboard_exprs() + [rule["expr"] for rule in rules()]))
     assert {"dscbatch_job_items", "dscbatch_worker_items_total", "vllm_prefix_cache_hits_total",
@@ -300,6 +344,7 @@ def test_every_metric_the_dashboard_and_alerts_use_is_in_a_real_scrape(observed_
 
 @engine
 def test_prometheus_scrapes_the_job_and_runs_every_dashboard_and_rule_query(observed_job: ObservedJob,
+                                                                            executor_scrape: str,
                                                                             prometheus: str) -> None:
     job = observed_job.job_id
     settled = f'sum(dscbatch_worker_items_total{{job_id="{job}", outcome=~"done|failed"}})'

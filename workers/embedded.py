@@ -75,46 +75,52 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_SECONDS
 
 
 class EmbeddedCluster:
-    """``with EmbeddedCluster(model, engine_args) as cluster:`` gives ``cluster.redis_url`` and a worker."""
+    """``with EmbeddedCluster(model, engine_args) as cluster:`` gives ``cluster.redis_url`` and a worker (and,
+    with ``executor``, a ``dscbatch executor`` that judges verified results)."""
 
-    def __init__(self, model: str, worker_args: Sequence[str] = ()) -> None:
+    def __init__(self, model: str, worker_args: Sequence[str] = (), executor: bool = False) -> None:
         self.model = model
         self.worker_args = list(worker_args)
+        self.executor = executor
         self.directory = Path(tempfile.mkdtemp(prefix="dscbatch-run-"))
         self.port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.port}/0"
         self.processes: list[subprocess.Popen[bytes]] = []
-
-    @property
-    def worker_log(self) -> Path:
-        return self.directory / "worker.log"
+        self.children: dict[str, subprocess.Popen[bytes]] = {}  # dscbatch commands started, by name
 
     def __enter__(self) -> EmbeddedCluster:
         try:
             self.processes.append(start_redis(self.directory, self.port))
-            env = {**os.environ, "DSCBATCH_REDIS_URL": self.redis_url}
-            with self.worker_log.open("wb") as log:
-                self.processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", self.model, *self.worker_args],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                    start_new_session=True,
-                ))
+            if self.executor:
+                self._start("executor")
+            self._start("worker", "--model", self.model, *self.worker_args)
         except BaseException:
             self.close()
             raise
         return self
 
+    def _start(self, command: str, *args: str) -> None:
+        env = {**os.environ, "DSCBATCH_REDIS_URL": self.redis_url}
+        with (self.directory / f"{command}.log").open("wb") as log:
+            self.children[command] = subprocess.Popen(
+                [sys.executable, "-m", "dscbatch.cli.main", command, *args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        self.processes.append(self.children[command])
+
     def check_worker(self) -> None:
-        """Raise with the end of the worker's log if the worker has exited."""
-        worker = self.processes[-1]
-        if worker.poll() is not None:
-            tail = self.worker_log.read_text(errors="replace").strip().splitlines()[-15:]
-            raise EngineError(f"the local worker exited with status {worker.returncode}:\n" + "\n".join(tail))
+        """Raise with the end of its log if the worker (or the executor) has exited."""
+        for command, process in self.children.items():
+            if process.poll() is not None:
+                log = (self.directory / f"{command}.log").read_text(errors="replace").strip().splitlines()[-15:]
+                raise EngineError(f"the local {command} exited with status {process.returncode}:\n"
+                                  + "\n".join(log))
 
     def close(self) -> None:
         for process in reversed(self.processes):
             stop_process(process)
         self.processes.clear()
+        self.children.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -45,9 +45,10 @@ def _entries(payload: dict[str, Any], item: dict[str, Any], result: EngineResult
     outputs = [Output(c.text, c.finish_reason, len(c.token_ids)) for c in result.outputs]
     usage = Usage(result.prompt_tokens, sum(o.completion_tokens for o in outputs), result.cached_prompt_tokens)
     # Each record shows the usage of the run that answered it; the job's token counters count that run once.
+    verified = {each["i"] for each in folded_items(item) if each.get("verify")}
     return [ResultEntry(info.index, result_line(info, outputs=outputs, usage=usage, **common), "done",
                         *((usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
-                          if info is infos[0] else ()))
+                          if info is infos[0] else (0, 0, 0)), verify=info.index in verified)
             for info in infos]
 
 
@@ -60,6 +61,9 @@ MAX_ITEM_CRASHES = 2
 RECORD_EVERY_SECONDS = 1.0
 
 Requeue = Callable[[str, str], None]  # (job id, shard key): put the shard back on its queue
+# (job id, item indices): queue the verification of results just stored. A worker that dies between storing
+# and queueing leaves them in the store's waiting set, which the executor pool sweeps (executor/worker.py).
+QueueVerification = Callable[[str, list[int]], None]
 
 
 class ShardRunner:
@@ -67,12 +71,13 @@ class ShardRunner:
     the rest of each long shard back within a bound."""
 
     def __init__(self, store: JobStore, loop: EngineLoop, observer: WorkerObserver, requeue: Requeue,
-                 name: str) -> None:
+                 name: str, verify: QueueVerification) -> None:
         self.name = name  # the worker's hostname, under which it claims the shards it runs
         self.store = store
         self.loop = loop
         self.observer = observer
         self.requeue = requeue
+        self.verify = verify
         self.stop_at: float | None = None
         self._running: set[str] = set()  # shard keys this worker runs now
         self._running_lock = threading.Lock()
@@ -134,11 +139,11 @@ class ShardRunner:
                 results.append(result)
                 entries += _entries(payload, todo[result.key], result)
                 if isolating or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
-                    stored += self.store.record(job_id, entries, shard_key)
+                    stored += self._record(job_id, entries, shard_key)
                     entries, recorded_at = [], time.monotonic()
         finally:
             stream.close()
-            stored += self.store.record(job_id, entries, shard_key)
+            stored += self._record(job_id, entries, shard_key)
         self.observer.shard_finished(job_id, results, len(settled), time.monotonic() - started)
         if len(results) < len(requests):
             self.requeue(job_id, shard_key)
@@ -159,6 +164,14 @@ class ShardRunner:
             except DscbatchError as error:
                 log.error("job %s: cannot write its results file (retried later): %s", job_id, error)
         self.store.drop_shard(job_id, shard_key)
+
+    def _record(self, job_id: str, entries: list[ResultEntry], shard_key: str) -> int:
+        """Store the entries, then queue the verification of those that need one."""
+        stored = self.store.record(job_id, entries, shard_key)
+        verify = [entry.index for entry in entries if entry.verify]
+        if verify:
+            self.verify(job_id, verify)
+        return stored
 
     def _one_at_a_time(self, job_id: str, requests: list[EngineRequest]) -> Generator[EngineResult, None, None]:
         """Run each request alone, so that a request which kills the engine is the only one in flight when

@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import signals
 
+from dscbatch.executor.tasks import enqueue_verifications
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import queue_name
@@ -51,7 +52,10 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     in_flight = settings.shards_in_flight or default_shards_in_flight(engine.max_num_seqs,
                                                                       settings.shard_max_requests)
     log.info("holding up to %d shards at once (engine batch: %d requests)", in_flight, engine.max_num_seqs)
-    runner = ShardRunner(store, loop, observer, requeue, hostname)
+    def verify(job_id: str, indices: list[int]) -> None:
+        enqueue_verifications(app, settings.key_prefix, job_id, indices)
+
+    runner = ShardRunner(store, loop, observer, requeue, hostname, verify)
     # SIGTERM starts Celery's warm shutdown, which would wait for the running shard without a bound.
     signals.worker_shutting_down.connect(lambda **_: runner.stop_within(settings.shutdown_timeout), weak=False)
     info = {"model": model_name(model), "queue": queue, "pid": os.getpid(), "started": time.time()}

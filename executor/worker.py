@@ -1,0 +1,86 @@
+"""``dscbatch executor``: serve the executor queue with a thread pool, each thread one sandboxed program.
+
+Concurrency is bounded by the pool (``DSCBATCH_EXECUTOR_CONCURRENCY``, default one per core) and each
+program by the sandbox's limits. A sweeper thread beats the executor's heartbeat and queues again the
+results that have waited longer than the visibility timeout without a verdict: those whose worker died
+between storing them and queueing their task (a task lost with its executor is redelivered by the broker
+itself, as shards are).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import redis
+from celery import Celery
+
+from dscbatch.executor.observer import ExecutorObserver
+from dscbatch.executor.sandbox import Sandbox
+from dscbatch.executor.tasks import Verifier, enqueue_verifications, executor_queue, register_tasks
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.app import make_app, require_json_only
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 10
+HEARTBEAT_TTL_SECONDS = 3 * SWEEP_SECONDS
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, store: JobStore, app: Celery, hostname: str, stale_seconds: float,
+                 observer: ExecutorObserver) -> None:
+        super().__init__(name="dscbatch-sweeper", daemon=True)
+        self.store = store
+        self.app = app
+        self.hostname = hostname
+        self.stale_seconds = stale_seconds
+        self.observer = observer
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.store.beat_executor(self.hostname, {"pid": os.getpid(), "seen": time.time()},
+                                         ttl=HEARTBEAT_TTL_SECONDS)
+                self.observer.heartbeat(HEARTBEAT_TTL_SECONDS)
+                self.sweep()
+            except redis.RedisError:
+                log.warning("executor heartbeat to Redis failed; retrying", exc_info=True)
+            self.stopping.wait(SWEEP_SECONDS)
+
+    def sweep(self) -> int:
+        stale = self.store.take_stale_verifications(self.stale_seconds)
+        for job_id, index in stale:
+            log.warning("%s/%d waited %.0f s for a verdict; queueing it again", job_id, index, self.stale_seconds)
+            enqueue_verifications(self.app, self.store.prefix, job_id, [index])
+        return len(stale)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def run_executor(settings: Settings, observer: ExecutorObserver | None = None, loglevel: str = "INFO") -> None:
+    observer = observer or ExecutorObserver()
+    sandbox = Sandbox.from_settings(settings)
+    sandbox.check()  # refuse to serve where the sandbox does not work
+    app = make_app(settings)
+    require_json_only(app)
+    store = JobStore.connect(settings)
+    hostname = f"executor@{socket.gethostname()}-{os.getpid()}"
+    concurrency = settings.executor_concurrency or os.cpu_count() or 1
+    queue = executor_queue(settings.key_prefix)
+    log.info("executor serving %s with %d sandboxes at once (Redis %s)", queue, concurrency,
+             settings.redacted_redis_url)
+    register_tasks(app, Verifier(store, sandbox, observer))
+    sweeper = Sweeper(store, app, hostname, settings.visibility_timeout, observer)
+    sweeper.start()
+    try:
+        app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency, queues=[queue],
+                   loglevel=loglevel, without_gossip=True, without_mingle=True, optimization="fair").start()
+    finally:
+        sweeper.stop()
