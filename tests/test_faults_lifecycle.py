@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,15 +22,20 @@ import s3fs
 
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.embedded import stop_process
 from dscbatch.workers.liveness import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 from dscbatch.workers.reaper import UNACKED_KEY
 
-from .conftest import start_worker, worker_env
+from . import test_faults
+from .conftest import worker_env
+from .test_faults import spawn, wait_until
 from .test_pipeline import dscbatch
 
 pytestmark = [pytest.mark.faults, pytest.mark.engine, pytest.mark.timeout(600)]
 ITEMS = 24
+# The fault tests' fixtures: a key prefix (and queue) of the test's own, and its workers, killed at teardown.
+fault_settings = test_faults.fault_settings
+fault_store = test_faults.fault_store
+workers = test_faults.workers
 
 
 class HoldingProxy:
@@ -79,35 +82,6 @@ class HoldingProxy:
         self.server.close()
 
 
-@pytest.fixture
-def fault_settings(redis_url: str, request: pytest.FixtureRequest) -> Settings:
-    # A prefix (and so a queue) of the test's own; two shards held per worker.
-    return Settings(redis_url=redis_url, key_prefix=f"fault-{request.node.name[5:25]}", shard_max_requests=4,
-                    shutdown_timeout=2, shards_in_flight=2)
-
-
-@pytest.fixture
-def fault_store(fault_settings: Settings) -> JobStore:
-    return JobStore.connect(fault_settings)
-
-
-@pytest.fixture
-def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        stop_process(process)
-
-
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def job_file(tmp_path: Path) -> Path:
     path = tmp_path / "job.jsonl"
     path.write_text("".join(json.dumps({"id": f"item-{i}", "prompt": f"# task {i}\ndef solve_{i}(x):",
@@ -121,10 +95,8 @@ def test_the_worker_writing_a_results_file_is_killed_mid_upload_and_another_writ
     proxy = HoldingProxy(int(s3_endpoint.rsplit(":", 1)[1]), rb"PUT /\S*results\.jsonl")
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")  # the workers' S3 is the proxy
-        with ThreadPoolExecutor(2) as pool:
-            logs = [tmp_path / "a.log", tmp_path / "b.log"]
-            workers += pool.map(lambda log: start_worker(fault_settings, fault_store, tiny_model, log), logs)
-        wait_until(lambda: len(fault_store.workers()) == 2, 300, "both workers")
+        logs = [tmp_path / "a.log", tmp_path / "b.log"]
+        spawn(fault_settings, fault_store, tiny_model, workers, *logs)
         output = f"{bucket}/out"
         job_id = dscbatch(fault_settings, "submit", str(job_file(tmp_path)), "--model", str(tiny_model), "-o",
                           output).stdout.split()[-1]
@@ -180,7 +152,7 @@ def test_a_shard_delivered_to_a_worker_killed_before_claiming_it_runs_again_with
     assert any(queue == routing_key and shard_key in json.dumps(message) for message, _, routing_key in entries)
     assert not fault_store.client.hlen(f"{fault_settings.key_prefix}:claims")
     log = tmp_path / "w.log"
-    workers.append(start_worker(fault_settings, fault_store, tiny_model, log))
+    spawn(fault_settings, fault_store, tiny_model, workers, log)
     ready = time.monotonic()
     wait_until(lambda: fault_store.status(job_id).pending == 0, 120, "the job to complete")
     # Well within a minute of the worker's start (the delivery was already over a heartbeat's lifetime old),
