@@ -41,6 +41,11 @@ class Settings(BaseModel):
     # to keep the engine's batch full (workers.batching.default_shards_in_flight).
     shards_in_flight: Annotated[int, Field(ge=1, le=MAX_SHARDS_IN_FLIGHT)] | None = None
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "dscbatch"
+    # The Batch API server (`dscbatch serve`): where uploaded and result files live (a folder or fsspec URL),
+    # the largest upload, and the most requests in one batch.
+    files_url: Annotated[str, Field(min_length=1)] = "dscbatch-files"
+    max_file_bytes: Annotated[int, Field(ge=1)] = 200_000_000
+    max_batch_lines: Annotated[int, Field(ge=1)] = 50_000
 
     @field_validator("redis_url")
     @classmethod

@@ -59,6 +59,7 @@ class SubmitOptions:
     shard_max_tokens: int = 1 << 20
     group_prefixes: bool = True  # sort the job by prompt ids (else shards follow the file's order)
     dedup: bool = True  # run identical deterministic requests once
+    source: str | None = None  # what the job record names as its input (default: the path)
 
 
 def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: SubmitOptions,
@@ -79,7 +80,7 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     store.record(job.id, job.errors)
     queue = queue_name(store.prefix, options.model)
     store.create_job(job.id, {
-        "model": job.header["model"], "queue": queue, "input": str(path), "sha256": check.sha256,
+        "model": job.header["model"], "queue": queue, "input": options.source or str(path), "sha256": check.sha256,
         "created": job.header["created"], "total": job.total, "shards": len(keys), "deduplicated": sorter.folded,
         "options": {"defaults": options.defaults.model_dump(exclude_none=True), "echo_prompt": options.echo_prompt,
                     "skip_invalid": options.skip_invalid, "invalid_lines": check.invalid_lines,
