@@ -2,7 +2,7 @@
 
 A private redis-server and ``--workers`` ``dscbatch worker`` processes are started per variant (fresh
 workers: an empty prefix cache, and the variant's worker flags); the clock runs from ``dscbatch submit FILE
---wait -o OUT`` writing its results file, only once a warm-up job has finished.
+--wait -o FOLDER`` (a worker writing its results file there), only once a warm-up job has finished.
 """
 
 from __future__ import annotations
@@ -113,14 +113,16 @@ class Cluster:
                    check=self._check_workers)
 
     def run(self, input_path: Path, output: Path, timeout: float) -> dict[str, Any]:
-        """Submit, wait and write the results: the timed part."""
+        """Submit, wait for a worker to write the results file: the timed part."""
+        folder = output.with_suffix(".d")
         started = time.perf_counter()
         _, stdout = run_logged([*DSCBATCH, "submit", str(input_path), "--model", self.model, "--wait", "-o",
-                                str(output), *self.variant.submit_flags], self.log, timeout, self.env,
+                                str(folder), *self.variant.submit_flags], self.log, timeout, self.env,
                                ok=(0, ITEMS_FAILED_EXIT), check=self._check_workers)
         seconds = time.perf_counter() - started
         job_id = stdout.strip().splitlines()[-1]
         self._check_workers()
+        (folder / "results.jsonl").replace(output)
         return measurement(seconds, read_totals(output, dscbatch_usage), job_id=job_id, output=str(output))
 
     def close(self) -> None:

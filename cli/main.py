@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from dscbatch.cli.progress import wait_for_job
+from dscbatch.cli.progress import ReadingProgress, wait_for_finalized, wait_for_job
 from dscbatch.jobs.errors import DscbatchError, InvalidInputError, RequestError, SettingsError
-from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_valid
+from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_input, require_valid
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.settings import Settings
@@ -97,23 +97,22 @@ def _scheduling_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _make_submit_options(settings: Settings, model: str, params: Sequence[str], skip_invalid: bool,
                          echo_prompt: bool, max_line_bytes: int, max_model_len: int | None, order: str,
-                         no_dedup: bool) -> SubmitOptions:
+                         no_dedup: bool, output_url: str | None = None) -> SubmitOptions:
     grouped = order == "prefix"
     return SubmitOptions(model=model, defaults=_params(params), skip_invalid=skip_invalid, echo_prompt=echo_prompt,
                          max_line_bytes=max_line_bytes, max_model_len=max_model_len,
                          shard_max_requests=settings.shard_max_requests, shard_max_tokens=settings.shard_max_tokens,
-                         group_prefixes=grouped, dedup=grouped and not no_dedup)
+                         group_prefixes=grouped, dedup=grouped and not no_dedup, output_url=output_url,
+                         output_root=settings.output_url)
 
 
 def _submit(settings: Settings, store: JobStore, input_path: str, options: SubmitOptions) -> str:
     from dscbatch.workers.app import make_app, shard_enqueuer
 
-    def reading(lines: int) -> None:
-        click.echo(f"\rread {lines} lines", err=True, nl=False)
-
+    reading = ReadingProgress(sys.stderr)
     with shard_enqueuer(make_app(settings)) as enqueue:
         job_id = submit_job(store, enqueue, input_path, options, reading)
-    click.echo("", err=True)
+        reading.done()
     return job_id
 
 
@@ -162,25 +161,28 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
 @cli.command()
 @_submit_options
 @_scheduling_options
-@click.option("--wait", is_flag=True, help="Show progress until the job finishes; exit 3 if items failed.")
-@click.option("-o", "--output", help="With --wait: then write the results here (path or fsspec URL).")
+@click.option("--wait", is_flag=True, help="Show progress until the job finishes (and its results file is "
+                                           "written); exit 3 if items failed.")
+@click.option("-o", "--output", metavar="FOLDER",
+              help="Folder (path or fsspec URL) where a worker writes results.jsonl when the job settles "
+                   "(default: $DSCBATCH_OUTPUT_URL/JOB_ID, if set).")
 @click.pass_context
 def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
            max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,
            wait: bool, output: str | None) -> None:
     """Validate INPUT, cut it into shards and queue them; prints the job id as the last line."""
-    if output is not None and not wait:
-        raise click.UsageError("--output needs --wait (or write them later: dscbatch results JOB_ID -o FILE)")
+    require_input(input_path)  # a missing file is reported as such, before Redis is reached
     settings = _settings(ctx)
     store = JobStore.connect(settings)
     options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
-                                   max_model_len, order, no_dedup)
+                                   max_model_len, order, no_dedup, output)
     job_id = _submit(settings, store, input_path, options)
     exit_code = 0
     if wait:
         status = wait_for_job(store, job_id)
-        if output is not None:
-            _write_results(store, status, output)
+        if status.output_url is not None and not status.cancelled:
+            status = wait_for_finalized(store, job_id)
+            click.echo(f"results in {status.results_url}", err=True)
         exit_code = _summary(status)
     click.echo(job_id)
     sys.exit(exit_code)
@@ -208,6 +210,12 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
                f"deduplicated: {job.deduplicated} items answered by an identical request's run\n"
                f"tokens: {job.prompt_tokens} prompt ({job.cached_prompt_tokens} cached), "
                f"{job.completion_tokens} generated")
+    if job.output_url is not None:
+        written = (f"{job.results_url} (written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(job.finalized))})"
+                   if job.finalized is not None else "not written yet")
+        click.echo(f"output: {job.output_url}\nresults file: {written}")
+        if job.finalize_error is not None and job.finalized is None:
+            click.echo(f"last write failed: {job.finalize_error}")
 
 
 @cli.command(name="list")
@@ -245,6 +253,19 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 
 @cli.command()
 @click.argument("job_id")
+@click.option("--cancel", is_flag=True, help="Cancel the job first if it is still running.")
+@click.pass_context
+def delete(ctx: click.Context, job_id: str, cancel: bool) -> None:
+    """Remove a finished job from Redis (its results file, if written, stays where it is)."""
+    from dscbatch.jobs.retention import delete as delete_job
+
+    job = delete_job(_store(ctx), job_id, cancel=cancel)
+    kept = f"; its results file stays at {job.results_url}" if job.results_url else ""
+    click.echo(f"job {job_id} deleted ({job.state}: {job.done} done, {job.failed} failed of {job.total}){kept}")
+
+
+@cli.command()
+@click.argument("job_id")
 @click.pass_context
 def retry(ctx: click.Context, job_id: str) -> None:
     """Run a job's failed items again (those that failed in a worker)."""
@@ -253,7 +274,8 @@ def retry(ctx: click.Context, job_id: str) -> None:
 
     settings = _settings(ctx)
     app = make_app(settings)
-    count = retry_failed(_store(ctx), job_id, lambda queue, job, key: enqueue_shard(app, queue, job, key))
+    count = retry_failed(_store(ctx), job_id, lambda queue, job, key: enqueue_shard(app, queue, job, key),
+                         settings.shard_max_requests, settings.shard_max_tokens)
     click.echo(f"job {job_id}: {count} failed items queued again")
 
 

@@ -38,6 +38,39 @@ def progress_line(status: JobStatus, first: JobStatus, elapsed: float) -> str:
             f"{_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {eta}  failed {status.failed}")
 
 
+class ReadingProgress:
+    """``read N lines`` while submit reads its input: redrawn in place on a terminal; elsewhere one line every
+    ``PLAIN_EVERY_SECONDS``. ``done`` ends it with the final count on a line of its own."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.lines = 0
+        self.last_plain = time.monotonic()
+
+    def __call__(self, lines: int) -> None:
+        self.lines = lines
+        if self.tty:
+            self.stream.write(f"\rread {lines} lines")
+        elif time.monotonic() - self.last_plain >= PLAIN_EVERY_SECONDS:
+            self.stream.write(f"read {lines} lines\n")
+            self.last_plain = time.monotonic()
+        self.stream.flush()
+
+    def done(self) -> None:
+        self.stream.write("\n" if self.tty else f"read {self.lines} lines\n")
+        self.stream.flush()
+
+
+def wait_for_finalized(store: JobStore, job_id: str, *, interval: float = 0.2) -> JobStatus:
+    """Poll a settled job until a worker has written its results file."""
+    while True:
+        status = store.status(job_id)
+        if status.results_url is not None or status.cancelled:
+            return status
+        time.sleep(interval)
+
+
 def wait_for_job(store: JobStore, job_id: str, *, interval: float = 0.2, stream: TextIO = sys.stderr,
                  check: Callable[[], None] | None = None) -> JobStatus:
     """Poll the job until no item is pending (or it is cancelled), drawing progress on ``stream``."""

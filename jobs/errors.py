@@ -69,6 +69,12 @@ class StorageError(DscbatchError):
     exit_code = 2
 
 
+class JobRunningError(DscbatchError):
+    """Raised when an operation meant for a finished job (``delete``) names one still running."""
+
+    exit_code = 2
+
+
 class ApiError(DscbatchError):
     """Raised when the Batch API refuses a request; the server answers ``status`` in OpenAI's error shape."""
 

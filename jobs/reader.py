@@ -230,11 +230,16 @@ def read_lines(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
         seen.close()
 
 
+def require_input(path: str | Path) -> None:
+    """Refuse an input that is not there (a one-line error), before anything else is tried."""
+    if not Path(path).is_file():
+        raise InvalidInputError([f"{path}: no such file"], 1)
+
+
 def check_file(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> FileCheck:
     """Validate the whole file in one streaming pass; raise if it holds no line at all."""
+    require_input(path)
     file_path = Path(path)
-    if not file_path.is_file():
-        raise InvalidInputError([f"{path}: no such file"], 1)
     digest = hashlib.sha256()
     with file_path.open("rb") as stream:
         while chunk := stream.read(1 << 20):

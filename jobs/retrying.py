@@ -1,28 +1,28 @@
-"""``retry``: run the items that failed in a worker again, in new shards of the same job."""
+"""``retry``: run the items that failed in a worker again, in new shards of the same job.
+
+A worker stores each retryable failure's shard item beside its error record (``P:job:ID:retry``), so retry
+works after the job's shards have left Redis and after its results file was written: the retried items'
+new results then take the place of their error lines, and the job is finalized again once they settle.
+"""
 
 from __future__ import annotations
 
-from dscbatch.jobs.grouping import item_indices
+from dscbatch.jobs.grouping import cut_shards
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import Enqueue
 
 
-def retry_failed(store: JobStore, job_id: str, enqueue: Enqueue) -> int:
+def retry_failed(store: JobStore, job_id: str, enqueue: Enqueue, max_requests: int = 256,
+                 max_tokens: int = 1 << 20) -> int:
     """Forget the job's retryable failures and enqueue their items again; returns how many."""
     job = store.status(job_id)
-    failed = store.take_failed(job_id)
-    remaining = set(failed)
-    shard_keys: list[str] = []
-    for number in range(job.shards):
-        payload = store.load_shard(store.shard_key(job_id, number))
-        if payload is None:
-            continue
-        # Earlier retries copied items into later shards: take each failed item once.
-        items = [item for item in payload["items"] if not remaining.isdisjoint(item_indices(item))]
-        remaining.difference_update(index for item in items for index in item_indices(item))
-        if items:
-            first = store.add_shards(job_id, 1)
-            shard_keys.append(store.save_shard(job_id, first, {**payload, "items": items}))
-    for key in shard_keys:
+    header = store.shard_header(job_id)
+    failed, items = store.take_failed(job_id)
+    items.sort(key=lambda item: item["ids"])  # prefix order, as at submission
+    shards = list(cut_shards(items, max_requests, max_tokens))
+    first = store.add_shards(job_id, len(shards)) if shards else 0
+    keys = [store.save_shard(job_id, first + number, {**header, "items": shard_items})
+            for number, shard_items in enumerate(shards)]
+    for key in keys:
         enqueue(job.queue, job_id, key)
     return len(failed)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from dscbatch.jobs.errors import SettingsError
 
@@ -15,6 +16,22 @@ ENV_PREFIX = "DSCBATCH_"
 MAX_SHARDS_IN_FLIGHT = 16
 # Reserved for the test suite's own variables, which are not settings.
 TEST_ENV_PREFIX = "DSCBATCH_TEST_"
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> object:
+    """Seconds from ``7d``, ``12h``, ``30m``, ``3600s`` or a plain number of seconds; other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", value)
+    if match is None:
+        raise ValueError(f"expected a duration such as 7d, 12h, 30m or 3600s, got {value!r}")
+    return int(match[1]) * DURATION_UNITS[match[2] or "s"]
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
 
 
 def redact_url(url: str) -> str:
@@ -41,6 +58,11 @@ class Settings(BaseModel):
     # to keep the engine's batch full (workers.batching.default_shards_in_flight).
     shards_in_flight: Annotated[int, Field(ge=1, le=MAX_SHARDS_IN_FLIGHT)] | None = None
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "dscbatch"
+    # A folder (local path or fsspec URL) under which each job's results file is written, in a folder named by
+    # the job id, when the job settles (``submit --output`` names a job's folder itself). None: no file.
+    output_url: str | None = None
+    # Seconds a finished job stays in Redis (its record, and its results if it has no results file).
+    job_retention: Duration = 7 * 86400
     # The Batch API server (`dscbatch serve`): where uploaded and result files live (a folder or fsspec URL),
     # the largest upload, and the most requests in one batch.
     files_url: Annotated[str, Field(min_length=1)] = "dscbatch-files"

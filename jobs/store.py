@@ -5,11 +5,18 @@ Keys (``P`` is the settings' key prefix)::
     P:jobs                 sorted set of job ids by creation time
     P:job:ID               hash: the job record and its counters
     P:job:ID:shard:N       zlib-compressed JSON shard payload
-    P:job:ID:results       hash: item index -> the result line written by ``results``
+    P:job:ID:results       hash: item index -> the result line written by ``results`` (until finalized)
     P:job:ID:failed        set: indices of items that failed in a worker (what ``retry`` runs again)
+    P:job:ID:retry         hash: index -> the shard item of a retryable failure (``retry`` rebuilds shards from it)
+    P:finalize             set: settled jobs with an output folder whose results file is not written yet
+    P:finalizing           hash: job id -> the worker writing its results file (``jobs.finalize``)
 
 Counters move only inside Lua scripts, in the same step that stores a result, so ``done + failed`` always
 equals the number of stored results, whatever crashes or redeliveries happen around it.
+
+A shard's payload lives only while some of its items have no result: the worker that finishes it deletes it
+(``drop_shard``), and results are stored for a shard only while its payload exists, so a late copy of a
+finished shard can never add a result after the job's results have left Redis (``jobs.finalize``).
 """
 
 from __future__ import annotations
@@ -29,47 +36,72 @@ from redis.typing import EncodableT, FieldT
 from dscbatch.jobs.errors import BrokerError, JobNotFoundError
 from dscbatch.jobs.settings import Settings
 
-# KEYS: results, job, failed. ARGV: flat groups of (index, line, outcome, prompt, completion, cached) where
-# outcome is "done", "failed" (stays failed) or "retryable" (failed, and ``retry`` may run it again).
+# The one place a job settles: every item has a result. It then gets its ``finished`` time (once per settlement;
+# ``retry`` unsettles it), a new ``settlements`` generation, and, with an output folder, a place in the finalize
+# set. KEYS[2]: job, KEYS[5]: finalize set; ARGV[1]: job id.
+_SETTLE = """
+local counts = redis.call('HMGET', KEYS[2], 'total', 'done', 'failed')
+if counts[1] and tonumber(counts[2] or 0) + tonumber(counts[3] or 0) >= tonumber(counts[1]) then
+  if redis.call('HSETNX', KEYS[2], 'finished', redis.call('TIME')[1]) == 1 then
+    redis.call('HINCRBY', KEYS[2], 'settlements', 1)
+    if redis.call('HEXISTS', KEYS[2], 'output_url') == 1 then redis.call('SADD', KEYS[5], ARGV[1]) end
+  end
+end
+"""
+
+# KEYS: results, job, failed, retry, finalize set, and optionally the shard the results come from (nothing is
+# stored once its payload is gone: the shard was finished, perhaps finalized, by another copy). ARGV: job id,
+# then flat groups of (index, line, outcome, prompt, completion, cached, retry item) where outcome is "done",
+# "failed" (stays failed) or "retryable" (failed, and ``retry`` may run it again from the retry item).
 _RECORD = """
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 0 then return 0 end
 local stored = 0
-for i = 1, #ARGV, 6 do
+for i = 2, #ARGV, 7 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
     stored = stored + 1
     if ARGV[i + 2] == 'done' then
       redis.call('HINCRBY', KEYS[2], 'done', 1)
     else
       redis.call('HINCRBY', KEYS[2], 'failed', 1)
-      if ARGV[i + 2] == 'retryable' then redis.call('SADD', KEYS[3], ARGV[i]) end
+      if ARGV[i + 2] == 'retryable' then
+        redis.call('SADD', KEYS[3], ARGV[i])
+        if ARGV[i + 6] ~= '' then redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 6]) end
+      end
     end
     redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[i + 3])
     redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[i + 4])
     redis.call('HINCRBY', KEYS[2], 'cached_prompt_tokens', ARGV[i + 5])
   end
 end
-local counts = redis.call('HMGET', KEYS[2], 'total', 'done', 'failed')
-if counts[1] and tonumber(counts[2] or 0) + tonumber(counts[3] or 0) >= tonumber(counts[1]) then
-  redis.call('HSETNX', KEYS[2], 'finished', redis.call('TIME')[1])
-end
+""" + _SETTLE + """
 return stored
 """
 
-# KEYS: results, job, failed. Removes every retryable failure and returns their indices.
+# KEYS: results, job, failed, retry, finalize set. Removes every retryable failure; returns their indices, then
+# the retry items stored for them (each once, under its first index).
 _TAKE_FAILED = """
 local indices = redis.call('SMEMBERS', KEYS[3])
+local items = {}
 for _, index in ipairs(indices) do
   redis.call('HDEL', KEYS[1], index)
+  local item = redis.call('HGET', KEYS[4], index)
+  if item then table.insert(items, item) end
 end
 if #indices > 0 then
   redis.call('DEL', KEYS[3])
+  redis.call('HDEL', KEYS[4], unpack(indices))
   redis.call('HINCRBY', KEYS[2], 'failed', -#indices)
-  redis.call('HDEL', KEYS[2], 'finished', 'cancelled')
+  redis.call('HDEL', KEYS[2], 'finished', 'cancelled', 'finalized')
+  redis.call('SREM', KEYS[5], ARGV[1])
 end
-return indices
+return {indices, items}
 """
 
 # appendfsync everysec writes the AOF to disk once a second; a little more covers the write in flight.
 AOF_FSYNC_SECONDS = 1.2
+
+# The job's keys besides its record and its shards.
+JOB_KEY_SUFFIXES = ("results", "failed", "retry", "attempts", "item_attempts")
 
 JOB_STATES = ("queued", "running", "completed", "completed_with_errors", "cancelled")
 
@@ -82,6 +114,8 @@ class ResultEntry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
+    retry_item: str = ""  # a retryable failure's shard item (JSON), stored once per shard item
+
 
 
 @dataclass(frozen=True)
@@ -103,6 +137,15 @@ class JobStatus:
     cancelled: bool
     deduplicated: int = 0  # items that shared an identical deterministic request's run
     options: dict[str, Any] = field(default_factory=dict)
+    output_url: str | None = None  # the folder the job's results file is written to when it settles
+    results_file: str | None = None  # where it was last written (kept while a retry runs)
+    finalized: float | None = None  # when it was written, for the job's present results; None: not (yet)
+    finalize_error: str | None = None  # why the last attempt to write it failed
+
+    @property
+    def results_url(self) -> str | None:
+        """The results file that holds every item's present result, or None while there is none."""
+        return self.results_file if self.finalized is not None else None
 
     @property
     def pending(self) -> int:
@@ -118,7 +161,7 @@ class JobStatus:
 
     def as_dict(self) -> dict[str, Any]:
         values = {key: value for key, value in vars(self).items() if key != "cancelled"}
-        return {**values, "pending": self.pending, "state": self.state}
+        return {**values, "pending": self.pending, "state": self.state, "results_url": self.results_url}
 
 
 def _int(value: bytes | None) -> int:
@@ -161,7 +204,7 @@ class JobStore:
 
     def _keys(self, job_id: str) -> list[str]:
         job = self.job_key(job_id)
-        return [f"{job}:results", job, f"{job}:failed"]
+        return [f"{job}:results", job, f"{job}:failed", f"{job}:retry", f"{self.prefix}:finalize"]
 
     # Shards
 
@@ -174,23 +217,44 @@ class JobStore:
         data = self.client.get(key)
         return None if data is None else dict(json.loads(zlib.decompress(cast(bytes, data))))
 
+    def drop_shard(self, job_id: str, shard_key: str) -> None:
+        """Delete a shard whose every item has a result: Redis keeps the payload of unfinished work only."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(shard_key)
+        pipe.hdel(f"{self.job_key(job_id)}:attempts", shard_key)
+        pipe.execute()
+
+    def shard_header(self, job_id: str) -> dict[str, Any]:
+        """What every shard of the job repeats besides its items (model, stop ids, creation time)."""
+        return dict(json.loads(cast(bytes, self.client.hget(self.job_key(job_id), "shard_header") or b"{}")))
+
     # Jobs
 
     def create_job(self, job_id: str, fields: dict[str, Any]) -> None:
         """Publish the job record; before this the job is invisible to ``list`` and ``status``."""
-        values: dict[FieldT, EncodableT] = {
-            key: json.dumps(value) if isinstance(value, dict) else value for key, value in fields.items()}
+        values: dict[FieldT, EncodableT] = {key: json.dumps(value) if isinstance(value, dict) else value
+                                            for key, value in fields.items() if value is not None}
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.job_key(job_id), mapping=values)
         pipe.zadd(f"{self.prefix}:jobs", {job_id: float(fields["created"])})
         pipe.execute()
         self.record(job_id, [])  # marks the job finished when submission already settled every item
 
-    def delete_job(self, job_id: str) -> None:
-        """Remove every key of the job (a refused submission leaves nothing behind)."""
-        keys = list(self.client.scan_iter(f"{self.job_key(job_id)}:*", count=1000))
-        self.client.delete(self.job_key(job_id), *keys)
-        self.client.zrem(f"{self.prefix}:jobs", job_id)
+    def delete_job(self, job_id: str, shards: int | None = None) -> None:
+        """Remove every key of the job from Redis (a refused submission leaves nothing behind); ``shards``: how
+        many shard numbers it used, when its record does not say (it has none yet)."""
+        job = self.job_key(job_id)
+        if shards is None:
+            shards = _int(cast(bytes | None, self.client.hget(job, "shards")))
+        keys = [job, *(f"{job}:{name}" for name in JOB_KEY_SUFFIXES)]
+        keys += [self.shard_key(job_id, number) for number in range(shards)]
+        pipe = self.client.pipeline(transaction=True)
+        for start in range(0, len(keys), 1000):
+            pipe.delete(*keys[start:start + 1000])
+        pipe.zrem(f"{self.prefix}:jobs", job_id)
+        pipe.srem(f"{self.prefix}:finalize", job_id)
+        pipe.hdel(f"{self.prefix}:finalizing", job_id)
+        pipe.execute()
 
     def confirm_durable(self) -> None:
         """Return once Redis has written what this client wrote to its append-only file, where it keeps one.
@@ -235,6 +299,9 @@ class JobStore:
                 "deduplicated")},
             cancelled=values.get("cancelled") == "1",
             options=json.loads(values.get("options", "{}")),
+            output_url=values.get("output_url"), results_file=values.get("results_file"),
+            finalized=float(values["finalized"]) if "finalized" in values else None,
+            finalize_error=values.get("finalize_error"),
         )
 
     def job_ids(self) -> list[str]:
@@ -244,6 +311,12 @@ class JobStore:
         self.status(job_id)
         self.client.hset(self.job_key(job_id), mapping={"cancelled": "1", "finished": time.time()})
         return self.status(job_id)
+
+    def settlement(self, job_id: str) -> int | None:
+        """The job's settlement generation while every item has its result (``_SETTLE`` decides, ``retry``
+        unsettles), else None."""
+        settlements, finished = self.client.hmget(self.job_key(job_id), ["settlements", "finished"])
+        return int(settlements) if settlements is not None and finished is not None else None
 
     def is_cancelled(self, job_id: str) -> bool:
         return self.client.hget(self.job_key(job_id), "cancelled") == b"1"
@@ -297,13 +370,15 @@ class JobStore:
 
     # Results
 
-    def record(self, job_id: str, entries: Sequence[ResultEntry]) -> int:
-        """Store each entry unless its item already has a result (first wins); returns how many were new."""
-        args: list[str | int] = []
+    def record(self, job_id: str, entries: Sequence[ResultEntry], shard_key: str | None = None) -> int:
+        """Store each entry unless its item already has a result (first wins); returns how many were new.
+        With ``shard_key``, nothing is stored once that shard's payload is gone (another copy finished it)."""
+        args: list[str | int] = [job_id]
         for entry in entries:
             args += [entry.index, entry.line, entry.outcome, entry.prompt_tokens, entry.completion_tokens,
-                     entry.cached_prompt_tokens]
-        return int(self._record(keys=self._keys(job_id), args=args))
+                     entry.cached_prompt_tokens, entry.retry_item]
+        keys = self._keys(job_id) + ([shard_key] if shard_key is not None else [])
+        return int(self._record(keys=keys, args=args))
 
     def settled(self, job_id: str, indices: Sequence[int]) -> set[int]:
         """Which of ``indices`` already have a result."""
@@ -312,9 +387,11 @@ class JobStore:
         present = self.client.hmget(f"{self.job_key(job_id)}:results", list(indices))
         return {index for index, value in zip(indices, present, strict=True) if value is not None}
 
-    def take_failed(self, job_id: str) -> list[int]:
-        """Forget every retryable failure of the job so that it can run again; returns their indices."""
-        return sorted(int(index) for index in self._take_failed(keys=self._keys(job_id)))
+    def take_failed(self, job_id: str) -> tuple[list[int], list[dict[str, Any]]]:
+        """Forget every retryable failure of the job so that it can run again; returns their indices and the
+        shard items that run them again."""
+        indices, items = self._take_failed(keys=self._keys(job_id), args=[job_id])
+        return sorted(int(index) for index in indices), [json.loads(item) for item in items]
 
     def iter_results(self, job_id: str, total: int, chunk: int = 1000) -> Iterator[tuple[int, str | None]]:
         key = f"{self.job_key(job_id)}:results"

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dscbatch.jobs import objectstore
 from dscbatch.jobs.errors import InvalidInputError, RequestError
 from dscbatch.jobs.grouping import PrefixSorter, cut_shards
 from dscbatch.jobs.reader import (
@@ -60,6 +61,8 @@ class SubmitOptions:
     group_prefixes: bool = True  # sort the job by prompt ids (else shards follow the file's order)
     dedup: bool = True  # run identical deterministic requests once
     source: str | None = None  # what the job record names as its input (default: the path)
+    output_url: str | None = None  # a folder: a worker writes the results file there when the job settles
+    output_root: str | None = None  # a folder under which the job gets a folder named by its id (the setting)
 
 
 def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: SubmitOptions,
@@ -75,13 +78,16 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
         keys = [store.save_shard(job.id, number, {**job.header, "items": items})
                 for number, items in enumerate(shards) if not job.refused]
     if job.refused:
-        store.delete_job(job.id)
+        store.delete_job(job.id, shards=len(keys))
         raise InvalidInputError(job.refused[:MAX_REPORTED_PROBLEMS], len(job.refused))
     store.record(job.id, job.errors)
     queue = queue_name(store.prefix, options.model)
     store.create_job(job.id, {
         "model": job.header["model"], "queue": queue, "input": options.source or str(path), "sha256": check.sha256,
         "created": job.header["created"], "total": job.total, "shards": len(keys), "deduplicated": sorter.folded,
+        "output_url": options.output_url or (objectstore.join(options.output_root, job.id) if options.output_root
+                                             else None),
+        "shard_header": job.header,
         "options": {"defaults": options.defaults.model_dump(exclude_none=True), "echo_prompt": options.echo_prompt,
                     "skip_invalid": options.skip_invalid, "invalid_lines": check.invalid_lines,
                     "group_prefixes": options.group_prefixes, "dedup": options.dedup},

@@ -3,7 +3,8 @@ Redis for what the Batch API adds (owner, endpoint, its files, timestamps).
 
 A batch's status follows its job, read when the batch is read: ``validating`` while its file is checked and
 submitted, ``in_progress`` while items are pending, ``finalizing`` while its output and error files are being
-written (the first reader of a settled batch writes them, under a lock), then ``completed``. A cancelled batch
+written (a worker writes the job's results file, then the first reader of the batch splits it into the two, under
+a lock), then ``completed``. A cancelled batch
 is ``cancelling`` while workers still run its shards, then ``cancelled``; one not settled within its 24 h
 window is cancelled and ``expired``, its unfinished items ``batch_expired`` records in the error file.
 """
@@ -20,6 +21,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dscbatch.jobs import objectstore
 from dscbatch.jobs.errors import ApiError, ConflictApiError, DscbatchError
 from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS, Line, read_lines
 from dscbatch.jobs.settings import Settings
@@ -39,6 +41,8 @@ from dscbatch.server.models import (
 from dscbatch.server.outputs import split_results
 from dscbatch.server.records import OwnedRecords
 
+# Under the files store, each batch's job gets a folder for its results file.
+JOBS_FOLDER = "jobs"
 FINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 FINALIZE_LOCK_SECONDS = 600
 TIMESTAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
@@ -99,6 +103,7 @@ class BatchService:
         options = SubmitOptions(model=self.models[checked.model], skip_invalid=True,
                                 shard_max_requests=self.settings.shard_max_requests,
                                 shard_max_tokens=self.settings.shard_max_tokens,
+                                output_root=objectstore.join(self.settings.files_url, JOBS_FOLDER),
                                 source=f"{request.input_file_id} (batch {batch_id})")
         try:
             with self.enqueuer() as enqueue:
@@ -199,6 +204,8 @@ class BatchService:
         if record["status"] == "cancelling":
             return record if self.store.running_shards(job.id) else self._finalize(batch_id, record, "cancelled")
         if job.pending == 0:
+            if job.results_url is None:  # a worker is writing the job's results file
+                return {**record, "status": "finalizing", "finalizing_at": str(int(job.finished or time.time()))}
             return self._finalize(batch_id, record, "completed")
         if time.time() >= int(record["expires_at"]):
             self.store.cancel(job.id)
@@ -211,8 +218,9 @@ class BatchService:
         if not self.store.client.set(lock, now, nx=True, ex=FINALIZE_LOCK_SECONDS):
             return {**record, "status": "finalizing", "finalizing_at": record.get("finalizing_at") or str(now)}
         try:
-            self.records.update(batch_id, {"finalizing_at": now})
             job = self.store.status(record["job_id"])
+            started = int(job.finished) if job.finished and not job.cancelled else now
+            self.records.update(batch_id, {"finalizing_at": started})
             split = split_results(self.store, job, self.files, record["owner"], batch_id, final == "expired")
             fields: dict[str, str | int] = {"status": final, f"{final}_at": int(time.time()), "total": job.total,
                                             "completed": split.completed, "failed": split.failed}
@@ -221,7 +229,7 @@ class BatchService:
             self.records.update(batch_id, fields)
         finally:
             self.store.client.delete(lock)
-        return {**record, **{key: str(value) for key, value in fields.items()}, "finalizing_at": str(now)}
+        return {**record, **{key: str(value) for key, value in fields.items()}, "finalizing_at": str(started)}
 
     def _view(self, batch_id: str, record: dict[str, str]) -> Batch:
         status = record["status"]

@@ -1,7 +1,8 @@
 """A settled batch's output and error files: its job's result lines, split by their ``error`` field.
 
-``job_results`` is the one place that reads a job's results; it writes them with ``jobs.output`` (out of
-Redis) until jobs are finalized into one stored results file, which it will then read instead.
+A batch's job has an output folder in the files store, so a worker writes its ``results.jsonl`` once it settles
+(``jobs.finalize``); the split reads that file. A cancelled or expired job never settles: its lines come from
+Redis, with error records for the items that did not run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dscbatch.jobs.output import write_results
+from dscbatch.jobs.output import result_lines
 from dscbatch.jobs.store import JobStatus, JobStore
 from dscbatch.server.files import FileStore
 
@@ -29,22 +30,16 @@ class SplitFiles:
     failed: int
 
 
-def job_results(store: JobStore, status: JobStatus, path: Path) -> None:
-    """Every item's result line, in input order, written to ``path`` (items that never ran as errors)."""
-    write_results(store, status, str(path), partial=True)
-
-
 def split_results(store: JobStore, status: JobStatus, files: FileStore, owner: str, batch_id: str,
                   expired: bool) -> SplitFiles:
     """Publish the successful lines as the output file and the failed ones as the error file (an empty one is
     left out, as OpenAI does)."""
     with tempfile.TemporaryDirectory(prefix="dscbatch-batch-") as folder:
-        results, good, bad = Path(folder, "results.jsonl"), Path(folder, "output"), Path(folder, "errors")
-        job_results(store, status, results)
+        good, bad = Path(folder, "output"), Path(folder, "errors")
         completed = failed = 0
-        with results.open(encoding="utf-8") as lines, good.open("w", encoding="utf-8") as output, \
-                bad.open("w", encoding="utf-8") as errors:
-            for line in lines:
+        with good.open("w", encoding="utf-8") as output, bad.open("w", encoding="utf-8") as errors:
+            for text in result_lines(store, status, partial=True):
+                line = text + "\n"
                 record = json.loads(line)
                 if record.get("error") is None:
                     output.write(line)

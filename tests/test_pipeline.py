@@ -117,13 +117,11 @@ def test_duplicates_run_once_and_every_id_gets_its_result(settings: Settings, st
                                                                            "temperature": 1.0}})
     path = tmp_path / "dups.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    out = tmp_path / "dups.out"
-    refused = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "-o", str(out), check=False)
-    assert refused.returncode == 2 and "--output needs --wait" in refused.stderr
-    submitted = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait", "-o", str(out))
+    folder = tmp_path / "dups"
+    submitted = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait", "-o", str(folder))
     job_id = submitted.stdout.split()[-1]
-    assert f"wrote 21 results to {out}" in submitted.stderr
-    results = read_jsonl(out)
+    assert f"results in {folder / 'results.jsonl'}" in submitted.stderr
+    results = read_jsonl(folder / "results.jsonl")
     assert [r["id"] for r in results] == input_ids(path)
     for number, result in enumerate(results[:20]):
         assert result["error"] is None

@@ -11,6 +11,7 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
+from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.tokenizer import model_name
 from dscbatch.server.keys import ApiKeys
 
@@ -20,7 +21,8 @@ __all__ = ["keys", "server"]  # fixtures
 pytestmark = pytest.mark.engine
 
 
-def run_batch(server: Server, keys: ApiKeys, name: str, endpoint: str, lines: list[dict[str, Any]]) -> Any:
+def run_batch(server: Server, keys: ApiKeys, store: JobStore, name: str, endpoint: str,
+              lines: list[dict[str, Any]]) -> Any:
     client = server.client(keys.create(name))
     source = client.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(input_file_id=source.id, endpoint=endpoint,  # type: ignore[arg-type]
@@ -28,17 +30,19 @@ def run_batch(server: Server, keys: ApiKeys, name: str, endpoint: str, lines: li
     assert batch.status == "in_progress", batch.errors
     done = wait_for(client, batch.id, {"completed", "failed"})
     assert done.status == "completed" and done.completed_at and done.finalizing_at and done.in_progress_at
+    job = next(job for job in store.statuses(store.job_ids()) if job.input == f"{source.id} (batch {batch.id})")
+    assert job.results_url == f"{server.files}/jobs/{job.id}/results.jsonl"  # split from the finalized file
     return client, done
 
 
-def test_completions_batch_plain_fim_and_a_failed_line(server: Server, keys: ApiKeys, worker: Any,
-                                                        tiny_model: Path) -> None:
+def test_completions_batch_plain_fim_and_a_failed_line(server: Server, keys: ApiKeys, store: JobStore,
+                                                        worker: Any, tiny_model: Path) -> None:
     model = model_name(str(tiny_model))
     lines = [completion_line("plain", model, prompt="def fib(n):\n"),
              completion_line("fim", model, prompt="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n"),
              completion_line("too-long", model, prompt="x", max_tokens=10_000_000),
              completion_line("stop", model, prompt="import os\n", stop="\n", seed=7)]
-    client, batch = run_batch(server, keys, "completions-user", "/v1/completions", lines)
+    client, batch = run_batch(server, keys, store, "completions-user", "/v1/completions", lines)
     assert [m.id for m in client.models.list()] == [model]
     output, errors = file_lines(client, batch.output_file_id), file_lines(client, batch.error_file_id)
     assert [r["custom_id"] for r in output] == ["plain", "fim", "stop"]  # input order
@@ -51,11 +55,11 @@ def test_completions_batch_plain_fim_and_a_failed_line(server: Server, keys: Api
         assert body.usage.completion_tokens > 0 and body.model == model
 
 
-def test_chat_batch(server: Server, keys: ApiKeys, worker: Any, tiny_model: Path) -> None:
+def test_chat_batch(server: Server, keys: ApiKeys, store: JobStore, worker: Any, tiny_model: Path) -> None:
     model = model_name(str(tiny_model))
     lines = [chat_line("q1", model, "Reverse a string in Rust."),
              chat_line("q2", model, "hi", n=2, seed=3, temperature=0.8)]
-    client, batch = run_batch(server, keys, "chat-user", "/v1/chat/completions", lines)
+    client, batch = run_batch(server, keys, store, "chat-user", "/v1/chat/completions", lines)
     output = file_lines(client, batch.output_file_id)
     assert file_lines(client, batch.error_file_id) == [] and [r["custom_id"] for r in output] == ["q1", "q2"]
     bodies = [ChatCompletion.model_validate(r["response"]["body"]) for r in output]

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from dscbatch.jobs.finalize import reap_finalizers
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.engine import Engine
@@ -58,6 +59,8 @@ class Heartbeat(threading.Thread):
             self.stopping.wait(HEARTBEAT_SECONDS)
 
     def requeue_orphans(self) -> None:
+        # Results files first: a requeued shard of a settled job finds the dead writer's claim gone.
+        reap_finalizers(self.store)
         for worker, job_id, shard_key in self.store.orphaned_claims():
             if self.store.release(worker, shard_key):  # only one live worker wins each orphan
                 log.warning("worker %s is gone; requeueing its shard %s", worker, shard_key)

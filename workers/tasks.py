@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -11,7 +12,8 @@ from typing import Any
 
 from celery import Celery
 
-from dscbatch.jobs.errors import RequestError
+from dscbatch.jobs.errors import DscbatchError, RequestError
+from dscbatch.jobs.finalize import finalize
 from dscbatch.jobs.grouping import folded_items, item_indices
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
@@ -35,8 +37,10 @@ def _entries(payload: dict[str, Any], item: dict[str, Any], result: EngineResult
     common = {"model": payload["model"], "job_id": payload["job"], "created": payload["created"]}
     infos = [ItemInfo.from_shard_item(each) for each in folded_items(item)]
     if result.error is not None:
+        # ``retry`` rebuilds a shard from the item (with its duplicates) once the shard itself is gone.
         return [ResultEntry(info.index, result_line(info, error_code=result.error.code,
-                                                    error_message=result.error.message, **common), "retryable")
+                                                    error_message=result.error.message, **common), "retryable",
+                            retry_item=json.dumps(item, separators=(",", ":")) if info is infos[0] else "")
                 for info in infos]
     outputs = [Output(c.text, c.finish_reason, len(c.token_ids)) for c in result.outputs]
     usage = Usage(result.prompt_tokens, sum(o.completion_tokens for o in outputs), result.cached_prompt_tokens)
@@ -103,8 +107,12 @@ class ShardRunner:
     def _run_claimed(self, job_id: str, shard_key: str, attempts: int) -> ShardReport:
         started = time.monotonic()
         payload = self.store.load_shard(shard_key)
-        if payload is None or self.store.is_cancelled(job_id):
-            log.info("skipping %s: job deleted or cancelled", shard_key)
+        if payload is None:
+            log.info("skipping %s: finished, or its job deleted", shard_key)
+            self.store.drop_shard(job_id, shard_key)  # the attempt counted by the claim
+            return ShardReport(0, 0, 0)
+        if self.store.is_cancelled(job_id):
+            log.info("skipping %s: job cancelled", shard_key)
             return ShardReport(0, 0, 0)
         items = payload["items"]
         settled = self.store.settled(job_id, [index for item in items for index in item_indices(item)])
@@ -126,19 +134,31 @@ class ShardRunner:
                 results.append(result)
                 entries += _entries(payload, todo[result.key], result)
                 if isolating or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
-                    stored += self.store.record(job_id, entries)
+                    stored += self.store.record(job_id, entries, shard_key)
                     entries, recorded_at = [], time.monotonic()
         finally:
             stream.close()
-            stored += self.store.record(job_id, entries)
+            stored += self.store.record(job_id, entries, shard_key)
         self.observer.shard_finished(job_id, results, len(settled), time.monotonic() - started)
         if len(results) < len(requests):
             self.requeue(job_id, shard_key)
             log.warning("%s: stopping; %d items stored, the other %d handed back to the queue", shard_key,
                         len(results), len(requests) - len(results))
+        else:
+            self._finished(job_id, shard_key)
         log.info("%s: %d items, %d already done, %d stored", shard_key, len(items), len(settled), stored)
         return ShardReport(len(items), len(settled), stored)
 
+    def _finished(self, job_id: str, shard_key: str) -> None:
+        """Every item of the shard has its result: finalize the job if that settled it, then drop the shard
+        (before its message is acknowledged, so a worker killed in between leaves the shard to run again,
+        which finds nothing to do and finishes here)."""
+        if self.store.settlement(job_id) is not None:
+            try:
+                finalize(self.store, job_id, self.name)
+            except DscbatchError as error:
+                log.error("job %s: cannot write its results file (retried later): %s", job_id, error)
+        self.store.drop_shard(job_id, shard_key)
 
     def _one_at_a_time(self, job_id: str, requests: list[EngineRequest]) -> Generator[EngineResult, None, None]:
         """Run each request alone, so that a request which kills the engine is the only one in flight when

@@ -23,6 +23,7 @@ from dscbatch.jobs.tokenizer import model_name
 from dscbatch.workers.app import enqueue_shard, make_app, require_json_only
 from dscbatch.workers.batching import EngineLoop, default_shards_in_flight
 from dscbatch.workers.engine import Engine
+from dscbatch.workers.housekeeping import Housekeeper
 from dscbatch.workers.liveness import Heartbeat
 from dscbatch.workers.observer import WorkerObserver
 from dscbatch.workers.tasks import ShardRunner, register_tasks
@@ -56,6 +57,8 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     info = {"model": model_name(model), "queue": queue, "pid": os.getpid(), "started": time.time()}
     heartbeat = Heartbeat(store, hostname, info, engine, observer, requeue)
     heartbeat.start()
+    housekeeper = Housekeeper(store, hostname, settings.job_retention)
+    housekeeper.start()
     try:
         register_tasks(app, runner)
         worker = app.Worker(
@@ -65,6 +68,7 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
         )
         worker.start()
     finally:
+        housekeeper.stop()
         heartbeat.stop()
         loop.stop()
         engine.close()

@@ -1,0 +1,65 @@
+"""The worker's housekeeping thread: writes the results files no shard's worker wrote, and applies retention.
+
+The worker that finishes a job's last shard writes its results file itself, before acknowledging the shard
+(so a SIGTERM's warm shutdown waits for it). This thread catches the rest, every ``HOUSEKEEPING_SECONDS``:
+jobs that settled at submission, files whose writer died (its claim reaped by a heartbeat,
+``jobs.finalize.reap_finalizers``) and writes that failed (tried again after ``FINALIZE_RETRY_SECONDS``). It runs
+beside the heartbeat, not in it, so a long write never delays a heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from dscbatch.jobs import finalize, retention
+from dscbatch.jobs.errors import DscbatchError
+from dscbatch.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_SECONDS = 10
+FINALIZE_RETRY_SECONDS = 60
+# At most one retention sweep this often, whatever the number of workers.
+RETENTION_SWEEP_SECONDS = 60
+
+
+class Housekeeper(threading.Thread):
+    def __init__(self, store: JobStore, hostname: str, job_retention: int) -> None:
+        super().__init__(name="dscbatch-housekeeping", daemon=True)
+        self.store = store
+        self.hostname = hostname
+        self.job_retention = job_retention
+        self.stopping = threading.Event()
+        self._retry_at: dict[str, float] = {}  # job id -> when to try its failed write again
+
+    def run(self) -> None:
+        while not self.stopping.wait(HOUSEKEEPING_SECONDS):
+            try:
+                self.tick()
+            except redis.RedisError:
+                log.warning("housekeeping: Redis failed; retrying", exc_info=True)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for job_id in finalize.awaiting(self.store):
+            if self._retry_at.get(job_id, 0) > now:
+                continue
+            try:
+                finalize.finalize(self.store, job_id, self.hostname)
+                self._retry_at.pop(job_id, None)
+            except DscbatchError as error:
+                log.error("job %s: cannot write its results file (retried in %d s): %s", job_id,
+                          FINALIZE_RETRY_SECONDS, error)
+                self._retry_at[job_id] = now + FINALIZE_RETRY_SECONDS
+        if self.store.client.set(f"{self.store.prefix}:retention_sweep", self.hostname, nx=True,
+                                 ex=RETENTION_SWEEP_SECONDS):
+            removed = retention.sweep(self.store, self.job_retention)
+            if removed:
+                log.info("retention: removed %d jobs finished over %d s ago", len(removed), self.job_retention)
+
+    def stop(self) -> None:
+        self.stopping.set()
