@@ -75,6 +75,7 @@ def server(settings: Settings, tiny_model: Path, tmp_path_factory: pytest.TempPa
     folder = tmp_path_factory.mktemp("server")
     unserved = folder / "unserved-tiny"
     unserved.symlink_to(tiny_model)
+    (folder / "files").mkdir()
     local = settings.model_copy(update={"files_url": str(folder / "files"), "max_file_bytes": MAX_FILE_BYTES})
     port = free_port()
     log = folder / "server.log"

@@ -6,6 +6,7 @@ Batches here name a model no worker serves, so they stay ``in_progress`` until t
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -39,6 +40,28 @@ def queued(store: JobStore) -> tuple[list[str], int]:
     """Every job id, and the shards waiting on every queue."""
     queues = [key for key in store.client.scan_iter("dsctest.*") if store.client.type(key) == b"list"]
     return store.job_ids(), sum(int(store.client.llen(queue)) for queue in queues)
+
+
+def chunked_upload(server: Server, key: str, size: int) -> tuple[int, Any]:
+    """Upload a file of about ``size`` bytes with chunked transfer encoding, so the server cannot know its size
+    before counting it."""
+    host, port = server.base_url.removeprefix("http://").removesuffix("/v1").split(":")
+    boundary = "dscbatchboundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.jsonl"\r\n'
+            "Content-Type: application/jsonl\r\n\r\n").encode()
+    line = b'{"a": 1}\n'
+    count = size // len(line) + 1
+    content = line * count
+    body = [head, *(content[i:i + 65536] for i in range(0, len(content), 65536)), f"\r\n--{boundary}--\r\n".encode()]
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("POST", "/v1/files", body=iter(body), encode_chunked=True, headers={
+            "Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 def upload(client: openai.OpenAI, lines: list[dict[str, Any]], name: str = "in.jsonl") -> Any:
@@ -125,6 +148,10 @@ def test_bad_input_is_refused_naming_the_problem_and_nothing_is_queued(server: S
     with pytest.raises(openai.APIStatusError, match=f"larger than the limit of {MAX_FILE_BYTES} bytes") as large:
         client.files.create(file=("big.jsonl", b'{"a": 1}\n' * (MAX_FILE_BYTES // 9 + 1)), purpose="batch")
     assert large.value.status_code == 413
+    assert chunked_upload(server, keys.create("streamer"), MAX_FILE_BYTES + 1)[0] == 413  # no Content-Length
+    status, body = chunked_upload(server, keys.create("streamer-ok"), MAX_FILE_BYTES // 2)
+    assert status == 200 and body["bytes"] == (server.files / body["id"]).stat().st_size > MAX_FILE_BYTES // 2
+    stored.add(server.files / body["id"])
     assert client.files.list().data == [] and set(server.files.iterdir()) == stored  # nothing kept of either
     good = upload(client, [completion_line("a", server.unserved, prompt="a")])
     with pytest.raises(openai.BadRequestError, match="endpoint: Input should be '/v1/completions' or "
