@@ -4,6 +4,7 @@ SDK: every custom_id comes back exactly once across the output and error files, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,29 @@ def test_chat_batch(server: Server, keys: ApiKeys, store: JobStore, worker: Any,
     bodies = [ChatCompletion.model_validate(r["response"]["body"]) for r in output]
     assert [len(body.choices) for body in bodies] == [1, 2]
     assert all(choice.message.role == "assistant" for body in bodies for choice in body.choices)
+
+
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+                 "required": ["answer"], "additionalProperties": False}
+
+
+def test_structured_outputs_obey_the_response_format(server: Server, keys: ApiKeys, store: JobStore, worker: Any,
+                                                      tiny_model: Path) -> None:
+    """OpenAI's batch guide line with a ``response_format``, as curator sends one for a pydantic model, and JSON
+    mode: the tiny random model's output parses, and obeys the schema."""
+    model = model_name(str(tiny_model))
+    schema = {"type": "json_schema", "json_schema": {"name": "Answer", "schema": ANSWER_SCHEMA, "strict": True}}
+    lines = [chat_line("schema", model, "Is water wet?", max_tokens=32, response_format=schema),
+             chat_line("object", model, "Reply in JSON.", max_tokens=8, response_format={"type": "json_object"}),
+             {**chat_line("parts", model, "", max_completion_tokens=4, presence_penalty=0.5, user="u1"),
+              "body": {"model": model, "max_completion_tokens": 4, "presence_penalty": 0.5, "user": "u1",
+                       "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello "},
+                                                                  {"type": "text", "text": "world"}]}]}}]
+    client, batch = run_batch(server, keys, store, "structured-user", "/v1/chat/completions", lines)
+    output = {r["custom_id"]: ChatCompletion.model_validate(r["response"]["body"])
+              for r in file_lines(client, batch.output_file_id)}
+    assert file_lines(client, batch.error_file_id) == [] and list(output) == ["schema", "object", "parts"]
+    answer = json.loads(output["schema"].choices[0].message.content or "")
+    assert answer in ({"answer": "yes"}, {"answer": "no"})
+    assert (output["object"].choices[0].message.content or "").startswith("{")
+    assert output["parts"].usage is not None and output["parts"].usage.completion_tokens <= 4
