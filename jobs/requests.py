@@ -156,7 +156,6 @@ class OpenAISamplingBody(StrictModel):
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
@@ -166,7 +165,8 @@ class OpenAISamplingBody(StrictModel):
     stream: Literal[False] | None = None  # a batch's results are whole
 
     def params(self) -> Params:
-        fields = self.model_dump(exclude_none=True, include=set(Params.model_fields))
+        # logprobs differ by endpoint (a count for completions, a flag beside top_logprobs for chat).
+        fields = self.model_dump(exclude_none=True, include=set(Params.model_fields) - {"logprobs"})
         if isinstance(self.stop, str):
             fields["stop"] = [self.stop]
         return Params.model_validate(fields)
@@ -175,17 +175,30 @@ class OpenAISamplingBody(StrictModel):
 class OpenAICompletionBody(OpenAISamplingBody):
     prompt: str
     suffix: str | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # how many top tokens per step
+
+    def params(self) -> Params:
+        return super().params().model_copy(update={"logprobs": self.logprobs})
 
 
 class OpenAIChatBody(OpenAISamplingBody):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @model_validator(mode="after")
+    def _top_logprobs_with_logprobs(self) -> OpenAIChatBody:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return self
 
     def params(self) -> Params:
         params = super().params()
+        update: dict[str, Any] = {"logprobs": (self.top_logprobs or 0) if self.logprobs else None}
         if self.max_completion_tokens is not None:
-            params = params.model_copy(update={"max_tokens": self.max_completion_tokens})
-        return params
+            update["max_tokens"] = self.max_completion_tokens
+        return params.model_copy(update=update)
 
 
 class OpenAIBatchLine(StrictModel):

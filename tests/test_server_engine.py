@@ -42,7 +42,7 @@ def test_completions_batch_plain_fim_and_a_failed_line(server: Server, keys: Api
     lines = [completion_line("plain", model, prompt="def fib(n):\n"),
              completion_line("fim", model, prompt="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n"),
              completion_line("too-long", model, prompt="x", max_tokens=10_000_000),
-             completion_line("stop", model, prompt="import os\n", stop="\n", seed=7)]
+             completion_line("stop", model, prompt="import os\n", stop="\n", seed=7, logprobs=2)]
     client, batch = run_batch(server, keys, store, "completions-user", "/v1/completions", lines)
     assert [m.id for m in client.models.list()] == [model]
     output, errors = file_lines(client, batch.output_file_id), file_lines(client, batch.error_file_id)
@@ -54,11 +54,15 @@ def test_completions_batch_plain_fim_and_a_failed_line(server: Server, keys: Api
         body = Completion.model_validate(record["response"]["body"])
         assert body.object == "text_completion" and len(body.choices) == 1 and body.usage is not None
         assert body.usage.completion_tokens > 0 and body.model == model
+    stopped = Completion.model_validate(output[2]["response"]["body"]).choices[0].logprobs
+    assert stopped is not None and stopped.tokens and stopped.top_logprobs and stopped.token_logprobs
+    assert len(stopped.tokens) == len(stopped.token_logprobs) == output[2]["response"]["body"]["usage"][
+        "completion_tokens"] and all(len(top) == 2 for top in stopped.top_logprobs)
 
 
 def test_chat_batch(server: Server, keys: ApiKeys, store: JobStore, worker: Any, tiny_model: Path) -> None:
     model = model_name(str(tiny_model))
-    lines = [chat_line("q1", model, "Reverse a string in Rust."),
+    lines = [chat_line("q1", model, "Reverse a string in Rust.", logprobs=True, top_logprobs=2),
              chat_line("q2", model, "hi", n=2, seed=3, temperature=0.8)]
     client, batch = run_batch(server, keys, store, "chat-user", "/v1/chat/completions", lines)
     output = file_lines(client, batch.output_file_id)
@@ -66,6 +70,9 @@ def test_chat_batch(server: Server, keys: ApiKeys, store: JobStore, worker: Any,
     bodies = [ChatCompletion.model_validate(r["response"]["body"]) for r in output]
     assert [len(body.choices) for body in bodies] == [1, 2]
     assert all(choice.message.role == "assistant" for body in bodies for choice in body.choices)
+    steps = bodies[0].choices[0].logprobs
+    assert steps is not None and steps.content and all(len(step.top_logprobs) == 2 for step in steps.content)
+    assert bodies[1].choices[0].logprobs is None  # not asked for
 
 
 ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},

@@ -20,6 +20,7 @@ import psutil
 from dscbatch.jobs.errors import EngineError, RequestError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir
 from dscbatch.jobs.requests import DEFAULT_PARAMS, Params, ResponseFormat
+from dscbatch.jobs.results import TokenLogprob
 from dscbatch.jobs.tokenizer import ModelTokenizer, resolve_model_dir
 
 # The CPU build fails with the default GPU memory fraction; 256 MiB of KV cache holds 262k tokens of the
@@ -57,8 +58,8 @@ class Completion:
     text: str
     finish_reason: str
     token_ids: list[int]
-    # Per generated token, the top ``params.logprobs`` ids (and the sampled one) with their log-probabilities.
-    logprobs: list[dict[int, float]] | None = None
+    # Per generated token, its log-probability and the top ``params.logprobs`` tokens at that step.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -283,8 +284,16 @@ class Engine:
             text = self.tokenizer.decode(token_ids)
         logprobs = None
         if params.logprobs is not None and output.logprobs is not None:
-            logprobs = [{int(t): float(lp.logprob) for t, lp in step.items()} for step in output.logprobs]
+            logprobs = tuple(self._token_logprob(token, step, params.logprobs)
+                             for token, step in zip(token_ids, output.logprobs, strict=False))
         return Completion(text, finish_reason, token_ids, logprobs)
+
+    def _token_logprob(self, token: int, step: dict[int, Any], top: int) -> TokenLogprob:
+        """vLLM's logprobs of one step (the sampled token and the top ones) with each token's text."""
+        best = sorted(step.items(), key=lambda entry: -float(entry[1].logprob))[:top]
+        return TokenLogprob(self.tokenizer.decode([token], skip_special_tokens=False), float(step[token].logprob),
+                            tuple((self.tokenizer.decode([int(t)], skip_special_tokens=False), float(lp.logprob))
+                                  for t, lp in best))
 
     def _text_before_stop(self, token_ids: list[int], stop: str, fallback: str) -> str:
         """The decoded text cut before ``stop``, which the last token completed (vLLM stops there)."""
