@@ -182,9 +182,7 @@ class BatchService:
 
     def list(self, owner: str, limit: int, after: str | None) -> Page[Batch]:
         ids, has_more = self.records.page(owner, limit, after)
-        batches = [self.get(batch_id, owner) for batch_id in ids]
-        return Page[Batch](data=batches, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None,
-                           has_more=has_more)
+        return Page[Batch].of([self.get(batch_id, owner) for batch_id in ids], ids, has_more)
 
     def cancel(self, batch_id: str, owner: str) -> Batch:
         record = self._advance(batch_id, self.records.get(batch_id, owner))

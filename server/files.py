@@ -51,9 +51,7 @@ class FileStore:
 
     def list(self, owner: str, limit: int, after: str | None) -> Page[FileObject]:
         ids, has_more = self.records.page(owner, limit, after)
-        files = [self.get(file_id, owner) for file_id in ids]
-        return Page[FileObject](data=files, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None,
-                                has_more=has_more)
+        return Page[FileObject].of([self.get(file_id, owner) for file_id in ids], ids, has_more)
 
     def delete(self, file_id: str, owner: str) -> FileDeleted:
         self.get(file_id, owner)

@@ -98,6 +98,11 @@ class Page(BaseModel, Generic[T]):
     last_id: str | None = None
     has_more: bool = False
 
+    @classmethod
+    def of(cls, data: list[T], ids: list[str], has_more: bool) -> Page[T]:
+        """The page holding ``data``, whose ids are ``ids``."""
+        return cls(data=data, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None, has_more=has_more)
+
 
 class ModelObject(BaseModel):
     id: str
