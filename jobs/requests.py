@@ -6,6 +6,7 @@ Native lines (``completion``, ``fim``, ``chat``, ``repo``) and OpenAI Batch API 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -98,9 +99,13 @@ class ChatMessage(StrictModel):
     @classmethod
     def _text_parts(cls, content: Any) -> Any:
         """OpenAI's content parts (``[{"type": "text", "text": ...}]``) are the text they hold, joined."""
-        if isinstance(content, list):
-            return "".join(TextPart.model_validate(part).text for part in content)
-        return content
+        if not isinstance(content, list):
+            return content
+        kinds = [part.get("type") if isinstance(part, dict) else type(part).__name__ for part in content]
+        refused = next((kind for kind in kinds if kind != "text"), None)
+        if refused is not None:
+            raise ValueError(f"only text content parts can be served, not {json.dumps(refused)}")
+        return "".join(TextPart.model_validate(part).text for part in content)
 
 
 class ChatRequest(RequestBase):
