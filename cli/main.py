@@ -107,14 +107,10 @@ def _make_submit_options(settings: Settings, model: str, params: Sequence[str], 
 
 
 def _submit(settings: Settings, store: JobStore, input_path: str, options: SubmitOptions) -> str:
-    from dscbatch.workers.app import enqueue_shard, make_app
+    from dscbatch.workers.app import make_app, shard_enqueuer
 
-    app = make_app(settings)
-    with app.producer_pool.acquire(block=True) as producer:
-        def enqueue(queue: str, job_id: str, shard_key: str) -> None:
-            enqueue_shard(app, queue, job_id, shard_key, producer=producer)
-
-        reading = ReadingProgress(sys.stderr)
+    reading = ReadingProgress(sys.stderr)
+    with shard_enqueuer(make_app(settings)) as enqueue:
         job_id = submit_job(store, enqueue, input_path, options, reading)
         reading.done()
     return job_id
@@ -330,6 +326,56 @@ def exporter(ctx: click.Context, port: int, recent_jobs: int) -> None:
     from dscbatch.monitoring.exporter import run_exporter
 
     run_exporter(_store(ctx), port, recent_jobs)
+
+
+@cli.command()
+@click.option("--model", "-m", "models", multiple=True, required=True,
+              help="A model batches may name (directory or hub id, for its tokenizer); repeatable.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, models: Sequence[str], host: str, port: int) -> None:
+    """Serve OpenAI's Files and Batches API; each batch runs as a dscbatch job."""
+    from dscbatch.server.app import run_server
+
+    run_server(_settings(ctx), models, host, port)
+
+
+@cli.group(name="api-key")
+def api_key() -> None:
+    """Create, list and revoke the Batch API's keys."""
+
+
+def _api_keys(ctx: click.Context) -> Any:
+    from dscbatch.server.keys import ApiKeys
+
+    store = _store(ctx)
+    return ApiKeys(store.client, store.prefix)
+
+
+@api_key.command(name="create")
+@click.argument("name")
+@click.pass_context
+def api_key_create(ctx: click.Context, name: str) -> None:
+    """Print a new key for NAME (shown this once: only its hash is kept)."""
+    click.echo(_api_keys(ctx).create(name))
+
+
+@api_key.command(name="list")
+@click.pass_context
+def api_key_list(ctx: click.Context) -> None:
+    """List key names and when each was created."""
+    for info in _api_keys(ctx).list():
+        click.echo(f"{info.name}  created {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(info.created))} UTC")
+
+
+@api_key.command(name="revoke")
+@click.argument("name")
+@click.pass_context
+def api_key_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke NAME's key at once; its files and batches stay, unreachable through the API."""
+    _api_keys(ctx).revoke(name)
+    click.echo(f"api key {name!r} revoked")
 
 
 @cli.command()

@@ -85,3 +85,47 @@ class SandboxError(DscbatchError):
     """Raised when generated code cannot be run sandboxed (bwrap missing or unusable): it is never run bare."""
 
     exit_code = 2
+
+
+class ApiError(DscbatchError):
+    """Raised when the Batch API refuses a request; the server answers ``status`` in OpenAI's error shape."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        self.message = message
+        self.param = param
+        self.code = code
+        super().__init__(message)
+
+
+class AuthenticationApiError(ApiError):
+    """Raised when a request carries no API key, or one that is wrong or revoked."""
+
+    status = 401
+    type = "authentication_error"
+
+
+class NotFoundApiError(ApiError):
+    """Raised when a file or batch id names nothing this API key owns."""
+
+    status = 404
+
+
+class ConflictApiError(ApiError):
+    """Raised when an object's state forbids the operation (cancelling a batch that has ended)."""
+
+    status = 409
+
+
+class PayloadTooLargeApiError(ApiError):
+    """Raised when an upload is larger than the server's file limit (DSCBATCH_MAX_FILE_BYTES)."""
+
+    status = 413
+
+
+class ApiKeyError(DscbatchError):
+    """Raised when an API key name is taken, unknown or malformed (``dscbatch api-key``)."""
+
+    exit_code = 2

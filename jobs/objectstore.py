@@ -95,6 +95,17 @@ def exists(url: str) -> bool:
         raise describe(url, error) from None
 
 
+def delete(url: str) -> None:
+    """Remove the file at ``url``; one that is already gone is not an error."""
+    fs, path = _filesystem(url)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        return
+    except Exception as error:
+        raise describe(url, error) from None
+
+
 @contextlib.contextmanager
 def write_atomic(url: str) -> Iterator[IO[bytes]]:
     """A binary stream whose bytes appear at ``url`` only once the block ends without an exception."""

@@ -57,6 +57,7 @@ class Line:
     # The id an error record for this line carries: the line's own id where it can be read, else its number.
     id: str
     openai: bool = False
+    model: str | None = None  # an OpenAI line's body.model
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,13 @@ class _LineParser:
             batch_line = OpenAIBatchLine.model_validate(value)
         except ValidationError as error:
             return Line(number, None, self.from_validation(number, error), str(line_id), openai=True)
+        model = batch_line.body.get("model")
+        model = model if isinstance(model, str) else None
         try:
             request = request_from_openai(batch_line)
         except ValidationError as error:
-            return Line(number, None, self.from_validation(number, error, "body."), batch_line.custom_id, True)
-        return Line(number, request, (), request.id, openai=True)
+            return Line(number, None, self.from_validation(number, error, "body."), batch_line.custom_id, True, model)
+        return Line(number, request, (), request.id, openai=True, model=model)
 
     def _parse_native(self, number: int, value: dict[str, Any]) -> Line:
         value.setdefault("id", str(number))
@@ -172,6 +175,11 @@ class _LineParser:
         except ValidationError as error:
             return Line(number, None, self.from_validation(number, error), line_id)
         return Line(number, request, (), line_id)  # type: ignore[arg-type]
+
+
+def parse_line(number: int, text: str, path: str = "") -> Line:
+    """One line's request or its problems, as ``read_lines`` reads it (duplicate ids aside)."""
+    return _LineParser(path).parse(number, text)
 
 
 def _raw_lines(url: str, max_line_bytes: int,

@@ -6,9 +6,10 @@ Native lines (``completion``, ``fim``, ``chat``, ``repo``) and OpenAI Batch API 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RequestType = Literal["completion", "fim", "chat", "repo"]
 REQUEST_TYPES: tuple[RequestType, ...] = ("completion", "fim", "chat", "repo")
@@ -16,6 +17,30 @@ REQUEST_TYPES: tuple[RequestType, ...] = ("completion", "fim", "chat", "repo")
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JsonSchema(StrictModel):
+    """OpenAI's ``response_format.json_schema`` (what curator sends for a pydantic ``response_format``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictModel):
+    """Structured output: any JSON object, or JSON matching a schema (served by vLLM's structured outputs)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only then")
+        return self
 
 
 class Params(StrictModel):
@@ -31,14 +56,17 @@ class Params(StrictModel):
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    response_format: ResponseFormat | None = None
 
     def over(self, base: Params) -> Params:
         """These params with ``base`` filling in what they leave out."""
-        return base.model_copy(update=self.model_dump(exclude_none=True))
+        return Params.model_validate({**base.model_dump(exclude_none=True), **self.model_dump(exclude_none=True)})
 
 
 DEFAULT_PARAMS = Params(max_tokens=256, temperature=0.0, top_p=1.0, top_k=-1, n=1, stop=[], ignore_eos=False,
-                        min_tokens=0)
+                        min_tokens=0, presence_penalty=0.0, frequency_penalty=0.0)
 
 
 # How the code to test is taken from an output (executor/extraction.py): the text as it is; the first ```python
@@ -73,9 +101,26 @@ class FimRequest(RequestBase):
     suffix: str
 
 
+class TextPart(StrictModel):
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(StrictModel):
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, content: Any) -> Any:
+        """OpenAI's content parts (``[{"type": "text", "text": ...}]``) are the text they hold, joined."""
+        if not isinstance(content, list):
+            return content
+        kinds = [part.get("type") if isinstance(part, dict) else type(part).__name__ for part in content]
+        refused = next((kind for kind in kinds if kind != "text"), None)
+        if refused is not None:
+            raise ValueError(f"only text content parts can be served, not {json.dumps(refused)}")
+        return "".join(TextPart.model_validate(part).text for part in content)
 
 
 class ChatRequest(RequestBase):
@@ -131,12 +176,17 @@ class OpenAISamplingBody(StrictModel):
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    response_format: ResponseFormat | None = None
+    user: str | None = None  # OpenAI's end-user id: accepted, not used
+    stream: Literal[False] | None = None  # a batch's results are whole
 
     def params(self) -> Params:
-        fields = self.model_dump(exclude_none=True, include=set(Params.model_fields))
+        # logprobs differ by endpoint (a count for completions, a flag beside top_logprobs for chat).
+        fields = self.model_dump(exclude_none=True, include=set(Params.model_fields) - {"logprobs"})
         if isinstance(self.stop, str):
             fields["stop"] = [self.stop]
         return Params.model_validate(fields)
@@ -145,17 +195,30 @@ class OpenAISamplingBody(StrictModel):
 class OpenAICompletionBody(OpenAISamplingBody):
     prompt: str
     suffix: str | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # how many top tokens per step
+
+    def params(self) -> Params:
+        return super().params().model_copy(update={"logprobs": self.logprobs})
 
 
 class OpenAIChatBody(OpenAISamplingBody):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @model_validator(mode="after")
+    def _top_logprobs_with_logprobs(self) -> OpenAIChatBody:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return self
 
     def params(self) -> Params:
         params = super().params()
+        update: dict[str, Any] = {"logprobs": (self.top_logprobs or 0) if self.logprobs else None}
         if self.max_completion_tokens is not None:
-            params = params.model_copy(update={"max_tokens": self.max_completion_tokens})
-        return params
+            update["max_tokens"] = self.max_completion_tokens
+        return params.model_copy(update=update)
 
 
 class OpenAIBatchLine(StrictModel):

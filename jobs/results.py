@@ -31,10 +31,48 @@ class ItemInfo:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's text and log-probability, and the most likely tokens at its step, best first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Output:
     text: str
     finish_reason: str
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when the request asked for them
+
+
+def _native_output(output: Output) -> dict[str, Any]:
+    record: dict[str, Any] = {"text": output.text, "finish_reason": output.finish_reason,
+                              "completion_tokens": output.completion_tokens}
+    if output.logprobs is not None:
+        record["logprobs"] = [{"token": step.token, "logprob": step.logprob,
+                               "top_logprobs": [{"token": token, "logprob": logprob} for token, logprob in step.top]}
+                              for step in output.logprobs]
+    return record
+
+
+def _openai_logprobs(output: Output, chat: bool) -> dict[str, Any] | None:
+    """Logprobs as OpenAI's completions (parallel lists) or chat (one entry per token) choices carry them."""
+    if output.logprobs is None:
+        return None
+    steps = output.logprobs
+    if chat:
+        def entry(token: str, logprob: float) -> dict[str, Any]:
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", "replace"))}
+
+        return {"content": [{**entry(step.token, step.logprob), "top_logprobs": [entry(*top) for top in step.top]}
+                            for step in steps], "refusal": None}
+    offsets = [0]
+    for step in steps[:-1]:
+        offsets.append(offsets[-1] + len(step.token))
+    return {"tokens": [step.token for step in steps], "token_logprobs": [step.logprob for step in steps],
+            "top_logprobs": [dict(step.top) for step in steps], "text_offset": offsets}
 
 
 @dataclass(frozen=True)
@@ -49,7 +87,7 @@ def _native(item: ItemInfo, model: str, outputs: Sequence[Output], usage: Usage,
     record: dict[str, Any] = {
         "id": item.id,
         "type": item.type,
-        "outputs": [vars(output) for output in outputs],
+        "outputs": [_native_output(output) for output in outputs],
         "usage": vars(usage),
         "model": model,
         "metadata": item.metadata,
@@ -68,7 +106,7 @@ def _openai(item: ItemInfo, model: str, job_id: str, outputs: Sequence[Output], 
         return {"id": f"batch_req_{request_id}", "custom_id": item.id, "response": None, "error": error}
     chat = item.type == "chat"
     choices = [
-        {"index": i, "finish_reason": output.finish_reason, "logprobs": None,
+        {"index": i, "finish_reason": output.finish_reason, "logprobs": _openai_logprobs(output, chat),
          **({"message": {"role": "assistant", "content": output.text}} if chat else {"text": output.text})}
         for i, output in enumerate(outputs)
     ]

@@ -70,6 +70,11 @@ class Settings(BaseModel):
     sandbox_python: str = "/usr/bin/python3"
     # Programs one executor runs at once. None: one per CPU core.
     executor_concurrency: Annotated[int, Field(ge=1)] | None = None
+    # The Batch API server (`dscbatch serve`): where uploaded and result files live (a folder or fsspec URL),
+    # the largest upload, and the most requests in one batch.
+    files_url: Annotated[str, Field(min_length=1)] = "dscbatch-files"
+    max_file_bytes: Annotated[int, Field(ge=1)] = 200_000_000
+    max_batch_lines: Annotated[int, Field(ge=1)] = 50_000
 
     @field_validator("redis_url")
     @classmethod

@@ -423,6 +423,11 @@ class JobStore:
         reaper)."""
         return bool(self.client.hdel(f"{self.prefix}:claims", json.dumps([worker, shard_key])))
 
+    def running_shards(self, job_id: str) -> int:
+        """How many of the job's shards workers have claimed and not released (they are running)."""
+        jobs = cast(list[bytes], self.client.hvals(f"{self.prefix}:claims"))
+        return sum(1 for job in jobs if job.decode() == job_id)
+
     def _claims(self) -> list[tuple[str, str, str, bool]]:
         """(worker, job id, shard key, whether the worker's heartbeat is alive) of every claim."""
         claims = [(*json.loads(field), job.decode()) for field, job in

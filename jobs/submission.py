@@ -60,6 +60,7 @@ class SubmitOptions:
     shard_max_tokens: int = 1 << 20
     group_prefixes: bool = True  # sort the job by prompt ids (else shards follow the file's order)
     dedup: bool = True  # run identical deterministic requests once
+    source: str | None = None  # what the job record names as its input (default: the path)
     output_url: str | None = None  # a folder: a worker writes the results file there when the job settles
     output_root: str | None = None  # a folder under which the job gets a folder named by its id (the setting)
 
@@ -82,7 +83,7 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     store.record(job.id, job.errors)
     queue = queue_name(store.prefix, options.model)
     store.create_job(job.id, {
-        "model": job.header["model"], "queue": queue, "input": str(path), "sha256": check.sha256,
+        "model": job.header["model"], "queue": queue, "input": options.source or str(path), "sha256": check.sha256,
         "created": job.header["created"], "total": job.total, "shards": len(keys), "deduplicated": sorter.folded,
         "output_url": options.output_url or (objectstore.join(options.output_root, job.id) if options.output_root
                                              else None),

@@ -34,7 +34,7 @@ OVERLAYS = sorted(path.name for path in (K8S / "overlays").iterdir() if path.is_
 GPUS = {"deepseek-coder-6.7b-instruct": 1, "deepseek-coder-33b-instruct": 2, "cpu-dev": 0}
 GPU_OVERLAYS = [name for name in OVERLAYS if GPUS.get(name)]
 WITH_KEDA = GPU_OVERLAYS  # cpu-dev runs on a bare kind or minikube cluster
-WORKER_PORT, EXPORTER_PORT = 9400, 9401
+WORKER_PORT, EXPORTER_PORT, SERVER_PORT = 9400, 9401, 8000
 # Custom resources: no schema in kubernetes-validate, so each is checked structurally.
 CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
@@ -534,6 +534,44 @@ def test_the_exporter_serves_the_cluster_view(docs: list[Doc]) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+@pytest.mark.parametrize("overlay", WITH_KEDA)
+def test_a_service_monitor_scrapes_the_batch_api_server(docs: list[Doc]) -> None:
+    server = component(docs, "Service", "server")
+    monitor = one(docs, "ServiceMonitor", "dscbatch-server")
+    assert selects(monitor["spec"]["selector"]["matchLabels"], server["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == server["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["relabelings"][0]["replacement"] == "dscbatch-server"
+
+
+def test_the_server_serves_the_pools_model_with_the_workers_files(overlay: str, docs: list[Doc]) -> None:
+    """`dscbatch serve` as the CLI parses it, for the model the pool's workers serve; its files volume is the
+    one the workers write batch results to, at DSCBATCH_FILES_URL in both."""
+    server = component(docs, "Deployment", "server")
+    container = only_container(server)
+    env = container_env(docs, container)
+    command, params = parse_cli([expand(arg, env) for arg in container["args"]])
+    _, worker_container, worker_env, worker_params = worker_view(docs)
+    assert command == "serve" and params["models"] == (worker_params["model"],)
+    assert params["port"] == SERVER_PORT == named_port(container, "http") and params["host"] == "0.0.0.0"
+    settings = settings_of(env)
+    assert settings.files_url == settings_of(worker_env).files_url
+    claims = []
+    for deployment, mounting in ((server, container), (component(docs, "Deployment", "worker"), worker_container)):
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        mount = next(m for m in mounting["volumeMounts"] if m["mountPath"] == settings.files_url)
+        claims.append(volumes[mount["name"]]["persistentVolumeClaim"]["claimName"])
+    assert claims[0] == claims[1]
+    claim = one(docs, "PersistentVolumeClaim", claims[0])
+    assert claim["spec"]["accessModes"] == (["ReadWriteMany"] if GPUS[overlay] else ["ReadWriteOnce"])
+    service = component(docs, "Service", "server")
+    assert selects(service["spec"]["selector"], server["spec"]["template"]["metadata"]["labels"])
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert named_port(container, container["livenessProbe"]["tcpSocket"]["port"]) == SERVER_PORT
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+
+
 def _alert_jobs() -> set[str]:
     text = (ROOT / "monitoring" / "prometheus" / "alerts.yml").read_text(encoding="utf-8")
     return set(re.findall(r'job="([^"]+)"', text))
@@ -543,7 +581,7 @@ def _alert_jobs() -> set[str]:
 def test_monitors_scrape_workers_and_exporter_under_the_jobs_the_alerts_expect(docs: list[Doc]) -> None:
     worker = component(docs, "Deployment", "worker")
     exporter_service = component(docs, "Service", "exporter")
-    pod_monitor, service_monitor = one(docs, "PodMonitor"), one(docs, "ServiceMonitor")
+    pod_monitor, service_monitor = one(docs, "PodMonitor"), one(docs, "ServiceMonitor", "dscbatch-exporter")
     assert selects(pod_monitor["spec"]["selector"]["matchLabels"], worker["spec"]["template"]["metadata"]["labels"])
     assert selects(service_monitor["spec"]["selector"]["matchLabels"], exporter_service["metadata"]["labels"])
     (worker_endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]

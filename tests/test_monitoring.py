@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +33,7 @@ from dscbatch.workers.app import make_app
 from dscbatch.workers.embedded import free_port, stop_process
 from dscbatch.workers.engine import Completion, EngineResult
 
+from .batch_api import Server, keys, server
 from .conftest import ROOT, start_executor, worker_env
 from .test_verification import GOOD, WRONG, stored_job, wait_for_verdicts
 
@@ -43,6 +45,7 @@ START_SECONDS = 30
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None or shutil.which("prometheus") is None,
                                 reason="needs Debian's prometheus package (scripts/setup installs it)")
 engine = pytest.mark.engine
+__all__ = ["keys", "server"]  # fixtures
 
 
 def get(url: str) -> tuple[int, str]:
@@ -164,10 +167,10 @@ def executor_scrape(settings: Settings, store: JobStore, executor_metrics_port: 
 
 
 @pytest.fixture(scope="module")
-def prometheus(worker_metrics_port: int, exporter_port: int, executor_metrics_port: int,
+def prometheus(worker_metrics_port: int, exporter_port: int, executor_metrics_port: int, server: Server,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus on loopback scraping the shared worker, the exporter and an executor every second, with
-    the rules."""
+    """A real Prometheus on loopback scraping the shared worker, the exporter, an executor and the Batch API
+    server every second, with the rules."""
     directory = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -177,6 +180,7 @@ def prometheus(worker_metrics_port: int, exporter_port: int, executor_metrics_po
             {"job_name": "dscbatch-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
             {"job_name": "dscbatch-executor",
              "static_configs": [{"targets": [f"127.0.0.1:{executor_metrics_port}"]}]},
+            {"job_name": "dscbatch-server", "static_configs": [{"targets": [server_address(server)]}]},
         ],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -192,6 +196,10 @@ def prometheus(worker_metrics_port: int, exporter_port: int, executor_metrics_po
         yield url
     finally:
         stop_process(process)
+
+
+def server_address(server: Server) -> str:
+    return server.base_url.removeprefix("http://").removesuffix("/v1")
 
 
 def query(prometheus: str, expr: str) -> dict[str, Any]:
@@ -217,13 +225,19 @@ class ObservedJob:
     exporter_during: str
     worker_after: str  # scrapes once every item has a result
     exporter_after: str
+    server_after: str  # the Batch API server's, after a few requests
 
 
 @pytest.fixture(scope="module")
 def observed_job(settings: Settings, store: JobStore, worker: Any, worker_metrics_port: int, exporter_port: int,
-                 prometheus: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> ObservedJob:
+                 prometheus: str, server: Server, keys: Any, tiny_model: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> ObservedJob:
     """A job of 62 items (one fails in the worker: min_tokens above max_tokens; two repeat the first), scraped
-    while it runs and after; Prometheus scrapes throughout."""
+    while it runs and after; Prometheus scrapes throughout. The Batch API answers a request and refuses one."""
+    client = server.client(keys.create("monitoring"))
+    client.files.list()
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_none")
     lines = [{"id": f"m{i}", "prompt": f"# item {i}\ndef f{i}():", "params": {"max_tokens": 256, "ignore_eos": True}}
              for i in range(59)]
     lines.insert(7, {"id": "bad", "prompt": "x", "params": {"max_tokens": 2, "min_tokens": 5}})
@@ -245,7 +259,8 @@ def observed_job(settings: Settings, store: JobStore, worker: Any, worker_metric
     while store.status(job_id).pending and time.monotonic() < deadline:
         time.sleep(0.2)
     assert store.status(job_id).pending == 0
-    return ObservedJob(job_id, len(lines), worker_during, exporter_during, get(worker_url)[1], get(exporter_url)[1])
+    return ObservedJob(job_id, len(lines), worker_during, exporter_during, get(worker_url)[1], get(exporter_url)[1],
+                       get(f"http://{server_address(server)}/metrics")[1])
 
 
 # -- tests ------------------------------------------------------------------------------------------------------
@@ -267,12 +282,15 @@ def test_each_alert_has_a_unit_test() -> None:
 
 
 @engine
-def test_scrapes_of_the_worker_and_exporter_during_a_job_pass_promtool(observed_job: ObservedJob) -> None:
+def test_scrapes_of_the_worker_exporter_and_server_during_a_job_pass_promtool(observed_job: ObservedJob) -> None:
     for scrape in (observed_job.worker_during, observed_job.exporter_during, observed_job.worker_after,
-                   observed_job.exporter_after):
+                   observed_job.exporter_after, observed_job.server_after):
         checked = promtool("check", "metrics", stdin=scrape)
         assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
     assert value(observed_job.exporter_during, "dscbatch_job_info", job_id=observed_job.job_id, state="running") == 1
+    routes = {(labels["route"], labels["status"]) for labels, _ in
+              samples(observed_job.server_after)["dscbatch_server_requests_total"]}
+    assert {("/v1/files", "200"), ("/v1/batches/{batch_id}", "404")} <= routes  # templates, never ids
 
 
 @engine
@@ -332,8 +350,8 @@ def test_executor_metrics_count_each_verdict(executor_scrape: str) -> None:
 @engine
 def test_every_metric_the_dashboard_and_alerts_use_is_in_a_real_scrape(observed_job: ObservedJob,
                                                                         executor_scrape: str) -> None:
-    scraped = (set(samples(observed_job.worker_after)) | set(samples(observed_job.exporter_after))
-               | set(samples(executor_scrape)))
+    scraped = set().union(*(samples(scrape) for scrape in (observed_job.worker_after, observed_job.exporter_after,
+                                                            observed_job.server_after, executor_scrape)))
     recorded = {rule["record"] for rule in rules() if "record" in rule}
     used = set().union(*map(metric_names, dashboard_exprs() + [rule["expr"] for rule in rules()]))
     assert {"dscbatch_job_items", "dscbatch_worker_items_total", "vllm_prefix_cache_hits_total",

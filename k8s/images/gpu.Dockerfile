@@ -19,6 +19,7 @@ COPY workers workers
 COPY cli cli
 COPY monitoring monitoring
 COPY executor executor
+COPY server server
 RUN pip install --no-cache-dir ".[gpu]"
 
 ENV HOME=/home/dscbatch PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1

@@ -1,0 +1,247 @@
+"""Batches: each one is a dscbatch job (same queues, workers, prefix order and dedup), with a small record in
+Redis for what the Batch API adds (owner, endpoint, its files, timestamps).
+
+A batch's status follows its job, read when the batch is read: ``validating`` while its file is checked and
+submitted, ``in_progress`` while items are pending, ``finalizing`` while its output and error files are being
+written (a worker writes the job's results file, then the first reader of the batch splits it into the two, under
+a lock), then ``completed``. A cancelled batch
+is ``cancelling`` while workers still run its shards, then ``cancelled``; one not settled within its 24 h
+window is cancelled and ``expired``, its unfinished items ``batch_expired`` records in the error file.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dscbatch.jobs import objectstore
+from dscbatch.jobs.errors import ApiError, ConflictApiError, DscbatchError
+from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS, Line, read_lines
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.submission import Enqueue, SubmitOptions, submit_job
+from dscbatch.jobs.tokenizer import model_name
+from dscbatch.server.files import FileStore
+from dscbatch.server.models import (
+    COMPLETION_WINDOW_SECONDS,
+    ENDPOINT_OF_TYPE,
+    Batch,
+    BatchCreate,
+    BatchError,
+    Page,
+    RequestCounts,
+)
+from dscbatch.server.outputs import split_results
+from dscbatch.server.records import OwnedRecords
+
+# Under the files store, each batch's job gets a folder for its results file.
+JOBS_FOLDER = "jobs"
+FINAL = frozenset({"failed", "completed", "expired", "cancelled"})
+FINALIZE_LOCK_SECONDS = 600
+TIMESTAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
+              "cancelled_at")
+
+
+def new_batch_id() -> str:
+    return f"batch_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class Validated:
+    model: str | None  # the served model every line asked for
+    errors: list[BatchError]
+
+
+class BatchService:
+    def __init__(self, settings: Settings, store: JobStore, files: FileStore, models: dict[str, str],
+                 enqueuer: Callable[[], AbstractContextManager[Enqueue]]) -> None:
+        """``models``: the models batches may name, by name (``model_name``) to directory or hub id;
+        ``enqueuer()``: a context manager giving an ``Enqueue`` for one submission."""
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.models = models
+        self.enqueuer = enqueuer
+        self.records = OwnedRecords(store.client, store.prefix, "batch")
+
+    # Creating
+
+    def create(self, owner: str, request: BatchCreate) -> Batch:
+        source = self.files.get(request.input_file_id, owner)
+        if source.purpose != "batch":
+            raise ApiError(f"input_file_id: {source.id} is a {source.purpose} file, not an uploaded batch file",
+                           param="input_file_id")
+        batch_id, created = new_batch_id(), int(time.time())
+        self.records.create(batch_id, owner, created, {
+            "status": "validating", "endpoint": request.endpoint, "input_file_id": request.input_file_id,
+            "completion_window": request.completion_window, "metadata": json.dumps(request.metadata),
+            "expires_at": created + COMPLETION_WINDOW_SECONDS})
+        folder = Path(tempfile.mkdtemp(prefix="dscbatch-input-"))
+        try:
+            path = folder / "input.jsonl"
+            with self.files.open(source.id, owner) as stream, path.open("wb") as local:
+                shutil.copyfileobj(stream, local, 1 << 20)
+            self._submit(batch_id, request, path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return self.get(batch_id, owner)
+
+    def _submit(self, batch_id: str, request: BatchCreate, path: Path) -> None:
+        checked = self._validate(path, request.endpoint)
+        if checked.errors or checked.model is None:
+            self._fail(batch_id, checked.errors)
+            return
+        # Lines valid in form are submitted; one the model cannot serve (a prompt over its context) becomes an
+        # error record in the error file, as a failed request does at OpenAI.
+        options = SubmitOptions(model=self.models[checked.model], skip_invalid=True,
+                                shard_max_requests=self.settings.shard_max_requests,
+                                shard_max_tokens=self.settings.shard_max_tokens,
+                                output_root=objectstore.join(self.settings.files_url, JOBS_FOLDER),
+                                source=f"{request.input_file_id} (batch {batch_id})")
+        try:
+            with self.enqueuer() as enqueue:
+                job_id = submit_job(self.store, enqueue, path, options)
+        except DscbatchError as error:
+            self._fail(batch_id, [BatchError(code="invalid_request", message=str(error))])
+            return
+        self.records.update(batch_id, {"status": "in_progress", "job_id": job_id, "model": checked.model,
+                                       "in_progress_at": int(time.time())})
+
+    def _fail(self, batch_id: str, errors: list[BatchError]) -> None:
+        self.records.update(batch_id, {"status": "failed", "failed_at": int(time.time()),
+                                       "errors": json.dumps([error.model_dump() for error in errors])})
+
+    def _validate(self, path: Path, endpoint: str) -> Validated:
+        errors: list[BatchError] = []
+        count = 0
+        model: tuple[str, int] | None = None  # the model, and the line that named it first
+        try:
+            for line in read_lines(path):
+                count += 1
+                problems = self._line_problems(line, endpoint)
+                if not problems and line.request is not None:
+                    name, problem = self._model_of(line, model)
+                    model = model or (name, line.number)
+                    problems = [problem] if problem else []
+                errors.extend(problems[: max(0, MAX_REPORTED_PROBLEMS - len(errors))])
+                if len(errors) >= MAX_REPORTED_PROBLEMS:
+                    break
+        except DscbatchError as error:
+            return Validated(None, [BatchError(code="invalid_file", message=str(error))])
+        if count == 0:
+            errors.append(BatchError(code="empty_file", message="the input file holds no requests"))
+        elif count > self.settings.max_batch_lines:
+            errors.append(BatchError(code="too_many_requests", message=(
+                f"the batch has {count} requests, over the limit of {self.settings.max_batch_lines} "
+                "(DSCBATCH_MAX_BATCH_LINES)")))
+        return Validated(model[0] if model else None, errors)
+
+    @staticmethod
+    def _line_problems(line: Line, endpoint: str) -> list[BatchError]:
+        problems = [BatchError(code="invalid_request", line=line.number, param=problem.field,
+                               message=f"line {line.number}: {problem.field}: {problem.message}")
+                    for problem in line.problems]
+        if not line.openai:
+            problems.append(BatchError(code="invalid_request", line=line.number, param="custom_id",
+                                       message=f"line {line.number}: not a Batch API request line (custom_id, "
+                                               "method, url, body)"))
+        elif line.request is not None and ENDPOINT_OF_TYPE.get(line.request.type) != endpoint:
+            problems.append(BatchError(
+                code="invalid_url", line=line.number, param="url",
+                message=f"line {line.number}: url: the line is for {ENDPOINT_OF_TYPE[line.request.type]}, "
+                        f"but the batch's endpoint is {endpoint}"))
+        return problems
+
+    def _model_of(self, line: Line, first: tuple[str, int] | None) -> tuple[str, BatchError | None]:
+        served = ", ".join(sorted(self.models)) or "none"
+        if line.model is None and len(self.models) != 1:
+            return "", BatchError(code="invalid_request", line=line.number, param="body.model",
+                                  message=f"line {line.number}: body.model: required (served: {served})")
+        name = model_name(line.model) if line.model is not None else next(iter(self.models))
+        if name not in self.models:
+            return name, BatchError(code="model_not_found", line=line.number, param="body.model",
+                                    message=f"line {line.number}: body.model: {line.model!r} is not served here "
+                                            f"(served: {served})")
+        if first is not None and first[0] != name:
+            return name, BatchError(code="invalid_request", line=line.number, param="body.model",
+                                    message=f"line {line.number}: body.model: a batch runs one model, and line "
+                                            f"{first[1]} asked for {first[0]!r}, not {name!r}")
+        return name, None
+
+    # Reading
+
+    def get(self, batch_id: str, owner: str) -> Batch:
+        return self._view(batch_id, self._advance(batch_id, self.records.get(batch_id, owner)))
+
+    def list(self, owner: str, limit: int, after: str | None) -> Page[Batch]:
+        ids, has_more = self.records.page(owner, limit, after)
+        return Page[Batch].of([self.get(batch_id, owner) for batch_id in ids], ids, has_more)
+
+    def cancel(self, batch_id: str, owner: str) -> Batch:
+        record = self._advance(batch_id, self.records.get(batch_id, owner))
+        if record["status"] in FINAL or record["status"] == "validating":
+            raise ConflictApiError(f"Cannot cancel a batch with status {record['status']!r}",
+                                   code="batch_not_cancellable")
+        if record["status"] == "in_progress":
+            self.store.cancel(record["job_id"])
+            self.records.update(batch_id, {"status": "cancelling", "cancelling_at": int(time.time())})
+        return self.get(batch_id, owner)
+
+    def _advance(self, batch_id: str, record: dict[str, str]) -> dict[str, str]:
+        """The record, moved on to where its job is now (finalizing it once the job has settled)."""
+        if record["status"] not in ("in_progress", "cancelling"):
+            return record
+        job = self.store.status(record["job_id"])
+        if record["status"] == "cancelling":
+            return record if self.store.running_shards(job.id) else self._finalize(batch_id, record, "cancelled")
+        if job.pending == 0:
+            if job.results_url is None:  # a worker is writing the job's results file
+                return {**record, "status": "finalizing", "finalizing_at": str(int(job.finished or time.time()))}
+            return self._finalize(batch_id, record, "completed")
+        if time.time() >= int(record["expires_at"]):
+            self.store.cancel(job.id)
+            return self._finalize(batch_id, record, "expired")
+        return record
+
+    def _finalize(self, batch_id: str, record: dict[str, str], final: str) -> dict[str, str]:
+        lock = f"{self.records.key(batch_id)}:finalizing"
+        now = int(time.time())
+        if not self.store.client.set(lock, now, nx=True, ex=FINALIZE_LOCK_SECONDS):
+            return {**record, "status": "finalizing", "finalizing_at": record.get("finalizing_at") or str(now)}
+        try:
+            job = self.store.status(record["job_id"])
+            started = int(job.finished) if job.finished and not job.cancelled else now
+            self.records.update(batch_id, {"finalizing_at": started})
+            split = split_results(self.store, job, self.files, record["owner"], batch_id, final == "expired")
+            fields: dict[str, str | int] = {"status": final, f"{final}_at": int(time.time()), "total": job.total,
+                                            "completed": split.completed, "failed": split.failed}
+            fields.update({name: value for name, value in (("output_file_id", split.output_file_id),
+                                                           ("error_file_id", split.error_file_id)) if value})
+            self.records.update(batch_id, fields)
+        finally:
+            self.store.client.delete(lock)
+        return {**record, **{key: str(value) for key, value in fields.items()}, "finalizing_at": str(started)}
+
+    def _view(self, batch_id: str, record: dict[str, str]) -> Batch:
+        status = record["status"]
+        if status in FINAL and "total" in record:
+            counts = RequestCounts(total=int(record["total"]), completed=int(record["completed"]),
+                                   failed=int(record["failed"]))
+        elif "job_id" in record:
+            job = self.store.status(record["job_id"])
+            counts = RequestCounts(total=job.total, completed=job.done, failed=job.failed)
+        else:
+            counts = RequestCounts()
+        return Batch.model_validate({
+            **{name: record[name] for name in ("endpoint", "input_file_id", "status", "created_at", "expires_at",
+                                               *TIMESTAMPS, "model", "output_file_id", "error_file_id")
+               if name in record},
+            "id": batch_id, "request_counts": counts, "metadata": json.loads(record.get("metadata") or "null"),
+            "errors": {"data": json.loads(record["errors"])} if "errors" in record else None})

@@ -1,0 +1,101 @@
+"""Batches through ``dscbatch serve`` and the session's real worker (vLLM on the CPU), read with the ``openai``
+SDK: every custom_id comes back exactly once across the output and error files, and bodies parse as the SDK's
+``Completion`` and ``ChatCompletion``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
+
+from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.tokenizer import model_name
+from dscbatch.server.keys import ApiKeys
+
+from .batch_api import Server, chat_line, completion_line, file_lines, jsonl, keys, server, wait_for
+
+__all__ = ["keys", "server"]  # fixtures
+pytestmark = pytest.mark.engine
+
+
+def run_batch(server: Server, keys: ApiKeys, store: JobStore, name: str, endpoint: str,
+              lines: list[dict[str, Any]]) -> Any:
+    client = server.client(keys.create(name))
+    source = client.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=source.id, endpoint=endpoint,  # type: ignore[arg-type]
+                                  completion_window="24h")
+    assert batch.status == "in_progress", batch.errors
+    done = wait_for(client, batch.id, {"completed", "failed"})
+    assert done.status == "completed" and done.completed_at and done.finalizing_at and done.in_progress_at
+    job = next(job for job in store.statuses(store.job_ids()) if job.input == f"{source.id} (batch {batch.id})")
+    assert job.results_url == f"{server.files}/jobs/{job.id}/results.jsonl"  # split from the finalized file
+    return client, done
+
+
+def test_completions_batch_plain_fim_and_a_failed_line(server: Server, keys: ApiKeys, store: JobStore,
+                                                        worker: Any, tiny_model: Path) -> None:
+    model = model_name(str(tiny_model))
+    lines = [completion_line("plain", model, prompt="def fib(n):\n"),
+             completion_line("fim", model, prompt="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n"),
+             completion_line("too-long", model, prompt="x", max_tokens=10_000_000),
+             completion_line("stop", model, prompt="import os\n", stop="\n", seed=7, logprobs=2)]
+    client, batch = run_batch(server, keys, store, "completions-user", "/v1/completions", lines)
+    assert [m.id for m in client.models.list()] == [model]
+    output, errors = file_lines(client, batch.output_file_id), file_lines(client, batch.error_file_id)
+    assert [r["custom_id"] for r in output] == ["plain", "fim", "stop"]  # input order
+    assert [(r["custom_id"], r["error"]["code"]) for r in errors] == [("too-long", "prompt_too_long")]
+    assert batch.request_counts.model_dump() == {"total": 4, "completed": 3, "failed": 1}
+    for record in output:
+        assert record["response"]["status_code"] == 200
+        body = Completion.model_validate(record["response"]["body"])
+        assert body.object == "text_completion" and len(body.choices) == 1 and body.usage is not None
+        assert body.usage.completion_tokens > 0 and body.model == model
+    stopped = Completion.model_validate(output[2]["response"]["body"]).choices[0].logprobs
+    assert stopped is not None and stopped.tokens and stopped.top_logprobs and stopped.token_logprobs
+    assert len(stopped.tokens) == len(stopped.token_logprobs) == output[2]["response"]["body"]["usage"][
+        "completion_tokens"] and all(len(top) == 2 for top in stopped.top_logprobs)
+
+
+def test_chat_batch(server: Server, keys: ApiKeys, store: JobStore, worker: Any, tiny_model: Path) -> None:
+    model = model_name(str(tiny_model))
+    lines = [chat_line("q1", model, "Reverse a string in Rust.", logprobs=True, top_logprobs=2),
+             chat_line("q2", model, "hi", n=2, seed=3, temperature=0.8)]
+    client, batch = run_batch(server, keys, store, "chat-user", "/v1/chat/completions", lines)
+    output = file_lines(client, batch.output_file_id)
+    assert file_lines(client, batch.error_file_id) == [] and [r["custom_id"] for r in output] == ["q1", "q2"]
+    bodies = [ChatCompletion.model_validate(r["response"]["body"]) for r in output]
+    assert [len(body.choices) for body in bodies] == [1, 2]
+    assert all(choice.message.role == "assistant" for body in bodies for choice in body.choices)
+    steps = bodies[0].choices[0].logprobs
+    assert steps is not None and steps.content and all(len(step.top_logprobs) == 2 for step in steps.content)
+    assert bodies[1].choices[0].logprobs is None  # not asked for
+
+
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+                 "required": ["answer"], "additionalProperties": False}
+
+
+def test_structured_outputs_obey_the_response_format(server: Server, keys: ApiKeys, store: JobStore, worker: Any,
+                                                      tiny_model: Path) -> None:
+    """OpenAI's batch guide line with a ``response_format``, as curator sends one for a pydantic model, and JSON
+    mode: the tiny random model's output parses, and obeys the schema."""
+    model = model_name(str(tiny_model))
+    schema = {"type": "json_schema", "json_schema": {"name": "Answer", "schema": ANSWER_SCHEMA, "strict": True}}
+    lines = [chat_line("schema", model, "Is water wet?", max_tokens=32, response_format=schema),
+             chat_line("object", model, "Reply in JSON.", max_tokens=8, response_format={"type": "json_object"}),
+             {**chat_line("parts", model, "", max_completion_tokens=4, presence_penalty=0.5, user="u1"),
+              "body": {"model": model, "max_completion_tokens": 4, "presence_penalty": 0.5, "user": "u1",
+                       "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello "},
+                                                                  {"type": "text", "text": "world"}]}]}}]
+    client, batch = run_batch(server, keys, store, "structured-user", "/v1/chat/completions", lines)
+    output = {r["custom_id"]: ChatCompletion.model_validate(r["response"]["body"])
+              for r in file_lines(client, batch.output_file_id)}
+    assert file_lines(client, batch.error_file_id) == [] and list(output) == ["schema", "object", "parts"]
+    answer = json.loads(output["schema"].choices[0].message.content or "")
+    assert answer in ({"answer": "yes"}, {"answer": "no"})
+    assert (output["object"].choices[0].message.content or "").startswith("{")
+    assert output["parts"].usage is not None and output["parts"].usage.completion_tokens <= 4
