@@ -118,10 +118,10 @@ def engine_core(worker: subprocess.Popen[bytes]) -> psutil.Process:
 
 
 @contextlib.contextmanager
-def engines_paused(*workers: subprocess.Popen[bytes]) -> Iterator[None]:
-    """The workers' engines stopped (SIGSTOP) while the block runs: their shards stay mid-run for as long as
-    the test needs, on any machine, while the workers themselves (Celery, heartbeat) go on."""
-    cores = [engine_core(worker) for worker in workers]
+def engines_paused(*cores: psutil.Process) -> Iterator[None]:
+    """Workers' engines (their ``engine_core``) stopped with SIGSTOP while the block runs: their shards stay
+    mid-run for as long as the test needs, on any machine, while the workers themselves (Celery, heartbeat)
+    go on."""
     for core in cores:
         core.suspend()
     try:
@@ -132,30 +132,62 @@ def engines_paused(*workers: subprocess.Popen[bytes]) -> Iterator[None]:
                 core.resume()
 
 
+def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Let a paused engine run in slices of a few dozen milliseconds until ``condition`` holds (checked while
+    it is stopped): an engine that advances a few steps at a time is caught long before it could finish
+    any long request, on a machine of any speed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        core.resume()
+        time.sleep(0.02)
+        core.suspend()
+        time.sleep(0.1)  # what the engine produced reaches the worker, which stores it
+
+
 def claimants(store: JobStore, prefix: str) -> set[int]:
     """Process ids of the workers that hold a shard's claim now."""
     return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(f"{prefix}:claims")}
+
+
+def live_claimant(processes: list[subprocess.Popen[bytes]], store: JobStore,
+                  prefix: str) -> subprocess.Popen[bytes] | None:
+    """One of the workers that holds a shard's claim now, if any does."""
+    holders = claimants(store, prefix)
+    return next((process for process in processes if process.pid in holders), None)
 
 
 def log_says(log: Path, text: str) -> Callable[[], bool]:
     return lambda: text in log.read_text()
 
 
+def sigkill_a_claimant(alive: list[subprocess.Popen[bytes]], store: JobStore, prefix: str) -> None:
+    """SIGKILL one of the live workers while it holds a shard's claim (waiting for one to claim: a killed
+    worker's claims stay until its heartbeat expires, then its shards come back and a live worker claims
+    one), and drop it from ``alive``."""
+    wait_until(lambda: live_claimant(alive, store, prefix), 120, "a claim")
+    victim = live_claimant(alive, store, prefix)
+    assert victim is not None
+    kill_group(victim, signal.SIGKILL)
+    victim.wait()
+    alive.remove(victim)
+
+
 def test_sigkill_workers_mid_shard_several_times(fault_settings: Settings, fault_store: JobStore, tiny_model: Path,
                                                  workers: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
     alive = spawn(fault_settings, fault_store, tiny_model, workers, *(tmp_path / f"w{i}.log" for i in range(3)))
-    job_id, path = submit(fault_settings, tiny_model, tmp_path)
-    for _ in range(2):
-        target = fault_store.status(job_id).done + 4
-        wait_until(lambda target=target: fault_store.status(job_id).done >= target, 300, "progress")
-        # Kill a worker while it holds a shard: from here no item finishes until the kill.
-        with engines_paused(*alive):
-            wait_until(lambda: claimants(fault_store, fault_settings.key_prefix), 120, "a claim")
-            victim = next(process for process in alive
-                          if process.pid in claimants(fault_store, fault_settings.key_prefix))
-            kill_group(victim, signal.SIGKILL)
-            victim.wait()
-            alive.remove(victim)
+    cores = {process.pid: engine_core(process) for process in alive}
+    prefix = fault_settings.key_prefix
+    # The engines are held from the start: the first kill lands mid-shard before any item finishes.
+    with engines_paused(*cores.values()):
+        job_id, path = submit(fault_settings, tiny_model, tmp_path)
+        sigkill_a_claimant(alive, fault_store, prefix)
+    # The survivors make progress; the second kill lands while the first victim's shards are still away
+    # (they come back after its heartbeat expires), so the job cannot have ended.
+    wait_until(lambda: fault_store.status(job_id).done >= 4, 300, "progress")
+    with engines_paused(*(cores[process.pid] for process in alive)):
+        sigkill_a_claimant(alive, fault_store, prefix)
     killed_at = time.monotonic()
     # The dead workers' shards come back through the survivor's heartbeat, not the visibility timeout.
     wait_until(lambda: fault_store.status(job_id).pending == 0, 300, "the job to complete")
@@ -167,13 +199,14 @@ def test_sigkill_of_the_engine_process_makes_the_worker_exit(fault_settings: Set
                                                             tiny_model: Path, workers: list[subprocess.Popen[bytes]],
                                                             tmp_path: Path) -> None:
     both = spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "a.log", tmp_path / "b.log")
-    job_id, path = submit(fault_settings, tiny_model, tmp_path)
-    wait_until(lambda: fault_store.status(job_id).done >= 4, 300, "progress")
-    # From here no item finishes until the kill: a worker that holds a shard now holds it then.
-    with engines_paused(*both):
-        wait_until(lambda: claimants(fault_store, fault_settings.key_prefix), 120, "a claim")
-        victim = next(process for process in both if process.pid in claimants(fault_store, fault_settings.key_prefix))
-        engine_core(victim).kill()
+    cores = {process.pid: engine_core(process) for process in both}
+    # Held from the start: the worker whose engine is killed holds a shard in it, on a machine of any speed.
+    with engines_paused(*cores.values()):
+        job_id, path = submit(fault_settings, tiny_model, tmp_path)
+        wait_until(lambda: live_claimant(both, fault_store, fault_settings.key_prefix), 120, "a claim")
+        victim = live_claimant(both, fault_store, fault_settings.key_prefix)
+        assert victim is not None
+        cores[victim.pid].kill()
         # No worker hangs on a dead engine: it exits within one heartbeat (plus the engine's own teardown).
         assert victim.wait(timeout=HEARTBEAT_SECONDS + 60) == ENGINE_DIED_EXIT
     wait_until(lambda: fault_store.status(job_id).pending == 0, 300, "the job to complete")
@@ -183,7 +216,7 @@ def test_sigkill_of_the_engine_process_makes_the_worker_exit(fault_settings: Set
 def long_every_twelfth(number: int) -> int:
     """Four long items, the others short and of spread lengths: short ones finish (and are stored) one after
     another while the long ones still run."""
-    return 1024 if number % 12 == 0 else 8 + 4 * number
+    return 2048 if number % 12 == 0 else 8 + 4 * number
 
 
 def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: Settings, fault_store: JobStore,
@@ -191,14 +224,16 @@ def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: 
                                                                 workers: list[subprocess.Popen[bytes]],
                                                                 tmp_path: Path) -> None:
     one_shard = fault_settings.model_copy(update={"shard_max_requests": ITEMS})
-    spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "a.log", tmp_path / "b.log")
-    job_id, path = submit(one_shard, tiny_model, tmp_path, max_tokens=long_every_twelfth)
-    # Stop the worker mid-shard: some of its items stored, the long ones held in the engine.
-    wait_until(lambda: fault_store.status(job_id).done > 0, 120, "the shard's first results")
-    (pid,) = claimants(fault_store, fault_settings.key_prefix)
-    worker, log = next((process, tmp_path / name) for process, name in zip(workers, ("a.log", "b.log"), strict=True)
-                       if process.pid == pid)
-    with engines_paused(worker):
+    both = spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "a.log", tmp_path / "b.log")
+    cores = {process.pid: engine_core(process) for process in both}
+    with engines_paused(*cores.values()):
+        job_id, path = submit(one_shard, tiny_model, tmp_path, max_tokens=long_every_twelfth)
+        wait_until(lambda: claimants(fault_store, fault_settings.key_prefix), 120, "the shard to start")
+        (pid,) = claimants(fault_store, fault_settings.key_prefix)
+        # Stop the worker mid-shard: some of its items stored, the long ones held in the engine.
+        step_until(cores[pid], lambda: fault_store.status(job_id).done > 0, 120, "the shard's first results")
+        worker, log = next((process, tmp_path / name) for process, name in zip(both, ("a.log", "b.log"), strict=True)
+                           if process.pid == pid)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)  # as Kubernetes does: to the main process only
         wait_until(log_says(log, "handed back to the queue"), fault_settings.shutdown_timeout + 30, "the hand-back")
@@ -284,14 +319,12 @@ def test_a_visibility_timeout_shorter_than_a_shard_runs_it_twice_at_once_yet_kee
                                               "shards_in_flight": 1})
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     started = spawn(hasty, fault_store, tiny_model, workers, *logs)
-    job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
-    wait_until(lambda: claimants(fault_store, hasty.key_prefix), 300, "the shard to start")
-    (first,) = claimants(fault_store, hasty.key_prefix)
-    other = next(process.pid for process in started if process.pid != first)
-    # The first worker's shard outlives the visibility timeout (its engine is held), so Redis hands the
-    # shard to the second worker too; then both run it at once.
-    with engines_paused(next(process for process in started if process.pid == first)):
-        wait_until(lambda: other in claimants(fault_store, hasty.key_prefix), 120, "the second delivery")
+    # The engines are held from the start, so the first worker's shard outlives the visibility timeout on any
+    # machine: Redis hands it to the second worker too; then both run it at once.
+    with engines_paused(*map(engine_core, started)):
+        job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
+        wait_until(lambda: claimants(fault_store, hasty.key_prefix), 300, "the shard to start")
+        wait_until(lambda: len(claimants(fault_store, hasty.key_prefix)) == 2, 120, "the second delivery")
     wait_until(lambda: fault_store.status(job_id).pending == 0, 300, "the job to complete")
     done = f"{fault_store.shard_key(job_id, 0)}: {ITEMS} items, 0 already done"
     # Both ran it whole, and between them stored each item's result once.
@@ -307,14 +340,15 @@ def test_a_shard_redelivered_to_the_worker_running_it_runs_once(
         tmp_path: Path) -> None:
     hasty = fault_settings.model_copy(update={"visibility_timeout": 10, "shard_max_requests": ITEMS})
     (worker,) = spawn(hasty, fault_store, tiny_model, workers, tmp_path / "a.log")
-    job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
-    wait_until(lambda: claimants(fault_store, hasty.key_prefix), 300, "the shard to start")
-    shard = fault_store.shard_key(job_id, 0)
-    dropped = f"{shard}: already running in this worker; dropping the redelivered copy"
-    # The shard outlives the visibility timeout (its engine is held): Redis hands it out again, to the same
-    # worker's free thread, which drops it.
-    with engines_paused(worker):
-        wait_until(log_says(tmp_path / "a.log", dropped), 120, "the redelivery")
+    # The engine is held from the start, so the shard outlives the visibility timeout on any machine: Redis
+    # hands it out again, to the same worker's free thread, which drops it.
+    with engines_paused(engine_core(worker)):
+        job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
+        shard = fault_store.shard_key(job_id, 0)
+        wait_until(log_says(tmp_path / "a.log", f"{shard}: already running in this worker; dropping the "
+                            "redelivered copy"), 120, "the redelivery")
+        # Dropped before it claimed the shard: one start so far (the job's keys go once it is finalized).
+        assert fault_store.client.hget(f"{fault_store.job_key(job_id)}:attempts", shard) == b"1"
     wait_until(lambda: fault_store.status(job_id).pending == 0, 300, "the job to complete")
-    assert fault_store.client.hget(f"{fault_store.job_key(job_id)}:attempts", shard) == b"1"
+    assert (tmp_path / "a.log").read_text().count(f"{shard}: {ITEMS} items") == 1  # and it ran once in all
     check_output(hasty, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=lambda _: 256)
