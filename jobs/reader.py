@@ -58,6 +58,12 @@ class Line:
     id: str
     openai: bool = False
     model: str | None = None  # an OpenAI line's body.model
+    more: tuple[Request, ...] = ()  # the line's other prompts (an OpenAI body's ``prompt`` list), after request
+
+    @property
+    def requests(self) -> tuple[Request, ...]:
+        """Every request of the line, one per prompt (none for an invalid line)."""
+        return () if self.request is None else (self.request, *self.more)
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,10 @@ class _LineParser:
         model = batch_line.body.get("model")
         model = model if isinstance(model, str) else None
         try:
-            request = request_from_openai(batch_line)
+            first, *more = request_from_openai(batch_line)
         except ValidationError as error:
             return Line(number, None, self.from_validation(number, error, "body."), batch_line.custom_id, True, model)
-        return Line(number, request, (), request.id, openai=True, model=model)
+        return Line(number, first, (), first.id, openai=True, model=model, more=tuple(more))
 
     def _parse_native(self, number: int, value: dict[str, Any]) -> Line:
         value.setdefault("id", str(number))

@@ -126,27 +126,32 @@ class _Rendering:
                 self.progress(self.total)
 
     def _render_chunk(self, chunk: list[tuple[int, Line]]) -> Iterator[dict[str, Any]]:
-        valid = [(index, line, line.request) for index, line in chunk if line.request is not None]
-        rendered = dict(zip((index for index, _, _ in valid),
-                            self.renderer.render_many([request for _, _, request in valid]), strict=True))
+        # Every prompt of the chunk's lines, tokenized in one batch; a line with several gets one item for all.
+        flat = [request for _, line in chunk for request in line.requests]
+        rendered = iter(self.renderer.render_many(flat))
         specs: dict[int, str] = {}  # the verify specs of this chunk's items that carry one
         for index, line in chunk:
             request = line.request
             kind = request.type if request is not None else "invalid"
-            result = rendered.get(index) or RequestError(
-                "invalid_request", "; ".join(f"{p.field}: {p.message}" for p in line.problems))
-            if isinstance(result, RequestError):
+            prompts = [next(rendered) for _ in line.requests]
+            result = next((each for each in prompts if isinstance(each, RequestError)), None)
+            if request is None:
+                result = RequestError("invalid_request", "; ".join(f"{p.field}: {p.message}" for p in line.problems))
+            if result is not None:
                 self._refuse(line.number, index, line.id, kind, line.openai, request, result)
                 continue
             assert request is not None
-            item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": result.prompt_token_ids,
-                                    "params": result.params.model_dump(exclude_none=True)}
+            first, *more = (each for each in prompts if not isinstance(each, RequestError))
+            item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": first.prompt_token_ids,
+                                    "params": first.params.model_dump(exclude_none=True)}
+            if more:
+                item["more"] = [each.prompt_token_ids for each in more]
             if line.openai:
                 item["openai"] = True
             if request.metadata is not None:
                 item["metadata"] = request.metadata
             if self.options.echo_prompt:
-                item["prompt"] = result.prompt
+                item["prompt"] = [first.prompt, *(each.prompt for each in more)] if more else first.prompt
             if request.verify is not None:
                 item["verify"] = True
                 specs[index] = request.verify.model_dump_json()
