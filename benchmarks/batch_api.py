@@ -10,9 +10,11 @@ whose prompts start with the run's own salt (so no run finds another's prompts i
 - ``server``: the ``openai`` SDK uploads the file, creates the batch, polls it to ``completed`` and
   downloads its output and error files.
 
-Both poll every 0.2 s. Each run's phases are timed. The overhead is paired: each round's server time over
-its submit time, minus one; the report gives its median and spread over the rounds (and the difference in
-seconds), so that a loaded machine's drift between rounds does not count as overhead.
+Both poll every 0.2 s. Each run's phases are timed, and so is its job: from the moment it was queued (its
+submission returned) to the worker's commit of its results file (the job's ``finalized`` time in Redis). The
+overhead is paired: each round's server time over its submit time, minus one, with its median and spread over
+the rounds; and, steadier on a loaded machine where the job's own run varies by seconds, the server's time
+outside the job less submit's, over submit's whole time.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Phases:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.marks: dict[str, float] = {}
+        self.enqueued = 0.0  # wall-clock time by which the job was queued (its submission returned)
+        self.job_s = 0.0  # from then to the worker's commit of the job's results file (its ``finalized`` time)
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.perf_counter() - self.started
@@ -81,21 +85,24 @@ def run_submit(settings: Settings, store: JobStore, model: str, path: Path, fold
     with shard_enqueuer(make_app(settings)) as enqueue:
         job_id = submit_job(store, enqueue, path, options)
     phases.mark("submit")
+    phases.enqueued = time.time()
     while (status := store.status(job_id)).results_url is None:
         time.sleep(POLL_SECONDS)
     phases.mark("run")
+    phases.job_s = (status.finalized or 0.0) - phases.enqueued
     with objectstore.open_read(status.results_url) as stream:
         assert sum(1 for _ in stream) == status.total
     phases.mark("read")
     return phases
 
 
-def run_server(client: openai.OpenAI, path: Path) -> Phases:
+def run_server(client: openai.OpenAI, store: JobStore, path: Path) -> Phases:
     phases = Phases()
     source = client.files.create(file=path.open("rb"), purpose="batch")
     phases.mark("upload")
     batch = client.batches.create(input_file_id=source.id, endpoint="/v1/completions", completion_window="24h")
     phases.mark("create")
+    phases.enqueued = time.time()
     while batch.status not in ("completed", "failed", "expired", "cancelled"):
         time.sleep(POLL_SECONDS)
         batch = client.batches.retrieve(batch.id)
@@ -105,6 +112,8 @@ def run_server(client: openai.OpenAI, path: Path) -> Phases:
                 for file_id in (batch.output_file_id, batch.error_file_id) if file_id)
     assert batch.request_counts is not None and lines == batch.request_counts.total
     phases.mark("download")
+    job = next(job for job in store.statuses(store.job_ids()) if job.input.endswith(f"(batch {batch.id})"))
+    phases.job_s = (job.finalized or 0.0) - phases.enqueued
     return phases
 
 
@@ -143,6 +152,11 @@ def report_of(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
                                          for name in mine[0]["phases_s"]}}
     return {"lines": args.lines, "max_tokens": args.max_tokens, "rounds": args.rounds, "runs": runs, **ways,
             "server_overhead": summary(overheads),
+            # What the server adds outside the job's own run (which the load makes vary by seconds): each
+            # round's time outside the job through the server, less submit's, over submit's whole time.
+            "server_overhead_outside_job": summary([
+                (pair["server"]["outside_job_s"] - pair["submit"]["outside_job_s"]) / pair["submit"]["total_s"]
+                for pair in pairs]),
             "server_minus_submit_s": summary([pair["server"]["total_s"] - pair["submit"]["total_s"]
                                               for pair in pairs])}
 
@@ -173,7 +187,7 @@ def main() -> None:
             warmup = folder / "warmup.jsonl"
             write_workload(warmup, name, 16, args.max_tokens, "warmup")
             run_submit(settings, store, args.model, warmup, folder)
-            run_server(client, warmup)
+            run_server(client, store, warmup)
             for round_number in range(args.rounds):
                 # ABBA: each way runs first in half the rounds, so drift in the machine's load hits both alike.
                 order = ["submit", "server"] if round_number % 4 in (0, 3) else ["server", "submit"]
@@ -181,11 +195,13 @@ def main() -> None:
                     path = folder / f"{way}-{round_number}.jsonl"
                     write_workload(path, name, args.lines, args.max_tokens, f"{way}-{round_number}")
                     phases = (run_submit(settings, store, args.model, path, folder) if way == "submit"
-                              else run_server(client, path))
+                              else run_server(client, store, path))
                     runs.append({"round": round_number, "way": way, "total_s": phases.total,
+                                 "job_s": phases.job_s, "outside_job_s": phases.total - phases.job_s,
                                  "phases_s": phases.durations()})
                     detail = ", ".join(f"{key} {value:.2f}" for key, value in phases.durations().items())
-                    print(f"round {round_number} {way}: {phases.total:.2f} s ({detail})", file=sys.stderr)
+                    print(f"round {round_number} {way}: {phases.total:.2f} s ({detail}; job {phases.job_s:.2f})",
+                          file=sys.stderr)
         finally:
             client.close()
             stop_process(server)

@@ -22,6 +22,7 @@ from dscbatch.jobs.grouping import PrefixSorter, cut_shards
 from dscbatch.jobs.reader import (
     DEFAULT_MAX_LINE_BYTES,
     MAX_REPORTED_PROBLEMS,
+    FileCheck,
     Line,
     check_file,
     read_lines,
@@ -66,12 +67,15 @@ class SubmitOptions:
 
 
 def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: SubmitOptions,
-               progress: Progress | None = None) -> str:
-    """Create the job and enqueue its shards; returns the job id. Raises InvalidInputError in strict mode."""
-    check = check_file(path, max_line_bytes=options.max_line_bytes)
+               progress: Progress | None = None, *, check: FileCheck | None = None,
+               tokenizer: ModelTokenizer | None = None) -> str:
+    """Create the job and enqueue its shards; returns the job id. Raises InvalidInputError in strict mode.
+    ``check``: the file's validation pass when the caller has made it; ``tokenizer``: the model's, when the
+    caller holds it loaded (a server submitting many jobs)."""
+    check = check or check_file(path, max_line_bytes=options.max_line_bytes)
     if not options.skip_invalid:
         require_valid(check)
-    job = _Rendering(store, path, options, progress)
+    job = _Rendering(store, path, options, progress, tokenizer or ModelTokenizer.load(options.model))
     with PrefixSorter(dedup=options.dedup) as sorter:
         ordered = sorter.order(job.items()) if options.group_prefixes else job.items()
         shards = cut_shards(ordered, options.shard_max_requests, options.shard_max_tokens)
@@ -103,12 +107,13 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
 class _Rendering:
     """The rendering pass: shard items for the lines the model can serve, error records for the others."""
 
-    def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None) -> None:
+    def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None,
+                 tokenizer: ModelTokenizer) -> None:
         self.store = store
         self.path = path
         self.options = options
         self.progress = progress
-        self.tokenizer = ModelTokenizer.load(options.model)
+        self.tokenizer = tokenizer
         self.renderer = Renderer(self.tokenizer, options.defaults, options.max_model_len)
         self.id = new_job_id()
         self.header: dict[str, Any] = {"job": self.id, "model": model_name(options.model),
