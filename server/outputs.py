@@ -32,6 +32,7 @@ class SplitFiles:
     failed: int
 
 
+WRITE_LINES = 1024  # lines written to the files store at once
 # How a successful OpenAI result line ends (``result_line`` writes ``error`` last): such a line needs no parsing.
 SUCCEEDED_END = '"error": null}'
 
@@ -59,9 +60,6 @@ class _Split:
         if self.stream is not None and self.chunk:
             self.stream.write(b"".join(self.chunk))
             self.chunk = []
-
-
-WRITE_LINES = 1024
 
 
 def split_results(store: JobStore, status: JobStatus, files: FileStore, owner: str, batch_id: str,
