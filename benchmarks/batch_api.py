@@ -1,16 +1,20 @@
 """Batch API overhead: one batch through ``dscbatch serve`` against ``submit`` of the same workload, same run.
 
-Usage: ``python benchmarks/batch_api.py --model MODEL_DIR [--lines 256] [--max-tokens 32] [--rounds 2]
+Usage: ``python benchmarks/batch_api.py --model MODEL_DIR [--lines 256] [--max-tokens 32] [--rounds 4]
 [--json out.json]``. Starts its own redis-server, one local worker and one server. Each round runs the
-workload both ways, in alternating order, each from a copy of the file whose prompts start with the run's own
-salt (so no run finds another's prompts in vLLM's prefix cache):
+workload both ways, in ABBA order (submit first in rounds 0 and 3 of every four), each from a copy of the file
+whose prompts start with the run's own salt (so no run finds another's prompts in vLLM's prefix cache):
 
 - ``submit``: ``submit_job`` with an output folder, until the worker has written the job's results file, then
   that file read back;
 - ``server``: the ``openai`` SDK uploads the file, creates the batch, polls it to ``completed`` and
   downloads its output and error files.
 
-Both poll every 0.2 s. The overhead is the server's median time over submit's, minus one.
+Both poll every 0.2 s. Each run's phases are timed, and so is its job: from the moment it was queued (its
+submission returned) to the worker's commit of its results file (the job's ``finalized`` time in Redis). The
+overhead is paired: each round's server time over its submit time, minus one, with its median and spread over
+the rounds; and, steadier on a loaded machine where the job's own run varies by seconds, the server's time
+outside the job less submit's, over submit's whole time.
 """
 
 from __future__ import annotations
@@ -53,31 +57,64 @@ def write_workload(path: Path, model: str, lines: int, max_tokens: int, salt: st
                                      "body": body}) + "\n")
 
 
-def run_submit(settings: Settings, store: JobStore, model: str, path: Path, folder: Path) -> float:
-    started = time.perf_counter()
+class Phases:
+    """Seconds from the start to the end of each phase of one run, in order."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.marks: dict[str, float] = {}
+        self.enqueued = 0.0  # wall-clock time by which the job was queued (its submission returned)
+        self.job_s = 0.0  # from then to the worker's commit of the job's results file (its ``finalized`` time)
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.perf_counter() - self.started
+
+    @property
+    def total(self) -> float:
+        return list(self.marks.values())[-1]
+
+    def durations(self) -> dict[str, float]:
+        ends = list(self.marks.items())
+        return {name: end - (ends[i - 1][1] if i else 0.0) for i, (name, end) in enumerate(ends)}
+
+
+def run_submit(settings: Settings, store: JobStore, model: str, path: Path, folder: Path) -> Phases:
+    phases = Phases()
     options = SubmitOptions(model=model, shard_max_requests=settings.shard_max_requests,
                             output_root=str(folder / "submit-jobs"))
     with shard_enqueuer(make_app(settings)) as enqueue:
         job_id = submit_job(store, enqueue, path, options)
+    phases.mark("submit")
+    phases.enqueued = time.time()
     while (status := store.status(job_id)).results_url is None:
         time.sleep(POLL_SECONDS)
+    phases.mark("run")
+    phases.job_s = (status.finalized or 0.0) - phases.enqueued
     with objectstore.open_read(status.results_url) as stream:
         assert sum(1 for _ in stream) == status.total
-    return time.perf_counter() - started
+    phases.mark("read")
+    return phases
 
 
-def run_server(client: openai.OpenAI, path: Path) -> float:
-    started = time.perf_counter()
+def run_server(client: openai.OpenAI, store: JobStore, path: Path) -> Phases:
+    phases = Phases()
     source = client.files.create(file=path.open("rb"), purpose="batch")
+    phases.mark("upload")
     batch = client.batches.create(input_file_id=source.id, endpoint="/v1/completions", completion_window="24h")
+    phases.mark("create")
+    phases.enqueued = time.time()
     while batch.status not in ("completed", "failed", "expired", "cancelled"):
         time.sleep(POLL_SECONDS)
         batch = client.batches.retrieve(batch.id)
     assert batch.status == "completed", batch
+    phases.mark("run")
     lines = sum(len(client.files.content(file_id).text.splitlines())
                 for file_id in (batch.output_file_id, batch.error_file_id) if file_id)
     assert batch.request_counts is not None and lines == batch.request_counts.total
-    return time.perf_counter() - started
+    phases.mark("download")
+    job = next(job for job in store.statuses(store.job_ids()) if job.input.endswith(f"(batch {batch.id})"))
+    phases.job_s = (job.finalized or 0.0) - phases.enqueued
+    return phases
 
 
 def start_server(env: dict[str, str], model: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -96,16 +133,44 @@ def start_server(env: dict[str, str], model: str, port: int, log: Path) -> subpr
             time.sleep(0.2)
 
 
+def summary(values: list[float]) -> dict[str, float]:
+    """Median, spread (min and max) of a list of measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def report_of(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each round's pair, the paired overhead (server over submit in the same round, minus one) with its median
+    and spread, and each way's phases (medians)."""
+    rounds = sorted({run["round"] for run in runs})
+    pairs = [{run["way"]: run for run in runs if run["round"] == number} for number in rounds]
+    overheads = [pair["server"]["total_s"] / pair["submit"]["total_s"] - 1 for pair in pairs]
+    ways: dict[str, Any] = {}
+    for way in ("submit", "server"):
+        mine = [run for run in runs if run["way"] == way]
+        ways[way] = {"total_s": summary([run["total_s"] for run in mine]),
+                     "phases_median_s": {name: statistics.median(run["phases_s"][name] for run in mine)
+                                         for name in mine[0]["phases_s"]}}
+    return {"lines": args.lines, "max_tokens": args.max_tokens, "rounds": args.rounds, "runs": runs, **ways,
+            "server_overhead": summary(overheads),
+            # What the server adds outside the job's own run (which the load makes vary by seconds): each
+            # round's time outside the job through the server, less submit's, over submit's whole time.
+            "server_overhead_outside_job": summary([
+                (pair["server"]["outside_job_s"] - pair["submit"]["outside_job_s"]) / pair["submit"]["total_s"]
+                for pair in pairs]),
+            "server_minus_submit_s": summary([pair["server"]["total_s"] - pair["submit"]["total_s"]
+                                              for pair in pairs])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--lines", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     name = model_name(args.model)
-    times: dict[str, list[float]] = {"submit": [], "server": []}
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedCluster(args.model) as cluster:
         folder = Path(tmp)
         settings = Settings(redis_url=cluster.redis_url, files_url=str(folder / "files"))
@@ -122,25 +187,25 @@ def main() -> None:
             warmup = folder / "warmup.jsonl"
             write_workload(warmup, name, 16, args.max_tokens, "warmup")
             run_submit(settings, store, args.model, warmup, folder)
+            run_server(client, store, warmup)
             for round_number in range(args.rounds):
-                order = ["submit", "server"] if round_number % 2 == 0 else ["server", "submit"]
+                # ABBA: each way runs first in half the rounds, so drift in the machine's load hits both alike.
+                order = ["submit", "server"] if round_number % 4 in (0, 3) else ["server", "submit"]
                 for way in order:
                     path = folder / f"{way}-{round_number}.jsonl"
                     write_workload(path, name, args.lines, args.max_tokens, f"{way}-{round_number}")
-                    seconds = (run_submit(settings, store, args.model, path, folder) if way == "submit"
-                               else run_server(client, path))
-                    times[way].append(seconds)
-                    print(f"round {round_number} {way}: {seconds:.2f} s", file=sys.stderr)
+                    phases = (run_submit(settings, store, args.model, path, folder) if way == "submit"
+                              else run_server(client, store, path))
+                    runs.append({"round": round_number, "way": way, "total_s": phases.total,
+                                 "job_s": phases.job_s, "outside_job_s": phases.total - phases.job_s,
+                                 "phases_s": phases.durations()})
+                    detail = ", ".join(f"{key} {value:.2f}" for key, value in phases.durations().items())
+                    print(f"round {round_number} {way}: {phases.total:.2f} s ({detail}; job {phases.job_s:.2f})",
+                          file=sys.stderr)
         finally:
             client.close()
             stop_process(server)
-    report: dict[str, Any] = {
-        "lines": args.lines, "max_tokens": args.max_tokens, "rounds": args.rounds,
-        "submit_s": times["submit"], "server_s": times["server"],
-        "submit_median_s": statistics.median(times["submit"]), "server_median_s": statistics.median(times["server"]),
-    }
-    report["server_overhead"] = report["server_median_s"] / report["submit_median_s"] - 1
-    print_report(report, args.json)
+    print_report(report_of(args, runs), args.json)
 
 
 if __name__ == "__main__":

@@ -150,9 +150,13 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
         try:
             if line.request is None:
                 raise RequestError("invalid_request", "; ".join(str(p) for p in line.problems))
-            rendered = renderer.render(line.request)
-            record.update(prompt=rendered.prompt, prompt_token_ids=rendered.prompt_token_ids,
-                          stop_token_ids=rendered.stop_token_ids)
+            first, *more = (renderer.render(request) for request in line.requests)
+            if more:  # a line of several prompts: each one's prompt and ids, in order
+                record.update(prompt=[first.prompt, *(each.prompt for each in more)],
+                              prompt_token_ids=[first.prompt_token_ids, *(each.prompt_token_ids for each in more)])
+            else:
+                record.update(prompt=first.prompt, prompt_token_ids=first.prompt_token_ids)
+            record["stop_token_ids"] = first.stop_token_ids
         except RequestError as error:
             record["error"] = {"code": error.code, "message": error.message}
         click.echo(json.dumps(record, ensure_ascii=False))

@@ -7,6 +7,9 @@ private temporary directory, then merged), so a 2M-line file sorts in bounded me
 
 Neighbours in that order with equal prompt ids and equal deterministic params (greedy, or a fixed seed)
 would produce the same output: the first carries the others as ``dups`` and runs once for all of them.
+
+An item of a line with several prompts (``more``: the prompts after its first) sorts by its first prompt, then
+by the others; it is folded only into an item with the same prompts, all of them.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ SortKey = tuple[bytes, str, int]
 def _sort_key(item: Item) -> SortKey:
     # Big-endian packing keeps the ids' lexicographic order, a prefix before its extensions.
     ids = item["ids"]
-    return struct.pack(f">{len(ids)}I", *ids), json.dumps(item["params"], sort_keys=True), item["i"]
+    rest = json.dumps([item["params"], item["more"]] if "more" in item else item["params"], sort_keys=True)
+    return struct.pack(f">{len(ids)}I", *ids), rest, item["i"]
+
+
+def item_tokens(item: Item) -> int:
+    """The prompt tokens an item runs: its prompt's, and those of its line's other prompts."""
+    return len(item["ids"]) + sum(len(ids) for ids in item.get("more", ()))
 
 
 def item_indices(item: Item) -> list[int]:
@@ -99,7 +108,7 @@ class PrefixSorter:
         """Consumes ``items`` at the first step, then yields them in prefix order."""
         for item in items:
             self._buffer.append((_sort_key(item), item))
-            self._buffer_tokens += len(item["ids"])
+            self._buffer_tokens += item_tokens(item)
             if self._buffer_tokens >= RUN_MAX_TOKENS or len(self._buffer) >= RUN_MAX_ITEMS:
                 self._spill()
         self._buffer.sort(key=_entry_key)
@@ -135,7 +144,7 @@ class PrefixSorter:
         held: Item | None = None
         for item in items:
             if (held is not None and item["ids"] == held["ids"] and item["params"] == held["params"]
-                    and deterministic(item["params"])):
+                    and item.get("more") == held.get("more") and deterministic(item["params"])):
                 held.setdefault("dups", []).append({name: item[name] for name in DUP_FIELDS if name in item})
                 self.folded += 1
                 continue
@@ -165,7 +174,7 @@ def cut_shards(items: Iterable[Item], max_requests: int, max_tokens: int) -> Ite
         if shard:
             shared.append(common_prefix_length(shard[-1]["ids"], item["ids"]))
         shard.append(item)
-        tokens += len(item["ids"])
+        tokens += item_tokens(item)
         if tokens >= max_tokens:
             yield shard
             shard, shared, tokens = [], [], 0
@@ -174,6 +183,6 @@ def cut_shards(items: Iterable[Item], max_requests: int, max_tokens: int) -> Ite
             cut = min(range(max_requests, smallest - 1, -1), key=lambda size: shared[size - 1])
             yield shard[:cut]
             shard, shared = shard[cut:], shared[cut:]
-            tokens = sum(len(kept["ids"]) for kept in shard)
+            tokens = sum(item_tokens(kept) for kept in shard)
     if shard:
         yield shard

@@ -58,6 +58,12 @@ class Line:
     id: str
     openai: bool = False
     model: str | None = None  # an OpenAI line's body.model
+    more: tuple[Request, ...] = ()  # the line's other prompts (an OpenAI body's ``prompt`` list), after request
+
+    @property
+    def requests(self) -> tuple[Request, ...]:
+        """Every request of the line, one per prompt (none for an invalid line)."""
+        return () if self.request is None else (self.request, *self.more)
 
 
 @dataclass(frozen=True)
@@ -123,20 +129,15 @@ class _LineParser:
         return tuple(self.problem(line, _field_of(e["loc"], prefix), _message_of(e)) for e in error.errors())
 
     def parse(self, number: int, text: str) -> Line:
-        try:
-            value = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as error:
-            detail = error.msg if isinstance(error, json.JSONDecodeError) else str(error) or "nested too deeply"
-            where = f" (column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
-            return Line(number, None, (self.problem(number, "json", f"invalid JSON: {detail}{where}"),), str(number))
+        value, problem = _decoded(text)
+        if problem is not None:
+            return Line(number, None, (self.problem(number, "json", problem),), str(number))
         return self.parse_value(number, value)
 
     def parse_value(self, number: int, value: Any) -> Line:
         """A line from its decoded JSON value (or a Parquet row)."""
-        if not isinstance(value, dict):
-            kind = type(value).__name__ if value is not None else "null"
-            problem = self.problem(number, "json", f"a line must be a JSON object, not {kind}")
-            return Line(number, None, (problem,), str(number))
+        if (message := _not_an_object(value)) is not None:
+            return Line(number, None, (self.problem(number, "json", message),), str(number))
         if OPENAI_KEYS & value.keys():
             return self._parse_openai(number, value)
         return self._parse_native(number, value)
@@ -150,10 +151,10 @@ class _LineParser:
         model = batch_line.body.get("model")
         model = model if isinstance(model, str) else None
         try:
-            request = request_from_openai(batch_line)
+            first, *more = request_from_openai(batch_line)
         except ValidationError as error:
             return Line(number, None, self.from_validation(number, error, "body."), batch_line.custom_id, True, model)
-        return Line(number, request, (), request.id, openai=True, model=model)
+        return Line(number, first, (), first.id, openai=True, model=model, more=tuple(more))
 
     def _parse_native(self, number: int, value: dict[str, Any]) -> Line:
         value.setdefault("id", str(number))
@@ -175,6 +176,29 @@ class _LineParser:
         except ValidationError as error:
             return Line(number, None, self.from_validation(number, error), line_id)
         return Line(number, request, (), line_id)  # type: ignore[arg-type]
+
+
+def _decoded(text: str) -> tuple[Any, str | None]:
+    """A line's JSON value, or why it is not JSON."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant), None
+    except (ValueError, RecursionError) as error:
+        detail = error.msg if isinstance(error, json.JSONDecodeError) else str(error) or "nested too deeply"
+        where = f" (column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
+        return None, f"invalid JSON: {detail}{where}"
+
+
+def _not_an_object(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return None
+    return f"a line must be a JSON object, not {type(value).__name__ if value is not None else 'null'}"
+
+
+def json_problem(text: str) -> str | None:
+    """Why a line's text is not one JSON object, as the reader words it (its ``json`` problem), or None; the
+    request in it is not validated."""
+    value, problem = _decoded(text)
+    return problem if problem is not None else _not_an_object(value)
 
 
 def parse_line(number: int, text: str, path: str = "") -> Line:
@@ -269,13 +293,17 @@ def require_input(path: str | Path) -> None:
         stream.read(1)
 
 
-def check_file(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> FileCheck:
-    """Validate the whole file in one streaming pass; raise if it holds no line at all."""
+def check_file(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+               on_line: Callable[[Line], None] | None = None) -> FileCheck:
+    """Validate the whole file in one streaming pass; raise if it holds no line at all. ``on_line`` sees each
+    line as read (a caller's own checks, in the same pass)."""
     require_input(path)
     digest = hashlib.sha256()
     requests = invalid = problem_count = 0
     problems: list[Problem] = []
     for line in read_lines(path, max_line_bytes=max_line_bytes, on_bytes=digest.update):
+        if on_line is not None:
+            on_line(line)
         if line.request is not None:
             requests += 1
             continue

@@ -15,6 +15,7 @@ from dscbatch.jobs.requests import (
     Params,
     RepoRequest,
     Request,
+    TokenIdsRequest,
 )
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
@@ -75,6 +76,7 @@ class Renderer:
         self.defaults = defaults.over(DEFAULT_PARAMS)
         self.fim = detect_fim_format(tokenizer)
         self.max_model_len = max_model_len or tokenizer.context_length
+        self.vocab_size = max(tokenizer.vocab.values()) + 1
 
     def _fim(self, prefix: str, suffix: str) -> str:
         if self.fim is None:
@@ -82,9 +84,16 @@ class Renderer:
         return self.fim.render(prefix, suffix)
 
     def text(self, request: Request) -> str:
-        """The prompt text before BOS is added (chat: the model's own template, BOS included)."""
+        """The prompt text before BOS is added (chat: the model's own template, BOS included; token ids: their
+        text, special tokens included)."""
         if isinstance(request, CompletionRequest):
             return request.prompt
+        if isinstance(request, TokenIdsRequest):
+            outside = next((token for token in request.prompt_token_ids if token >= self.vocab_size), None)
+            if outside is not None:
+                raise RequestError("invalid_request", f"prompt token id {outside} is outside the model's "
+                                                      f"vocabulary of {self.vocab_size} tokens")
+            return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
         if isinstance(request, FimRequest):
             return self._fim(request.prefix, request.suffix)
         if isinstance(request, ChatRequest):
@@ -99,7 +108,11 @@ class Renderer:
     def render(self, request: Request) -> RenderedRequest:
         """Raises RequestError for a request this model cannot serve; it becomes that item's error."""
         text = self.text(request)
-        return self._rendered(request, text, self.tokenizer.encode(text))
+        return self._rendered(request, text, self._given_ids(request) or self.tokenizer.encode(text))
+
+    @staticmethod
+    def _given_ids(request: Request) -> list[int] | None:
+        return request.prompt_token_ids if isinstance(request, TokenIdsRequest) else None
 
     def render_many(self, requests: Sequence[Request]) -> list[RenderedRequest | RequestError]:
         """``render`` of each request, tokenized in one batch on all cores; a RequestError in place of a
@@ -110,21 +123,22 @@ class Renderer:
                 texts.append(self.text(request))
             except RequestError as error:
                 texts.append(error)
-        encoded = iter(self.tokenizer.encode_many([text for text in texts if isinstance(text, str)]))
+        encoded = iter(self.tokenizer.encode_many([text for request, text in zip(requests, texts, strict=True)
+                                                   if isinstance(text, str) and self._given_ids(request) is None]))
         rendered: list[RenderedRequest | RequestError] = []
         for request, text in zip(requests, texts, strict=True):
             if isinstance(text, RequestError):
                 rendered.append(text)
                 continue
             try:
-                rendered.append(self._rendered(request, text, next(encoded)))
+                rendered.append(self._rendered(request, text, self._given_ids(request) or next(encoded)))
             except RequestError as error:
                 rendered.append(error)
         return rendered
 
     def _rendered(self, request: Request, text: str, encoded: list[int]) -> RenderedRequest:
         params = request.params.over(self.defaults)
-        ids = self.tokenizer.with_bos(encoded)
+        ids = encoded if isinstance(request, TokenIdsRequest) else self.tokenizer.with_bos(encoded)
         prompt = f"{self.tokenizer.bos_text}{text}" if len(ids) > len(encoded) else text
         max_tokens = params.max_tokens or 0
         if len(ids) + max_tokens > self.max_model_len:

@@ -1,7 +1,9 @@
 """What one line of a job file is: a pydantic model per request kind, unknown keys refused.
 
 Native lines (``completion``, ``fim``, ``chat``, ``repo``) and OpenAI Batch API lines (``custom_id``,
-``method``, ``url``, ``body``) both become one of the four request models below.
+``method``, ``url``, ``body``) both become requests of the models below. An OpenAI completions line may hold
+several prompts (``prompt`` a list): it becomes one request per prompt, all with its id and params, whose
+results make its one result line (``workers/prompts.py``).
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ class CompletionRequest(RequestBase):
     prompt: str
 
 
+class TokenIdsRequest(RequestBase):
+    """A completion whose prompt is given as token ids (an OpenAI body's ``prompt``): run as they are, no BOS
+    added, as vLLM's OpenAI server runs them."""
+
+    type: Literal["completion"] = "completion"
+    prompt_token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class FimRequest(RequestBase):
     type: Literal["fim"] = "fim"
     prefix: str
@@ -152,7 +162,7 @@ class RepoRequest(RequestBase):
     target: RepoTarget
 
 
-Request = CompletionRequest | FimRequest | ChatRequest | RepoRequest
+Request = CompletionRequest | TokenIdsRequest | FimRequest | ChatRequest | RepoRequest
 
 MODEL_BY_TYPE: dict[str, type[RequestBase]] = {
     "completion": CompletionRequest,
@@ -192,10 +202,37 @@ class OpenAISamplingBody(StrictModel):
         return Params.model_validate(fields)
 
 
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(token, int) and not isinstance(token, bool) for token in value)
+
+
 class OpenAICompletionBody(OpenAISamplingBody):
-    prompt: str
+    # OpenAI's four forms: a string, a list of strings, a list of token ids, a list of such lists; held as the
+    # list of prompts (a string, or token ids), one choice (``n`` choices) each.
+    prompt: list[str | list[int]]
     suffix: str | None = None
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # how many top tokens per step
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompts(cls, prompt: Any) -> Any:
+        if isinstance(prompt, str) or _is_token_ids(prompt):
+            prompt = [prompt]
+        if not (isinstance(prompt, list) and prompt and (all(isinstance(each, str) for each in prompt)
+                                                         or all(_is_token_ids(each) for each in prompt))):
+            raise ValueError("must be a string, a list of strings, a list of token ids or a list of lists of "
+                             "token ids (at least one prompt, each list of token ids with at least one)")
+        negative = next((token for each in prompt if isinstance(each, list) for token in each if token < 0), None)
+        if negative is not None:
+            raise ValueError(f"token ids cannot be negative ({negative})")
+        return prompt
+
+    @model_validator(mode="after")
+    def _suffix_with_text(self) -> OpenAICompletionBody:
+        if self.suffix is not None and not isinstance(self.prompt[0], str):
+            raise ValueError("suffix (fill-in-the-middle) needs text prompts, not token ids")
+        return self
 
     def params(self) -> Params:
         return super().params().model_copy(update={"logprobs": self.logprobs})
@@ -228,13 +265,17 @@ class OpenAIBatchLine(StrictModel):
     body: dict[str, Any]
 
 
-def request_from_openai(line: OpenAIBatchLine) -> Request:
-    """The native request an OpenAI Batch API line asks for (``suffix`` in a completions body means FIM)."""
+def request_from_openai(line: OpenAIBatchLine) -> tuple[Request, ...]:
+    """The native requests an OpenAI Batch API line asks for: one, or one per prompt of a completions body's
+    list (``suffix`` in a completions body means FIM, for each prompt)."""
     common: dict[str, Any] = {"id": line.custom_id}
     if line.url == "/v1/chat/completions":
         chat = OpenAIChatBody.model_validate(line.body)
-        return ChatRequest(messages=chat.messages, params=chat.params(), **common)
+        return (ChatRequest(messages=chat.messages, params=chat.params(), **common),)
     body = OpenAICompletionBody.model_validate(line.body)
+    common["params"] = body.params()
     if body.suffix is not None:
-        return FimRequest(prefix=body.prompt, suffix=body.suffix, params=body.params(), **common)
-    return CompletionRequest(prompt=body.prompt, params=body.params(), **common)
+        return tuple(FimRequest(prefix=prompt, suffix=body.suffix, **common) for prompt in body.prompt
+                     if isinstance(prompt, str))
+    return tuple(CompletionRequest(prompt=prompt, **common) if isinstance(prompt, str)
+                 else TokenIdsRequest(prompt_token_ids=prompt, **common) for prompt in body.prompt)

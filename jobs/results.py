@@ -21,13 +21,15 @@ class ItemInfo:
     type: str
     openai: bool
     metadata: dict[str, Any] | None
-    prompt: str | None = None  # set when the job echoes prompts
-    prompt_token_ids: list[int] | None = None
+    # Set when the job echoes prompts; a line of several prompts has a list of each.
+    prompt: str | list[str] | None = None
+    prompt_token_ids: list[int] | list[list[int]] | None = None
 
     @classmethod
     def from_shard_item(cls, item: dict[str, Any]) -> ItemInfo:
+        ids = [item["ids"], *item["more"]] if "more" in item else item["ids"]
         return cls(item["i"], item["id"], item["type"], bool(item.get("openai")), item.get("metadata"),
-                   item.get("prompt"), item["ids"] if "prompt" in item else None)
+                   item.get("prompt"), ids if "prompt" in item else None)
 
 
 @dataclass(frozen=True)

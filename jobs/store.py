@@ -414,9 +414,10 @@ class JobStore:
         pipe.hincrby(f"{self.job_key(job_id)}:attempts", shard_key, 1)
         return int(pipe.execute()[1])
 
-    def item_attempt(self, job_id: str, index: int) -> int:
-        """Count one more start of an item run on its own; returns the count, this one included."""
-        return int(self.client.hincrby(f"{self.job_key(job_id)}:item_attempts", str(index), 1))
+    def item_attempt(self, job_id: str, key: str) -> int:
+        """Count one more start of an item (or of one prompt of an item of several: its engine request key) run
+        on its own; returns the count, this one included."""
+        return int(self.client.hincrby(f"{self.job_key(job_id)}:item_attempts", key, 1))
 
     def release(self, worker: str, shard_key: str) -> bool:
         """Drop ``worker``'s claim of the shard; True for the one caller that removed it (the owner, or one

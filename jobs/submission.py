@@ -22,6 +22,7 @@ from dscbatch.jobs.grouping import PrefixSorter, cut_shards
 from dscbatch.jobs.reader import (
     DEFAULT_MAX_LINE_BYTES,
     MAX_REPORTED_PROBLEMS,
+    FileCheck,
     Line,
     check_file,
     read_lines,
@@ -66,12 +67,15 @@ class SubmitOptions:
 
 
 def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: SubmitOptions,
-               progress: Progress | None = None) -> str:
-    """Create the job and enqueue its shards; returns the job id. Raises InvalidInputError in strict mode."""
-    check = check_file(path, max_line_bytes=options.max_line_bytes)
+               progress: Progress | None = None, *, check: FileCheck | None = None,
+               tokenizer: ModelTokenizer | None = None) -> str:
+    """Create the job and enqueue its shards; returns the job id. Raises InvalidInputError in strict mode.
+    ``check``: the file's validation pass when the caller has made it; ``tokenizer``: the model's, when the
+    caller holds it loaded (a server submitting many jobs)."""
+    check = check or check_file(path, max_line_bytes=options.max_line_bytes)
     if not options.skip_invalid:
         require_valid(check)
-    job = _Rendering(store, path, options, progress)
+    job = _Rendering(store, path, options, progress, tokenizer or ModelTokenizer.load(options.model))
     with PrefixSorter(dedup=options.dedup) as sorter:
         ordered = sorter.order(job.items()) if options.group_prefixes else job.items()
         shards = cut_shards(ordered, options.shard_max_requests, options.shard_max_tokens)
@@ -103,12 +107,13 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
 class _Rendering:
     """The rendering pass: shard items for the lines the model can serve, error records for the others."""
 
-    def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None) -> None:
+    def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None,
+                 tokenizer: ModelTokenizer) -> None:
         self.store = store
         self.path = path
         self.options = options
         self.progress = progress
-        self.tokenizer = ModelTokenizer.load(options.model)
+        self.tokenizer = tokenizer
         self.renderer = Renderer(self.tokenizer, options.defaults, options.max_model_len)
         self.id = new_job_id()
         self.header: dict[str, Any] = {"job": self.id, "model": model_name(options.model),
@@ -126,27 +131,32 @@ class _Rendering:
                 self.progress(self.total)
 
     def _render_chunk(self, chunk: list[tuple[int, Line]]) -> Iterator[dict[str, Any]]:
-        valid = [(index, line, line.request) for index, line in chunk if line.request is not None]
-        rendered = dict(zip((index for index, _, _ in valid),
-                            self.renderer.render_many([request for _, _, request in valid]), strict=True))
+        # Every prompt of the chunk's lines, tokenized in one batch; a line with several gets one item for all.
+        flat = [request for _, line in chunk for request in line.requests]
+        rendered = iter(self.renderer.render_many(flat))
         specs: dict[int, str] = {}  # the verify specs of this chunk's items that carry one
         for index, line in chunk:
             request = line.request
             kind = request.type if request is not None else "invalid"
-            result = rendered.get(index) or RequestError(
-                "invalid_request", "; ".join(f"{p.field}: {p.message}" for p in line.problems))
-            if isinstance(result, RequestError):
+            prompts = [next(rendered) for _ in line.requests]
+            result = next((each for each in prompts if isinstance(each, RequestError)), None)
+            if request is None:
+                result = RequestError("invalid_request", "; ".join(f"{p.field}: {p.message}" for p in line.problems))
+            if result is not None:
                 self._refuse(line.number, index, line.id, kind, line.openai, request, result)
                 continue
             assert request is not None
-            item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": result.prompt_token_ids,
-                                    "params": result.params.model_dump(exclude_none=True)}
+            first, *more = (each for each in prompts if not isinstance(each, RequestError))
+            item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": first.prompt_token_ids,
+                                    "params": first.params.model_dump(exclude_none=True)}
+            if more:
+                item["more"] = [each.prompt_token_ids for each in more]
             if line.openai:
                 item["openai"] = True
             if request.metadata is not None:
                 item["metadata"] = request.metadata
             if self.options.echo_prompt:
-                item["prompt"] = result.prompt
+                item["prompt"] = [first.prompt, *(each.prompt for each in more)] if more else first.prompt
             if request.verify is not None:
                 item["verify"] = True
                 specs[index] = request.verify.model_dump_json()

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import ApiError, ConflictApiError, DscbatchError
-from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS, Line, read_lines
+from dscbatch.jobs.errors import ApiError, ConflictApiError, DscbatchError, InvalidInputError
+from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS, FileCheck, Line, check_file
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import Enqueue, SubmitOptions, submit_job
-from dscbatch.jobs.tokenizer import model_name
+from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 from dscbatch.server.files import FileStore
 from dscbatch.server.models import (
     COMPLETION_WINDOW_SECONDS,
@@ -57,6 +57,7 @@ def new_batch_id() -> str:
 class Validated:
     model: str | None  # the served model every line asked for
     errors: list[BatchError]
+    check: FileCheck | None = None  # the file's validation pass, which the job's submission reuses
 
 
 class BatchService:
@@ -70,6 +71,12 @@ class BatchService:
         self.models = models
         self.enqueuer = enqueuer
         self.records = OwnedRecords(store.client, store.prefix, "batch")
+        self._tokenizers: dict[str, ModelTokenizer] = {}  # loaded once per model, shared by every batch
+
+    def _tokenizer(self, name: str) -> ModelTokenizer:
+        if name not in self._tokenizers:
+            self._tokenizers[name] = ModelTokenizer.load(self.models[name])
+        return self._tokenizers[name]
 
     # Creating
 
@@ -107,7 +114,8 @@ class BatchService:
                                 source=f"{request.input_file_id} (batch {batch_id})")
         try:
             with self.enqueuer() as enqueue:
-                job_id = submit_job(self.store, enqueue, path, options)
+                job_id = submit_job(self.store, enqueue, path, options, check=checked.check,
+                                    tokenizer=self._tokenizer(checked.model))
         except DscbatchError as error:
             self._fail(batch_id, [BatchError(code="invalid_request", message=str(error))])
             return
@@ -119,29 +127,33 @@ class BatchService:
                                        "errors": json.dumps([error.model_dump() for error in errors])})
 
     def _validate(self, path: Path, endpoint: str) -> Validated:
+        """The batch's own checks of each line, in the one validation pass its job's submission then reuses."""
         errors: list[BatchError] = []
-        count = 0
         model: tuple[str, int] | None = None  # the model, and the line that named it first
+
+        def visit(line: Line) -> None:
+            nonlocal model
+            if len(errors) >= MAX_REPORTED_PROBLEMS:
+                return
+            problems = self._line_problems(line, endpoint)
+            if not problems and line.request is not None:
+                name, problem = self._model_of(line, model)
+                model = model or (name, line.number)
+                problems = [problem] if problem else []
+            errors.extend(problems[: MAX_REPORTED_PROBLEMS - len(errors)])
+
         try:
-            for line in read_lines(path):
-                count += 1
-                problems = self._line_problems(line, endpoint)
-                if not problems and line.request is not None:
-                    name, problem = self._model_of(line, model)
-                    model = model or (name, line.number)
-                    problems = [problem] if problem else []
-                errors.extend(problems[: max(0, MAX_REPORTED_PROBLEMS - len(errors))])
-                if len(errors) >= MAX_REPORTED_PROBLEMS:
-                    break
+            check = check_file(path, on_line=visit)
+        except InvalidInputError:
+            return Validated(None, [BatchError(code="empty_file", message="the input file holds no requests")])
         except DscbatchError as error:
             return Validated(None, [BatchError(code="invalid_file", message=str(error))])
-        if count == 0:
-            errors.append(BatchError(code="empty_file", message="the input file holds no requests"))
-        elif count > self.settings.max_batch_lines:
+        count = check.requests + check.invalid_lines
+        if count > self.settings.max_batch_lines:
             errors.append(BatchError(code="too_many_requests", message=(
                 f"the batch has {count} requests, over the limit of {self.settings.max_batch_lines} "
                 "(DSCBATCH_MAX_BATCH_LINES)")))
-        return Validated(model[0] if model else None, errors)
+        return Validated(model[0] if model else None, errors, check)
 
     @staticmethod
     def _line_problems(line: Line, endpoint: str) -> list[BatchError]:

@@ -18,7 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.errors import ApiError, PayloadTooLargeApiError
-from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, parse_line
+from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, json_problem
 from dscbatch.server.files import FileStore, new_file_id
 from dscbatch.server.models import FileObject
 
@@ -70,9 +70,9 @@ class JsonLinesCheck:
         except UnicodeDecodeError as error:
             self.problem = f"line {self.number}: invalid UTF-8 at byte {error.start + 1}"
             return
-        problems = [problem for problem in parse_line(self.number, text).problems if problem.field == "json"]
-        if problems:
-            self.problem = f"line {self.number}: {problems[0].message}"
+        problem = json_problem(text)
+        if problem is not None:
+            self.problem = f"line {self.number}: {problem}"
 
 
 class Upload:

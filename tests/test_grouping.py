@@ -138,3 +138,12 @@ def test_submit_groups_the_job_by_prefix_and_counts_folded_duplicates(store: Job
     contexts = [sorted({each["prompt"].split("\ncontext ")[1][0] for each in shard}) for shard in shards]
     assert contexts == [["0"], ["1"], ["2"]]
     assert [len(shard) for shard in shards] == [4, 5, 4]
+
+
+def test_an_item_of_several_prompts_folds_only_into_one_with_the_same_prompts_and_counts_all_its_tokens() -> None:
+    several = {**item(0, [5, 6]), "more": [[7, 8, 9]]}
+    items = [several, {**item(1, [5, 6]), "more": [[7]]}, item(2, [5, 6]), {**item(3, [5, 6]), "more": [[7, 8, 9]]}]
+    with PrefixSorter() as sorter:
+        ordered = list(sorter.order(items))
+    assert sorter.folded == 1 and sorted(item_indices(each) for each in ordered) == [[0, 3], [1], [2]]
+    assert [len(shard) for shard in cut_shards([several, item(1, [1]), item(2, [2])], 10, 6)] == [2, 1]

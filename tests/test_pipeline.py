@@ -89,6 +89,34 @@ def test_mixed_file_comes_back_complete_in_order_with_exact_prompt_ids(
                                           for r in results)
 
 
+def test_a_submitted_prompt_list_comes_back_as_one_line_with_each_prompts_ids(
+        settings: Settings, store: JobStore, worker: Any, tiny_model: Path, deepseek_dir: Path,
+        tmp_path: Path) -> None:
+    """``dscbatch submit`` of OpenAI lines whose ``prompt`` is a list (of strings, of token ids): one result line
+    each, choice ``p * n + k`` for prompt ``p``, the echoed prompts and ids in order, usage summed."""
+    reference = Tokenizer.from_file(str(deepseek_dir / "tokenizer.json"))
+    bos = reference.token_to_id("<｜begin▁of▁sentence｜>")
+    prompts = ["def fib(n):\n", "import os\n"]
+    ids = [[bos, *reference.encode(prompt, add_special_tokens=False).ids] for prompt in prompts]
+    path = tmp_path / "lists.jsonl"
+    bodies = [("strings", {"prompt": prompts, "n": 2, "temperature": 0.7, "seed": 1}), ("ids", {"prompt": ids[::-1]})]
+    path.write_text("".join(json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/completions",
+                                        "body": {"max_tokens": 3, "ignore_eos": True, **body}}) + "\n"
+                            for custom_id, body in bodies))
+    submitted = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--echo-prompt", "--wait")
+    assert "2/2 items" in submitted.stderr
+    out = tmp_path / "lists.out"
+    dscbatch(settings, "results", submitted.stdout.strip().splitlines()[-1], "-o", str(out))
+    strings, token_ids = (result["response"]["body"] for result in read_jsonl(out))
+    assert [choice["index"] for choice in strings["choices"]] == [0, 1, 2, 3]
+    assert strings["prompt"] == [f"<｜begin▁of▁sentence｜>{prompt}" for prompt in prompts]
+    assert strings["prompt_token_ids"] == ids and token_ids["prompt_token_ids"] == ids[::-1]
+    assert [choice["index"] for choice in token_ids["choices"]] == [0, 1]
+    for body in (strings, token_ids):
+        assert body["usage"]["prompt_tokens"] == len(ids[0]) + len(ids[1])
+        assert body["usage"]["completion_tokens"] == 3 * len(body["choices"])
+
+
 def test_two_jobs_at_once(settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
     files = []
     for name in ("a", "b"):

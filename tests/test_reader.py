@@ -168,3 +168,38 @@ def test_openai_bodies_with_response_format_penalties_and_content_parts(tmp_path
         "body.stream: Input should be False",
         "body.response_format: json_schema is required with type json_schema, and only then",
         "body.response_format.type: Input should be 'text', 'json_object' or 'json_schema'"]
+
+
+def openai_completion(custom_id: str, **body: object) -> str:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body}) + "\n"
+
+
+def test_openai_prompt_lists_give_one_request_per_prompt_and_bad_forms_are_named(tmp_path: Path) -> None:
+    """OpenAI's four prompt forms (a string, strings, token ids, lists of token ids); FIM's suffix goes with each
+    prompt; every request of a line has its custom_id and params."""
+    path = write(tmp_path, "".join([
+        openai_completion("strings", prompt=["a", "b", "c"], n=2, temperature=0.5),
+        openai_completion("ids", prompt=[1, 2, 3]),
+        openai_completion("id-lists", prompt=[[1, 2], [3]]),
+        openai_completion("fim", prompt=["def f():\n    ", "def g():\n    "], suffix="\n"),
+        openai_completion("mixed", prompt=["a", [1, 2]]),
+        openai_completion("empty", prompt=[]),
+        openai_completion("empty-ids", prompt=[[1], []]),
+        openai_completion("negative", prompt=[[1, -2]]),
+        openai_completion("ids-with-suffix", prompt=[1, 2], suffix="x"),
+    ]))
+    lines = list(read_lines(path))
+    kinds = [[type(request).__name__ for request in line.requests] for line in lines[:4]]
+    assert kinds == [["CompletionRequest"] * 3, ["TokenIdsRequest"], ["TokenIdsRequest"] * 2, ["FimRequest"] * 2]
+    strings, ids, id_lists, fim = (line.requests for line in lines[:4])
+    assert [r.prompt for r in strings] == ["a", "b", "c"]  # type: ignore[union-attr]
+    assert {(r.id, r.params.n, r.params.temperature) for r in strings} == {("strings", 2, 0.5)}
+    assert [r.prompt_token_ids for r in ids + id_lists] == [[1, 2, 3], [1, 2], [3]]  # type: ignore[union-attr]
+    assert [(r.prefix, r.suffix) for r in fim] == [("def f():\n    ", "\n"), ("def g():\n    ", "\n")]  # type: ignore[union-attr]
+    forms = ("must be a string, a list of strings, a list of token ids or a list of lists of token ids (at least "
+             "one prompt, each list of token ids with at least one)")
+    assert [str(p) for line in lines[4:] for p in line.problems] == [
+        f"{path}:5: body.prompt: {forms}", f"{path}:6: body.prompt: {forms}", f"{path}:7: body.prompt: {forms}",
+        f"{path}:8: body.prompt: token ids cannot be negative (-2)",
+        f"{path}:9: body: suffix (fill-in-the-middle) needs text prompts, not token ids"]
+    assert check_file(path).requests == 4

@@ -10,6 +10,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from dscbatch.jobs.errors import RequestError
+from dscbatch.jobs.reader import parse_line
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import (
     ChatMessage,
@@ -20,6 +21,7 @@ from dscbatch.jobs.requests import (
     RepoFile,
     RepoRequest,
     RepoTarget,
+    TokenIdsRequest,
 )
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
@@ -230,3 +232,29 @@ def test_batch_rendering_gives_each_request_the_ids_of_rendering_it_alone(tokeni
         else:
             assert rendered == alone
     assert [isinstance(r, RequestError) for r in batched] == [False, False, True, False, False]
+
+
+def test_a_prompt_list_renders_each_prompt_as_alone_and_token_ids_run_as_given(tokenizer: ModelTokenizer,
+                                                                               reference: Tokenizer) -> None:
+    """An OpenAI completions line with a list of prompts (FIM's suffix with each); token id prompts keep their
+    ids exactly (no BOS added, as vLLM's OpenAI server runs them); an id outside the vocabulary is refused."""
+    renderer = Renderer(tokenizer)
+    body = {"prompt": ["def f():\n", "x = 1\n"], "suffix": "\nprint(f())\n", "max_tokens": 8}
+    fim = parse_line(1, json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": body}))
+    rendered = renderer.render_many(fim.requests)
+    assert rendered == [renderer.render(FimRequest(id="a", prefix=prefix, suffix="\nprint(f())\n",
+                                                   params=Params(max_tokens=8))) for prefix in body["prompt"]]
+    assert [r.prompt_token_ids for r in rendered] == [  # type: ignore[union-attr]
+        [BOS, FIM_BEGIN, *ref_ids(reference, prefix), FIM_HOLE, *ref_ids(reference, "\nprint(f())\n"), FIM_END]
+        for prefix in body["prompt"]]
+    ids = ref_ids(reference, "def f():\n")
+    tokens = parse_line(1, json.dumps({"custom_id": "t", "method": "POST", "url": "/v1/completions",
+                                       "body": {"prompt": [ids, [BOS, *ids], [32013, 99999]]}}))
+    plain, with_bos, outside = renderer.render_many(tokens.requests)
+    assert not isinstance(plain, RequestError) and not isinstance(with_bos, RequestError)
+    assert plain.prompt_token_ids == ids and plain.prompt == "def f():\n"
+    assert with_bos.prompt_token_ids == [BOS, *ids] == renderer.render(CompletionRequest(
+        id="t", prompt="def f():\n")).prompt_token_ids
+    assert isinstance(outside, RequestError) and (outside.code, outside.message) == (
+        "invalid_request", f"prompt token id 99999 is outside the model's vocabulary of {renderer.vocab_size} tokens")
+    assert renderer.render(TokenIdsRequest(id="t", prompt_token_ids=ids)) == plain

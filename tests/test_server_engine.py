@@ -13,7 +13,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
 from dscbatch.jobs.store import JobStore
-from dscbatch.jobs.tokenizer import model_name
+from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 from dscbatch.server.keys import ApiKeys
 
 from .batch_api import Server, chat_line, completion_line, file_lines, jsonl, keys, server, wait_for
@@ -100,3 +100,43 @@ def test_structured_outputs_obey_the_response_format(server: Server, keys: ApiKe
     assert answer in ({"answer": "yes"}, {"answer": "no"})
     assert (output["object"].choices[0].message.content or "").startswith("{")
     assert output["parts"].usage is not None and output["parts"].usage.completion_tokens <= 4
+
+
+def test_prompt_lists_give_one_line_with_a_choice_per_prompt_in_order(server: Server, keys: ApiKeys, store: JobStore,
+                                                                      worker: Any, tiny_model: Path) -> None:
+    """``prompt`` as a list of strings, of token ids, with FIM's suffix and with ``n``: one line per custom_id,
+    choice ``p * n + k`` answering prompt ``p`` (greedy choices equal the same prompts sent alone), usage summed;
+    a list with a token outside the vocabulary fails as one line."""
+    model = model_name(str(tiny_model))
+    prompts = ["def fib(n):\n", "import os\n", "class A:\n"]
+    tokenizer = ModelTokenizer.load(str(tiny_model))
+    ids, rendered = tokenizer.encode(prompts[0]), tokenizer.with_bos(tokenizer.encode(prompts[0]))
+    suffix = "\n\nprint(add(1, 2))\n"
+    lines = [completion_line("list", model, prompt=prompts),
+             *(completion_line(f"alone-{number}", model, prompt=prompt) for number, prompt in enumerate(prompts)),
+             completion_line("token-ids", model, prompt=[rendered, rendered]),
+             completion_line("sampled", model, prompt=prompts[:2], n=2, temperature=0.8, seed=3),
+             completion_line("fim-list", model, prompt=["def add(a, b):\n    ", "def sub(a, b):\n    "], suffix=suffix),
+             completion_line("fim-alone", model, prompt="def sub(a, b):\n    ", suffix=suffix),
+             completion_line("outside", model, prompt=[ids, [99999]])]
+    client, batch = run_batch(server, keys, store, "prompt-lists-user", "/v1/completions", lines)
+    output = {r["custom_id"]: Completion.model_validate(r["response"]["body"])
+              for r in file_lines(client, batch.output_file_id)}
+    errors = file_lines(client, batch.error_file_id)
+    assert list(output) == [line["custom_id"] for line in lines[:-1]]  # one line each, input order
+    assert [(r["custom_id"], r["error"]["code"]) for r in errors] == [("outside", "invalid_request")]
+    assert batch.request_counts.model_dump() == {"total": 9, "completed": 8, "failed": 1}
+    alone = [output[f"alone-{number}"] for number in range(3)]
+    listed = output["list"]
+    assert [choice.index for choice in listed.choices] == [0, 1, 2]
+    assert [choice.text for choice in listed.choices] == [body.choices[0].text for body in alone]
+    assert listed.usage is not None and all(body.usage is not None for body in alone)
+    assert (listed.usage.prompt_tokens, listed.usage.completion_tokens) == (
+        sum(b.usage.prompt_tokens for b in alone if b.usage), sum(b.usage.completion_tokens for b in alone if b.usage))
+    tokens = output["token-ids"]
+    assert [choice.text for choice in tokens.choices] == [alone[0].choices[0].text] * 2
+    assert tokens.usage is not None and alone[0].usage is not None
+    assert tokens.usage.prompt_tokens == 2 * alone[0].usage.prompt_tokens == 2 * len(rendered)
+    assert [choice.index for choice in output["sampled"].choices] == [0, 1, 2, 3]
+    assert [choice.index for choice in output["fim-list"].choices] == [0, 1]
+    assert output["fim-list"].choices[1].text == output["fim-alone"].choices[0].text

@@ -15,13 +15,13 @@ from celery import Celery
 from dscbatch.jobs.errors import DscbatchError, RequestError
 from dscbatch.jobs.finalize import finalize
 from dscbatch.jobs.grouping import folded_items, item_indices
-from dscbatch.jobs.requests import Params
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.workers.app import RUN_SHARD
 from dscbatch.workers.batching import EngineLoop
 from dscbatch.workers.engine import EngineRequest, EngineResult
 from dscbatch.workers.observer import WorkerObserver
+from dscbatch.workers.prompts import Gather, engine_requests
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ class ShardRunner:
         items = payload["items"]
         settled = self.store.settled(job_id, [index for item in items for index in item_indices(item)])
         todo = {str(item["i"]): item for item in items if not settled.issuperset(item_indices(item))}
-        requests = [EngineRequest(key, item["ids"], Params.model_validate(item["params"]), payload["stop"])
-                    for key, item in todo.items()]
+        requests = [request for key, item in todo.items() for request in engine_requests(key, item, payload["stop"])]
+        gather = Gather(requests)
         self.observer.shard_started(job_id, len(requests))
         isolating = attempts > MAX_SHARD_ATTEMPTS
         if isolating:
@@ -135,7 +135,9 @@ class ShardRunner:
         stream = (self._one_at_a_time(job_id, requests) if isolating
                   else self.loop.stream(requests, should_stop=self._must_stop))
         try:
-            for result in stream:
+            for answer in stream:
+                if (result := gather.add(answer)) is None:
+                    continue  # a prompt of an item with several, whose others have not all finished
                 results.append(result)
                 entries += _entries(payload, todo[result.key], result)
                 if isolating or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
@@ -145,10 +147,10 @@ class ShardRunner:
             stream.close()
             stored += self._record(job_id, entries, shard_key)
         self.observer.shard_finished(job_id, results, len(settled), time.monotonic() - started)
-        if len(results) < len(requests):
+        if len(results) < len(todo):
             self.requeue(job_id, shard_key)
             log.warning("%s: stopping; %d items stored, the other %d handed back to the queue", shard_key,
-                        len(results), len(requests) - len(results))
+                        len(results), len(todo) - len(results))
         else:
             self._finished(job_id, shard_key)
         log.info("%s: %d items, %d already done, %d stored", shard_key, len(items), len(settled), stored)
@@ -180,7 +182,7 @@ class ShardRunner:
             for request in requests:
                 if self._must_stop():
                     return
-                crashes = self.store.item_attempt(job_id, int(request.key)) - 1
+                crashes = self.store.item_attempt(job_id, request.key) - 1
                 if crashes >= MAX_ITEM_CRASHES:
                     error = RequestError("engine_error", f"the request stopped the engine {crashes} times; it "
                                                          "is not run again (`dscbatch retry` runs it once more)")
