@@ -163,14 +163,19 @@ def parse_cli(args: list[str]) -> tuple[str, dict[str, Any]]:
     return args[0], dict(context.params)
 
 
-def worker_view(docs: list[Doc]) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
-    """The pool's worker Deployment, its container, its environment and its parsed ``dscbatch worker`` args."""
-    deployment = component(docs, "Deployment", "worker")
+def deployment_view(docs: list[Doc], role: str) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
+    """The Deployment of component ``role``, its container, its environment and its parsed ``dscbatch ROLE`` args."""
+    deployment = component(docs, "Deployment", role)
     container = only_container(deployment)
     env = container_env(docs, container)
     command, params = parse_cli([expand(arg, env) for arg in container["args"]])
-    assert command == "worker"
+    assert command == role
     return deployment, container, env, params
+
+
+def worker_view(docs: list[Doc]) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
+    """The pool's worker Deployment, its container, its environment and its parsed ``dscbatch worker`` args."""
+    return deployment_view(docs, "worker")
 
 
 def settings_of(env: dict[str, str]) -> Settings:
@@ -377,17 +382,23 @@ def test_the_model_cache_is_a_pvc_at_hf_home(overlay: str, docs: list[Doc]) -> N
     assert claim["spec"]["accessModes"] == (["ReadWriteMany"] if GPUS[overlay] else ["ReadWriteOnce"])
 
 
-def test_probes_use_healthz_and_allow_for_the_model_download(docs: list[Doc]) -> None:
-    _, container, _, params = worker_view(docs)
+def check_heartbeat_probes(container: Doc, port: int, startup_seconds: int) -> None:
+    """A queue consumer's probes: /healthz (its heartbeat to Redis is fresh) on its metrics port, a startup probe
+    that allows ``startup_seconds``, a liveness probe that tolerates a few minutes of a slow Redis, no readiness."""
     for probe in ("startupProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
-        assert get["path"] == "/healthz" and named_port(container, get["port"]) == params["metrics_port"]
+        assert get["path"] == "/healthz" and named_port(container, get["port"]) == port
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= startup_seconds
     liveness = container["livenessProbe"]
-    # The heartbeat is every 10 s and fresh for 30 s: tolerate a few minutes of a slow Redis.
+    # The heartbeats are every 10 s and fresh for 30 s.
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 120
     assert "readinessProbe" not in container  # a queue consumer serves no traffic
+
+
+def test_probes_use_healthz_and_allow_for_the_model_download(docs: list[Doc]) -> None:
+    _, container, _, params = worker_view(docs)
+    check_heartbeat_probes(container, params["metrics_port"], 30 * 60)
 
 
 def test_the_grace_period_outlasts_the_warm_shutdown(docs: list[Doc]) -> None:
@@ -481,12 +492,7 @@ def test_cpu_dev_needs_no_operator() -> None:
 
 def executor_view(docs: list[Doc]) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
     """The executor Deployment, its container, its environment and its parsed ``dscbatch executor`` args."""
-    deployment = one(docs, "Deployment", "dscbatch-executor")
-    container = only_container(deployment)
-    env = container_env(docs, container)
-    command, params = parse_cli([expand(arg, env) for arg in container["args"]])
-    assert command == "executor"
-    return deployment, container, env, params
+    return deployment_view(docs, "executor")
 
 
 def _quantity_bytes(quantity: str) -> int:
@@ -525,17 +531,9 @@ def test_the_executor_probes_its_heartbeat(docs: list[Doc]) -> None:
     from dscbatch.executor.worker import HEARTBEAT_TTL_SECONDS, SWEEP_SECONDS
 
     _, container, _, params = executor_view(docs)
-    for probe in ("startupProbe", "livenessProbe"):
-        get = container[probe]["httpGet"]
-        assert get["path"] == "/healthz" and named_port(container, get["port"]) == params["metrics_port"]
-    # /healthz is 503 until the first heartbeat, which follows the sandbox check at start.
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
-    # Tolerate a few minutes of a slow Redis: many times the heartbeat's freshness.
-    liveness = container["livenessProbe"]
-    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= max(120, 4 * HEARTBEAT_TTL_SECONDS)
-    assert HEARTBEAT_TTL_SECONDS > SWEEP_SECONDS
-    assert "readinessProbe" not in container
+    # /healthz is 503 until the first heartbeat, which follows the sandbox check at start: seconds.
+    check_heartbeat_probes(container, params["metrics_port"], 60)
+    assert (SWEEP_SECONDS, HEARTBEAT_TTL_SECONDS) == (10, 30)
 
 
 def test_the_executor_pod_may_build_sandboxes_and_nothing_more(docs: list[Doc]) -> None:
