@@ -528,12 +528,12 @@ def test_the_executor_stays_off_the_gpu_nodes(docs: list[Doc]) -> None:
 
 
 def test_the_executor_probes_its_heartbeat(docs: list[Doc]) -> None:
-    from dscbatch.executor.worker import HEARTBEAT_TTL_SECONDS, SWEEP_SECONDS
+    from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 
     _, container, _, params = executor_view(docs)
     # /healthz is 503 until the first heartbeat, which follows the sandbox check at start: seconds.
     check_heartbeat_probes(container, params["metrics_port"], 60)
-    assert (SWEEP_SECONDS, HEARTBEAT_TTL_SECONDS) == (10, 30)
+    assert (HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS) == (10, 30)
 
 
 def test_the_executor_pod_may_build_sandboxes_and_nothing_more(docs: list[Doc]) -> None:
