@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 
-import redis
 from celery import Celery
 
 from dscbatch.executor.observer import ExecutorObserver
@@ -24,34 +22,27 @@ from dscbatch.executor.tasks import Verifier, enqueue_verifications, executor_qu
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.app import make_app, require_json_only
+from dscbatch.workers.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
 
 log = logging.getLogger(__name__)
 
-SWEEP_SECONDS = 10
-HEARTBEAT_TTL_SECONDS = 3 * SWEEP_SECONDS
 
-
-class Sweeper(threading.Thread):
+class Sweeper(HeartbeatLoop):
     def __init__(self, store: JobStore, app: Celery, hostname: str, stale_seconds: float,
                  observer: ExecutorObserver) -> None:
-        super().__init__(name="dscbatch-sweeper", daemon=True)
+        super().__init__(name="dscbatch-sweeper", what="executor heartbeat")
         self.store = store
         self.app = app
         self.hostname = hostname
         self.stale_seconds = stale_seconds
         self.observer = observer
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.store.beat_executor(self.hostname, {"pid": os.getpid(), "seen": time.time()},
-                                         ttl=HEARTBEAT_TTL_SECONDS)
-                self.observer.heartbeat(HEARTBEAT_TTL_SECONDS)
-                self.sweep()
-            except redis.RedisError:
-                log.warning("executor heartbeat to Redis failed; retrying", exc_info=True)
-            self.stopping.wait(SWEEP_SECONDS)
+    def beat(self) -> None:
+        self.store.beat_executor(self.hostname, {"pid": os.getpid(), "seen": time.time()}, ttl=HEARTBEAT_TTL_SECONDS)
+        self.observer.heartbeat(HEARTBEAT_TTL_SECONDS)
+
+    def upkeep(self) -> None:
+        self.sweep()
 
     def sweep(self) -> int:
         stale = self.store.take_stale_verifications(self.stale_seconds)
@@ -59,9 +50,6 @@ class Sweeper(threading.Thread):
             log.warning("%s/%d waited %.0f s for a verdict; queueing it again", job_id, index, self.stale_seconds)
             enqueue_verifications(self.app, self.store.prefix, job_id, [index])
         return len(stale)
-
-    def stop(self) -> None:
-        self.stopping.set()
 
 
 def run_executor(settings: Settings, observer: ExecutorObserver | None = None, loglevel: str = "INFO") -> None:

@@ -24,7 +24,7 @@ from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
-from dscbatch.workers.liveness import HEARTBEAT_SECONDS
+from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS
 
 from .conftest import start_worker, start_workers
 from .test_pipeline import dscbatch, read_jsonl

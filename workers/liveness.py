@@ -12,53 +12,43 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from typing import Any
-
-import redis
 
 from dscbatch.jobs.finalize import reap_finalizers
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers import reaper
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.engine import Engine
+from dscbatch.workers.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
 from dscbatch.workers.observer import WorkerObserver
 from dscbatch.workers.tasks import Requeue
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10
-# After this long without a heartbeat a worker counts as gone: its Redis key expires, /healthz answers 503.
-HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
 
-
-class Heartbeat(threading.Thread):
+class Heartbeat(HeartbeatLoop):
     def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Engine,
                  observer: WorkerObserver, requeue: Requeue) -> None:
-        super().__init__(name="dscbatch-heartbeat", daemon=True)
+        super().__init__(name="dscbatch-heartbeat", what="heartbeat")
         self.store = store
         self.hostname = hostname
         self.info = info
         self.engine = engine
         self.observer = observer
         self.requeue = requeue
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            if not self.engine.alive():
-                # A dead engine child never answers: the shard in flight would wait forever. Exit instead;
-                # the claim is requeued by the next worker's heartbeat.
-                log.critical("the vLLM engine's process died; exiting with status %d", ENGINE_DIED_EXIT)
-                os._exit(ENGINE_DIED_EXIT)
-            try:
-                self.store.beat(self.hostname, {**self.info, "seen": time.time()}, ttl=HEARTBEAT_TTL_SECONDS)
-                self.observer.heartbeat(HEARTBEAT_TTL_SECONDS)
-                self.requeue_orphans()
-            except redis.RedisError:
-                log.warning("heartbeat to Redis failed; retrying", exc_info=True)
-            self.stopping.wait(HEARTBEAT_SECONDS)
+    def beat(self) -> None:
+        if not self.engine.alive():
+            # A dead engine child never answers: the shard in flight would wait forever. Exit instead;
+            # the claim is requeued by the next worker's heartbeat.
+            log.critical("the vLLM engine's process died; exiting with status %d", ENGINE_DIED_EXIT)
+            os._exit(ENGINE_DIED_EXIT)
+        self.store.beat(self.hostname, {**self.info, "seen": time.time()}, ttl=HEARTBEAT_TTL_SECONDS)
+        self.observer.heartbeat(HEARTBEAT_TTL_SECONDS)
+
+    def upkeep(self) -> None:
+        self.requeue_orphans()
 
     def requeue_orphans(self) -> None:
         # Results files first: a requeued shard of a settled job finds the dead writer's claim gone.
@@ -71,6 +61,3 @@ class Heartbeat(threading.Thread):
                 self.requeue(job_id, shard_key)
         # Delivered to a worker that died before claiming it: back on the queue, not after the visibility timeout.
         reaper.requeue_unclaimed(self.store, delivered, HEARTBEAT_TTL_SECONDS, self.store.live_claims())
-
-    def stop(self) -> None:
-        self.stopping.set()

