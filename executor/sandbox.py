@@ -20,6 +20,12 @@ is reaped, which would leave that child to the host's pid 1: a zombie that still
 uid's process limit (and never goes away where the executor is a container's pid 1). The executor is
 therefore a child subreaper (``PR_SET_CHILD_SUBREAPER``) and reaps each run's init by its pid itself.
 
+bwrap reports its child's pid before that child mounts the sandbox's file systems, and a mount that fails
+there (a container runtime's masked ``/proc``) or a Python that cannot start exits like a failing program. So
+the sandbox's Python first writes one byte to a *start pipe*, closes it, and only then executes the program:
+a run that ends without that byte is the host's failure (``sandbox_error``), never the sample's, and the
+program cannot fake it (the pipe is closed before its first line runs).
+
 Without ``bwrap`` nothing runs: :class:`Sandbox` raises :class:`SandboxError` rather than fall back.
 """
 
@@ -58,6 +64,8 @@ SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory")
 READ_CHUNK = 1 << 16
 PR_SET_CHILD_SUBREAPER = 36
+# Run by the sandbox's Python under its limits: mark the start pipe, close it, then become the program.
+START = "import os; os.write({fd}, b'1'); os.close({fd}); os.execv({python}, [{python}, '-I', '-B', '/tmp/main.py'])"
 
 
 @dataclass(frozen=True)
@@ -145,16 +153,19 @@ class Sandbox:
         started = time.monotonic()
         with self._identity() as identity, _program_fd(program) as program_fd:
             status_read, status_write = os.pipe()
+            start_read, start_write = os.pipe()
             try:
                 try:
                     process = subprocess.Popen(
-                        self._command(program_fd, status_write), stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(program_fd, status_write),
+                        self._command(program_fd, status_write, start_write), stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        pass_fds=(program_fd, status_write, start_write),
                         env={}, start_new_session=True, **identity)
                 except OSError as error:
                     return Verdict("sandbox_error", f"cannot start bwrap: {error}", time.monotonic() - started)
                 finally:
                     os.close(status_write)
+                    os.close(start_write)
                 try:
                     stopped, tail = self._watch(process, started)
                 finally:
@@ -166,10 +177,12 @@ class Sandbox:
                     process.stdout.close()
                 status = _read_status(status_read)
                 _reap(status)
+                program_started = _drain(start_read) != b""
             finally:
                 os.close(status_read)
+                os.close(start_read)
         seconds = time.monotonic() - started
-        return _verdict(stopped, tail, status, process.returncode, self.limits, seconds)
+        return _verdict(stopped, tail, status, program_started, process.returncode, self.limits, seconds)
 
     @contextlib.contextmanager
     def _identity(self) -> Iterator[dict[str, Any]]:
@@ -179,7 +192,7 @@ class Sandbox:
         with self._slots.lease() as uid:
             yield {"user": uid, "group": uid, "extra_groups": []}
 
-    def _command(self, program_fd: int, status_fd: int) -> list[str]:
+    def _command(self, program_fd: int, status_fd: int, start_fd: int) -> list[str]:
         limits = self.limits
         binds: list[str] = []
         for directory in SYSTEM_DIRS:
@@ -201,7 +214,7 @@ class Sandbox:
             "--uid", str(INNER_ID), "--gid", str(INNER_ID), "--json-status-fd", str(status_fd), "--",
             self.prlimit, f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
             f"--nproc={limits.processes}", f"--fsize={limits.file_bytes}", f"--nofile={limits.open_files}",
-            "--core=0", "--", self.python, "-I", "-B", "/tmp/main.py",
+            "--core=0", "--", self.python, "-I", "-S", "-c", START.format(fd=start_fd, python=repr(self.python)),
         ]
 
     def _watch(self, process: subprocess.Popen[bytes], started: float) -> tuple[str | None, bytes]:
@@ -253,16 +266,21 @@ def _reap(status: dict[str, Any]) -> None:
                 os.waitpid(child, 0)
 
 
-def _read_status(fd: int) -> dict[str, Any]:
-    """bwrap's JSON status documents merged: ``child-pid`` once the program started, then ``exit-code``."""
+def _drain(fd: int) -> bytes:
+    """What a pipe holds once every writer is gone (or has stopped writing)."""
     os.set_blocking(fd, False)
     data = b""
     with contextlib.suppress(BlockingIOError):
         while chunk := os.read(fd, READ_CHUNK):
             data += chunk
+    return data
+
+
+def _read_status(fd: int) -> dict[str, Any]:
+    """bwrap's JSON status documents merged: ``child-pid`` once its child exists, then ``exit-code``."""
     merged: dict[str, Any] = {}
     decoder = json.JSONDecoder()
-    text, position = data.decode(errors="replace"), 0
+    text, position = _drain(fd).decode(errors="replace"), 0
     while (position := _skip_space(text, position)) < len(text):
         try:
             document, position = decoder.raw_decode(text, position)
@@ -279,14 +297,14 @@ def _skip_space(text: str, position: int) -> int:
     return position
 
 
-def _verdict(stopped: str | None, tail: bytes, status: dict[str, Any], returncode: int, limits: Limits,
-             seconds: float) -> Verdict:
+def _verdict(stopped: str | None, tail: bytes, status: dict[str, Any], program_started: bool, returncode: int,
+             limits: Limits, seconds: float) -> Verdict:
     error = tail.decode(errors="replace")[-ERROR_TAIL_CHARS:]
     if stopped == "timeout":
         return Verdict("timeout", f"ran past the wall-clock limit of {limits.wall_seconds:g} s", seconds)
     if stopped == "output":
         return Verdict("failed", f"printed more than {limits.output_bytes} bytes; stopped", seconds)
-    if "child-pid" not in status:
+    if not program_started:  # bwrap, its mounts, prlimit or Python failed before the program: the host's fault
         return Verdict("sandbox_error", error.strip() or f"bwrap exited with status {returncode}", seconds)
     code = int(status.get("exit-code", returncode))
     if code == 0:

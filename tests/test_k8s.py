@@ -705,9 +705,10 @@ def _runc_config(deployment: Doc, profile: Doc, bundle: Path, secret: str) -> Do
     for link in ("bin", "sbin", "lib", "lib64"):
         if Path(f"/{link}").is_symlink():
             (rootfs / link).symlink_to(os.readlink(f"/{link}"))
+    # /tmp first: a checkout under /tmp (CI's clone) is bound on top of it, not hidden by it.
     config["mounts"] = [m for m in config["mounts"] if m["type"] != "cgroup"] + [
-        {"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]} for path in binds] + [
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}]
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}] + [
+        {"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]} for path in binds]
     linux = config["linux"]
     if context.get("procMount") == "Unmasked":
         linux["maskedPaths"], linux["readonlyPaths"] = [], []
@@ -761,7 +762,7 @@ def test_with_the_runtimes_masked_proc_the_sandbox_cannot_start(executor_deploym
     masked = json.loads(json.dumps(executor_deployment))
     del masked["spec"]["template"]["spec"]["containers"][0]["securityContext"]["procMount"]
     check, _ = _run_in_pod(masked, _profile())
-    assert check["status"] != "passed" and "Can't mount proc" in check["error"]
+    assert check["status"] == "sandbox_error" and "Can't mount proc" in check["error"], check
 
 
 # -- Redis -------------------------------------------------------------------------------------------------------------

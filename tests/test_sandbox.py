@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -158,3 +159,26 @@ def test_without_bwrap_nothing_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SandboxError, match=r"bwrap \(bubblewrap\) is not installed"):
         Sandbox(LIMITS)
+
+
+def test_a_sandbox_whose_python_fails_before_the_program_is_a_sandbox_error() -> None:
+    """bwrap started its child, then the host failed it (here: a Python under /tmp, hidden inside by the sandbox's
+    own /tmp, so it cannot start): not the sample's failure, and the start check refuses such a host."""
+    with tempfile.TemporaryDirectory(prefix="dscbatch-broken-python-") as directory:
+        python = Path(directory) / "bin" / "python3"
+        python.parent.mkdir()
+        python.write_text("#!/bin/sh\necho 'cannot start' >&2\nexit 1\n")
+        for path in (Path(directory), python.parent, python):
+            path.chmod(0o755)  # readable by the slot uid a root executor runs bwrap as
+        broken = Sandbox(LIMITS, str(python))
+        verdict = broken.run("print('never runs')\n")
+        assert verdict.status == "sandbox_error" and f"failed to execute {python}" in verdict.error, verdict
+        with pytest.raises(SandboxError, match="the sandbox does not work on this host: prlimit: failed to execute"):
+            broken.check()
+
+
+def test_a_program_printing_what_bwrap_prints_still_fails(sandbox: Sandbox) -> None:
+    """The sandbox's start mark is closed before the program's first line: the program cannot pass as the host."""
+    program = "import sys\nprint(\"bwrap: Can't mount proc on /newroot/proc: Operation not permitted\")\nsys.exit(1)\n"
+    verdict = sandbox.run(program)
+    assert verdict.status == "failed" and "Can't mount proc" in verdict.error, verdict
