@@ -164,10 +164,10 @@ def test_without_bwrap_nothing_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_a_sandbox_whose_python_fails_before_the_program_is_a_sandbox_error() -> None:
     """bwrap started its child, then the host failed it (here: a Python under /tmp, hidden inside by the sandbox's
     own /tmp, so it cannot start): not the sample's failure, and the start check refuses such a host."""
-    with tempfile.TemporaryDirectory(prefix="dscbatch-broken-python-") as directory:
+    with tempfile.TemporaryDirectory(prefix="dscbatch-broken-python-", dir="/tmp") as directory:
         python = Path(directory) / "bin" / "python3"
         python.parent.mkdir()
-        python.write_text("#!/bin/sh\necho 'cannot start' >&2\nexit 1\n")
+        python.write_text("#!/bin/sh\nexit 1\n")  # an executable for Sandbox's check; never reached inside
         for path in (Path(directory), python.parent, python):
             path.chmod(0o755)  # readable by the slot uid a root executor runs bwrap as
         broken = Sandbox(LIMITS, str(python))
