@@ -294,11 +294,12 @@ def retry(ctx: click.Context, job_id: str) -> None:
 def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None) -> None:
     """Start one vLLM engine and serve the model's queue."""
     from dscbatch.monitoring.worker_metrics import serve_worker_metrics
+    from dscbatch.workers.process_exit import exit_process
     from dscbatch.workers.worker import run_worker
 
     logging.getLogger().setLevel(logging.INFO)
     metrics = None if metrics_port is None else serve_worker_metrics(metrics_port, _settings(ctx), model)
-    run_worker(_settings(ctx), model, _key_values(engine_args, "--engine-arg"), observer=metrics)
+    exit_process(run_worker(_settings(ctx), model, _key_values(engine_args, "--engine-arg"), observer=metrics))
 
 
 @cli.command()
@@ -311,13 +312,14 @@ def executor(ctx: click.Context, concurrency: int | None, metrics_port: int | No
     """Serve the executor queue: run results' outputs against their tests in the sandbox (needs bwrap)."""
     from dscbatch.executor.worker import run_executor
     from dscbatch.monitoring.executor_metrics import serve_executor_metrics
+    from dscbatch.workers.process_exit import exit_process
 
     logging.getLogger().setLevel(logging.INFO)
     settings = _settings(ctx)
     if concurrency is not None:
         settings = settings.model_copy(update={"executor_concurrency": concurrency})
     metrics = None if metrics_port is None else serve_executor_metrics(metrics_port, settings)
-    run_executor(settings, observer=metrics)
+    exit_process(run_executor(settings, observer=metrics))
 
 
 @cli.command()

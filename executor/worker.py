@@ -52,7 +52,8 @@ class Sweeper(HeartbeatLoop):
         return len(stale)
 
 
-def run_executor(settings: Settings, observer: ExecutorObserver | None = None, loglevel: str = "INFO") -> None:
+def run_executor(settings: Settings, observer: ExecutorObserver | None = None, loglevel: str = "INFO") -> int:
+    """Serve until Celery stops (SIGTERM, or an unrecoverable error); returns Celery's exit status."""
     observer = observer or ExecutorObserver()
     sandbox = Sandbox.from_settings(settings)
     sandbox.check()  # refuse to serve where the sandbox does not work
@@ -68,7 +69,9 @@ def run_executor(settings: Settings, observer: ExecutorObserver | None = None, l
     sweeper = Sweeper(store, app, hostname, settings.visibility_timeout, observer)
     sweeper.start()
     try:
-        app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency, queues=[queue],
-                   loglevel=loglevel, without_gossip=True, without_mingle=True, optimization="fair").start()
+        worker = app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency, queues=[queue],
+                            loglevel=loglevel, without_gossip=True, without_mingle=True, optimization="fair")
+        worker.start()
+        return int(worker.exitcode or 0)
     finally:
         sweeper.stop()

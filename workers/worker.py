@@ -32,7 +32,8 @@ from dscbatch.workers.tasks import ShardRunner, register_tasks
 log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], loglevel: str = "INFO",
-               observer: WorkerObserver | None = None) -> None:
+               observer: WorkerObserver | None = None) -> int:
+    """Serve until Celery stops (SIGTERM, or an unrecoverable error); returns Celery's exit status."""
     observer = observer or WorkerObserver()
     app = make_app(settings)
     require_json_only(app)
@@ -71,6 +72,7 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
             without_gossip=True, without_mingle=True, optimization="fair",
         )
         worker.start()
+        return int(worker.exitcode or 0)
     finally:
         housekeeper.stop()
         heartbeat.stop()
