@@ -104,7 +104,7 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
                 f"{job}:item_attempts", f"{job}:verdicts",
                 *(store.shard_key(job_id, number) for number in range(status.shards))]
         committed = bool(store.client.eval(
-            _COMMIT, len(keys), *keys, job_id, worker, str(settlement), url, str(time.time())))
+            _COMMIT, len(keys), *keys, job_id, worker, settlement, url, time.time()))
     except DscbatchError as error:
         if store.client.exists(store.job_key(job_id)):
             store.client.hset(store.job_key(job_id), "finalize_error", str(error))

@@ -322,7 +322,7 @@ class JobStore:
 
         WAITAOF (Redis 7.2+) confirms the fsync; older servers get one ``appendfsync everysec`` interval.
         """
-        persistence = cast(dict[str, Any], self.client.info("persistence"))
+        persistence = self.client.info("persistence")
         if not persistence.get("aof_enabled"):
             return
         try:
@@ -332,7 +332,7 @@ class JobStore:
 
     def add_shards(self, job_id: str, count: int) -> int:
         """Reserve ``count`` new shard numbers; returns the first."""
-        return cast(int, self.client.hincrby(self.job_key(job_id), "shards", count)) - count
+        return int(self.client.hincrby(self.job_key(job_id), "shards", count)) - count
 
     def status(self, job_id: str) -> JobStatus:
         return self._status(job_id, cast(dict[bytes, bytes], self.client.hgetall(self.job_key(job_id))))
@@ -376,12 +376,11 @@ class JobStore:
     def settlement(self, job_id: str) -> int | None:
         """The job's settlement generation while every item has its result (``_SETTLE`` decides, ``retry``
         unsettles), else None."""
-        settlements, finished = cast(list[bytes | None],
-                                     self.client.hmget(self.job_key(job_id), ["settlements", "finished"]))
+        settlements, finished = self.client.hmget(self.job_key(job_id), ["settlements", "finished"])
         return int(settlements) if settlements is not None and finished is not None else None
 
     def is_cancelled(self, job_id: str) -> bool:
-        return cast(bytes | None, self.client.hget(self.job_key(job_id), "cancelled")) == b"1"
+        return self.client.hget(self.job_key(job_id), "cancelled") == b"1"
 
     # Workers
 
@@ -418,7 +417,7 @@ class JobStore:
     def item_attempt(self, job_id: str, key: str) -> int:
         """Count one more start of an item (or of one prompt of an item of several: its engine request key) run
         on its own; returns the count, this one included."""
-        return cast(int, self.client.hincrby(f"{self.job_key(job_id)}:item_attempts", key, 1))
+        return int(self.client.hincrby(f"{self.job_key(job_id)}:item_attempts", key, 1))
 
     def release(self, worker: str, shard_key: str) -> bool:
         """Drop ``worker``'s claim of the shard; True for the one caller that removed it (the owner, or one
@@ -464,7 +463,7 @@ class JobStore:
         """Which of ``indices`` already have a result."""
         if not indices:
             return set()
-        present = cast(list[bytes | None], self.client.hmget(f"{self.job_key(job_id)}:results", list(indices)))
+        present = self.client.hmget(f"{self.job_key(job_id)}:results", list(indices))
         return {index for index, value in zip(indices, present, strict=True) if value is not None}
 
     def take_failed(self, job_id: str) -> tuple[list[int], list[dict[str, Any]]]:

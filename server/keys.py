@@ -80,7 +80,7 @@ class ApiKeys:
                                          "(create a key with `dscbatch api-key create NAME`)",
                                          code="invalid_api_key")
         name = self.client.hget(self.hashes, _digest(key.strip()))
-        value = None if name is None else self.client.hget(self.names, cast(bytes, name).decode())
+        value = None if name is None else self.client.hget(self.names, cast(bytes, name))
         if value is None:
             raise AuthenticationApiError("Incorrect API key provided (unknown or revoked)", code="invalid_api_key")
         return str(json.loads(cast(bytes, value))["owner"])

@@ -7,7 +7,9 @@ beside the checkout, else a tokenizer the project builds itself.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import pytest
 from tokenizers import Tokenizer
 
@@ -187,3 +190,38 @@ def worker(settings: Settings, store: JobStore, tiny_model: Path, worker_metrics
                            "--metrics-port", str(worker_metrics_port))
     yield process
     stop_process(process)
+
+
+def wait_until(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def engine_core(worker: subprocess.Popen[bytes]) -> psutil.Process:
+    """The vLLM EngineCore process under a worker."""
+    return next(p for p in psutil.Process(worker.pid).children(recursive=True) if "EngineCore" in p.name()
+                or any("EngineCore" in part for part in p.cmdline()))
+
+
+@contextlib.contextmanager
+def engines_paused(*cores: psutil.Process) -> Iterator[None]:
+    """Workers' engines (their ``engine_core``) stopped with SIGSTOP while the block runs: their shards stay
+    mid-run for as long as the test needs, on any machine, while the workers themselves (Celery, heartbeat)
+    go on."""
+    for core in cores:
+        core.suspend()
+    try:
+        yield
+    finally:
+        for core in cores:
+            with contextlib.suppress(psutil.NoSuchProcess):  # killed in the block
+                core.resume()
+
+
+def claimants(store: JobStore, prefix: str) -> set[int]:
+    """Process ids of the workers that hold a shard's claim now."""
+    return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(f"{prefix}:claims")}

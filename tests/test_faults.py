@@ -26,21 +26,24 @@ from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS
 
-from .conftest import start_worker, start_workers
+from .conftest import claimants, engine_core, engines_paused, start_worker, start_workers, wait_until
 from .test_pipeline import dscbatch, read_jsonl
 
-# Each test starts its own workers (an engine start is 30-60 s here); 600 s leaves 3x margin on a machine
-# twice as slow as the one these were measured on (README, Development).
+# Each test has workers of its own, started by the ``started`` fixture before it runs (engines start side by
+# side, 30-90 s here, bounded by conftest's WORKER_START_SECONDS); the test's own work, a fault and a job, takes
+# under a minute here, and 600 s leaves 3x margin on a machine twice as slow (README, Development).
 pytestmark = [pytest.mark.faults, pytest.mark.engine, pytest.mark.timeout(600)]
 ITEMS = 48
 
 
 @pytest.fixture
 def fault_settings(redis_url: str, request: pytest.FixtureRequest) -> Settings:
-    # A prefix (and so a queue) of the test's own.
-    # Two shards held per worker (auto would hold all twelve at once): kills land between shards and mid-shard.
-    return Settings(redis_url=redis_url, key_prefix=f"fault-{request.node.name[5:25]}", shard_max_requests=4,
-                    shutdown_timeout=2, shards_in_flight=2)
+    """A prefix (and so a queue) of the test's own, and the settings its ``workers`` mark gives its workers.
+    Two shards held per worker (auto would hold all twelve at once): kills land between shards and mid-shard."""
+    own = Settings(redis_url=redis_url, key_prefix=f"fault-{request.node.name[5:25]}", shard_max_requests=4,
+                   shutdown_timeout=2, shards_in_flight=2)
+    mark = request.node.get_closest_marker("workers")
+    return own if mark is None else own.model_copy(update=mark.kwargs)
 
 
 @pytest.fixture
@@ -67,6 +70,22 @@ def spawn(settings: Settings, store: JobStore, model: Path, started: list[subpro
     return processes
 
 
+def worker_logs(tmp_path: Path, count: int) -> list[Path]:
+    """The logs of the ``started`` workers, in their order."""
+    return [tmp_path / f"w{number}.log" for number in range(count)]
+
+
+@pytest.fixture
+def started(fault_settings: Settings, fault_store: JobStore, tiny_model: Path,
+            workers: list[subprocess.Popen[bytes]], tmp_path: Path,
+            request: pytest.FixtureRequest) -> list[subprocess.Popen[bytes]]:
+    """The workers the test's ``workers(count, **settings)`` mark asks for, up before the test begins (their
+    logs: ``worker_logs``)."""
+    mark = request.node.get_closest_marker("workers")
+    assert mark is not None, "a test using `started` says how many workers with @pytest.mark.workers(count)"
+    return spawn(fault_settings, fault_store, tiny_model, workers, *worker_logs(tmp_path, mark.args[0]))
+
+
 MaxTokens = Callable[[int], int]  # item number -> its max_tokens
 
 
@@ -77,15 +96,6 @@ def submit(settings: Settings, model: Path, tmp_path: Path, max_tokens: MaxToken
                             for i in range(ITEMS)))
     job_id = dscbatch(settings, "submit", str(path), "--model", str(model), "--echo-prompt").stdout.split()[-1]
     return job_id, path
-
-
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def check_output(settings: Settings, store: JobStore, job_id: str, path: Path, model: Path, tmp_path: Path,
@@ -111,27 +121,6 @@ def kill_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     os.killpg(process.pid, sig)
 
 
-def engine_core(worker: subprocess.Popen[bytes]) -> psutil.Process:
-    """The vLLM EngineCore process under a worker."""
-    return next(p for p in psutil.Process(worker.pid).children(recursive=True) if "EngineCore" in p.name()
-                or any("EngineCore" in part for part in p.cmdline()))
-
-
-@contextlib.contextmanager
-def engines_paused(*cores: psutil.Process) -> Iterator[None]:
-    """Workers' engines (their ``engine_core``) stopped with SIGSTOP while the block runs: their shards stay
-    mid-run for as long as the test needs, on any machine, while the workers themselves (Celery, heartbeat)
-    go on."""
-    for core in cores:
-        core.suspend()
-    try:
-        yield
-    finally:
-        for core in cores:
-            with contextlib.suppress(psutil.NoSuchProcess):  # killed in the block
-                core.resume()
-
-
 def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Let a paused engine run in slices of a few dozen milliseconds until ``condition`` holds (checked while
     it is stopped): an engine that advances a few steps at a time is caught long before it could finish
@@ -144,11 +133,6 @@ def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: flo
         time.sleep(0.02)
         core.suspend()
         time.sleep(0.1)  # what the engine produced reaches the worker, which stores it
-
-
-def claimants(store: JobStore, prefix: str) -> set[int]:
-    """Process ids of the workers that hold a shard's claim now."""
-    return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(f"{prefix}:claims")}
 
 
 def live_claimant(processes: list[subprocess.Popen[bytes]], store: JobStore,
@@ -174,9 +158,10 @@ def sigkill_a_claimant(alive: list[subprocess.Popen[bytes]], store: JobStore, pr
     alive.remove(victim)
 
 
+@pytest.mark.workers(3)
 def test_sigkill_workers_mid_shard_several_times(fault_settings: Settings, fault_store: JobStore, tiny_model: Path,
-                                                 workers: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
-    alive = spawn(fault_settings, fault_store, tiny_model, workers, *(tmp_path / f"w{i}.log" for i in range(3)))
+                                                 started: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    alive = list(started)
     cores = {process.pid: engine_core(process) for process in alive}
     prefix = fault_settings.key_prefix
     # The engines are held from the start: the first kill lands mid-shard before any item finishes.
@@ -195,10 +180,11 @@ def test_sigkill_workers_mid_shard_several_times(fault_settings: Settings, fault
     check_output(fault_settings, fault_store, job_id, path, tiny_model, tmp_path)
 
 
+@pytest.mark.workers(2)
 def test_sigkill_of_the_engine_process_makes_the_worker_exit(fault_settings: Settings, fault_store: JobStore,
-                                                            tiny_model: Path, workers: list[subprocess.Popen[bytes]],
+                                                            tiny_model: Path, started: list[subprocess.Popen[bytes]],
                                                             tmp_path: Path) -> None:
-    both = spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "a.log", tmp_path / "b.log")
+    both = started
     cores = {process.pid: engine_core(process) for process in both}
     # Held from the start: the worker whose engine is killed holds a shard in it, on a machine of any speed.
     with engines_paused(*cores.values()):
@@ -219,12 +205,13 @@ def long_every_twelfth(number: int) -> int:
     return 2048 if number % 12 == 0 else 8 + 4 * number
 
 
+@pytest.mark.workers(2)
 def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: Settings, fault_store: JobStore,
                                                                 tiny_model: Path,
-                                                                workers: list[subprocess.Popen[bytes]],
+                                                                started: list[subprocess.Popen[bytes]],
                                                                 tmp_path: Path) -> None:
     one_shard = fault_settings.model_copy(update={"shard_max_requests": ITEMS})
-    both = spawn(fault_settings, fault_store, tiny_model, workers, tmp_path / "a.log", tmp_path / "b.log")
+    both = started
     cores = {process.pid: engine_core(process) for process in both}
     with engines_paused(*cores.values()):
         job_id, path = submit(one_shard, tiny_model, tmp_path, max_tokens=long_every_twelfth)
@@ -232,7 +219,7 @@ def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: 
         (pid,) = claimants(fault_store, fault_settings.key_prefix)
         # Stop the worker mid-shard: some of its items stored, the long ones held in the engine.
         step_until(cores[pid], lambda: fault_store.status(job_id).done > 0, 120, "the shard's first results")
-        worker, log = next((process, tmp_path / name) for process, name in zip(both, ("a.log", "b.log"), strict=True)
+        worker, log = next((process, log) for process, log in zip(both, worker_logs(tmp_path, 2), strict=True)
                            if process.pid == pid)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)  # as Kubernetes does: to the main process only
@@ -311,20 +298,18 @@ def test_connections_cut_mid_shard_the_worker_reconnects(aof_settings: Settings,
     assert aof_worker.poll() is None
 
 
+# One shard at a time per worker, so that the redelivered shard can only go to the other worker.
+@pytest.mark.workers(2, visibility_timeout=10, shard_max_requests=ITEMS, shards_in_flight=1)
 def test_a_visibility_timeout_shorter_than_a_shard_runs_it_twice_at_once_yet_keeps_one_result(
-        fault_settings: Settings, fault_store: JobStore, tiny_model: Path, workers: list[subprocess.Popen[bytes]],
+        fault_settings: Settings, fault_store: JobStore, tiny_model: Path, started: list[subprocess.Popen[bytes]],
         tmp_path: Path) -> None:
-    # One shard at a time per worker, so that the redelivered shard can only go to the other worker.
-    hasty = fault_settings.model_copy(update={"visibility_timeout": 10, "shard_max_requests": ITEMS,
-                                              "shards_in_flight": 1})
-    logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    started = spawn(hasty, fault_store, tiny_model, workers, *logs)
+    logs = worker_logs(tmp_path, 2)
     # The engines are held from the start, so the first worker's shard outlives the visibility timeout on any
     # machine: Redis hands it to the second worker too; then both run it at once.
     with engines_paused(*map(engine_core, started)):
-        job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
-        wait_until(lambda: claimants(fault_store, hasty.key_prefix), 300, "the shard to start")
-        wait_until(lambda: len(claimants(fault_store, hasty.key_prefix)) == 2, 120, "the second delivery")
+        job_id, path = submit(fault_settings, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
+        wait_until(lambda: claimants(fault_store, fault_settings.key_prefix), 300, "the shard to start")
+        wait_until(lambda: len(claimants(fault_store, fault_settings.key_prefix)) == 2, 120, "the second delivery")
     wait_until(lambda: fault_store.status(job_id).pending == 0, 300, "the job to complete")
     done = f"{fault_store.shard_key(job_id, 0)}: {ITEMS} items, 0 already done"
     # Both ran it whole, and between them stored each item's result once.
@@ -332,23 +317,24 @@ def test_a_visibility_timeout_shorter_than_a_shard_runs_it_twice_at_once_yet_kee
     stored = [int(re.search(re.escape(done) + r", (\d+) stored", log.read_text())[1])  # type: ignore[index]
               for log in logs]
     assert sum(stored) == ITEMS  # first result wins
-    check_output(hasty, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=lambda _: 256)
+    check_output(fault_settings, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=lambda _: 256)
 
 
+@pytest.mark.workers(1, visibility_timeout=10, shard_max_requests=ITEMS)
 def test_a_shard_redelivered_to_the_worker_running_it_runs_once(
-        fault_settings: Settings, fault_store: JobStore, tiny_model: Path, workers: list[subprocess.Popen[bytes]],
+        fault_settings: Settings, fault_store: JobStore, tiny_model: Path, started: list[subprocess.Popen[bytes]],
         tmp_path: Path) -> None:
-    hasty = fault_settings.model_copy(update={"visibility_timeout": 10, "shard_max_requests": ITEMS})
-    (worker,) = spawn(hasty, fault_store, tiny_model, workers, tmp_path / "a.log")
+    (worker,) = started
+    (log,) = worker_logs(tmp_path, 1)
     # The engine is held from the start, so the shard outlives the visibility timeout on any machine: Redis
     # hands it out again, to the same worker's free thread, which drops it.
     with engines_paused(engine_core(worker)):
-        job_id, path = submit(hasty, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
+        job_id, path = submit(fault_settings, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
         shard = fault_store.shard_key(job_id, 0)
-        wait_until(log_says(tmp_path / "a.log", f"{shard}: already running in this worker; dropping the "
+        wait_until(log_says(log, f"{shard}: already running in this worker; dropping the "
                             "redelivered copy"), 120, "the redelivery")
         # Dropped before it claimed the shard: one start so far (the job's keys go once it is finalized).
         assert fault_store.client.hget(f"{fault_store.job_key(job_id)}:attempts", shard) == b"1"
     wait_until(lambda: fault_store.status(job_id).pending == 0, 300, "the job to complete")
-    assert (tmp_path / "a.log").read_text().count(f"{shard}: {ITEMS} items") == 1  # and it ran once in all
-    check_output(hasty, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=lambda _: 256)
+    assert log.read_text().count(f"{shard}: {ITEMS} items") == 1  # and it ran once in all
+    check_output(fault_settings, fault_store, job_id, path, tiny_model, tmp_path, max_tokens=lambda _: 256)

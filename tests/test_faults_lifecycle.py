@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,8 @@ from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SEC
 from dscbatch.workers.reaper import UNACKED_KEY
 
 from . import test_faults
-from .conftest import worker_env
-from .test_faults import spawn, wait_until
+from .conftest import wait_until, worker_env
+from .test_faults import spawn, worker_logs
 from .test_pipeline import dscbatch
 
 pytestmark = [pytest.mark.faults, pytest.mark.engine, pytest.mark.timeout(600)]
@@ -36,6 +37,7 @@ ITEMS = 24
 fault_settings = test_faults.fault_settings
 fault_store = test_faults.fault_store
 workers = test_faults.workers
+started = test_faults.started
 
 
 class HoldingProxy:
@@ -89,37 +91,47 @@ def job_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_the_worker_writing_a_results_file_is_killed_mid_upload_and_another_writes_it(
-        fault_settings: Settings, fault_store: JobStore, tiny_model: Path, workers: list[subprocess.Popen[bytes]],
-        bucket: str, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def upload_proxy(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[HoldingProxy]:
+    """The S3 server as workers started after it see it: through a proxy that holds a results file's upload."""
     proxy = HoldingProxy(int(s3_endpoint.rsplit(":", 1)[1]), rb"PUT /\S*results\.jsonl")
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")  # the workers' S3 is the proxy
-        logs = [tmp_path / "a.log", tmp_path / "b.log"]
-        spawn(fault_settings, fault_store, tiny_model, workers, *logs)
-        output = f"{bucket}/out"
-        job_id = dscbatch(fault_settings, "submit", str(job_file(tmp_path)), "--model", str(tiny_model), "-o",
-                          output).stdout.split()[-1]
-        wait_until(proxy.held.is_set, 300, "the results file's upload to start")
-        writer = fault_store.client.hget(f"{fault_settings.key_prefix}:finalizing", job_id)
-        assert writer is not None  # the writer holds the finalization claim
-        victim = next(process for process in workers if writer.decode().endswith(f"-{process.pid}"))
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        proxy.release()
-        s3 = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
-        assert not s3.exists(f"{output}/results.jsonl")  # nothing half-written at the final name
-        # The survivor's heartbeat sees the writer gone (its heartbeat expires), drops its claim, writes the file.
-        wait_until(lambda: fault_store.status(job_id).results_url is not None,
-                   HEARTBEAT_TTL_SECONDS + 2 * HEARTBEAT_SECONDS + 120, "another worker to write the results file")
-        lines = s3.cat(f"{output}/results.jsonl").decode().splitlines()
-        assert [json.loads(line)["id"] for line in lines] == [f"item-{i}" for i in range(ITEMS)]
-        assert all(json.loads(line)["error"] is None for line in lines)
-        assert [path.rsplit("/", 1)[1] for path in s3.find(output)] == ["results.jsonl"]
-        survivor = next(log for log, process in zip(logs, workers, strict=True) if process is not victim)
-        assert f"while writing job {job_id}'s results; another worker writes them" in survivor.read_text()
-    finally:
-        proxy.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxied(upload_proxy: HoldingProxy, started: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    """The test's workers, started after (so through) the upload proxy."""
+    return started
+
+
+@pytest.mark.workers(2)
+def test_the_worker_writing_a_results_file_is_killed_mid_upload_and_another_writes_it(
+        fault_settings: Settings, fault_store: JobStore, tiny_model: Path, upload_proxy: HoldingProxy,
+        proxied: list[subprocess.Popen[bytes]], bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
+    proxy, logs = upload_proxy, worker_logs(tmp_path, 2)
+    output = f"{bucket}/out"
+    job_id = dscbatch(fault_settings, "submit", str(job_file(tmp_path)), "--model", str(tiny_model), "-o",
+                      output).stdout.split()[-1]
+    wait_until(proxy.held.is_set, 300, "the results file's upload to start")
+    writer = fault_store.client.hget(f"{fault_settings.key_prefix}:finalizing", job_id)
+    assert writer is not None  # the writer holds the finalization claim
+    victim = next(process for process in proxied if writer.decode().endswith(f"-{process.pid}"))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    proxy.release()
+    s3 = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
+    assert not s3.exists(f"{output}/results.jsonl")  # nothing half-written at the final name
+    # The survivor's heartbeat sees the writer gone (its heartbeat expires), drops its claim, writes the file.
+    wait_until(lambda: fault_store.status(job_id).results_url is not None,
+               HEARTBEAT_TTL_SECONDS + 2 * HEARTBEAT_SECONDS + 120, "another worker to write the results file")
+    lines = s3.cat(f"{output}/results.jsonl").decode().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [f"item-{i}" for i in range(ITEMS)]
+    assert all(json.loads(line)["error"] is None for line in lines)
+    assert [path.rsplit("/", 1)[1] for path in s3.find(output)] == ["results.jsonl"]
+    survivor = next(log for log, process in zip(logs, proxied, strict=True) if process is not victim)
+    assert f"while writing job {job_id}'s results; another worker writes them" in survivor.read_text()
 
 
 DOOMED_CONSUMER = """

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 
-from .conftest import ROOT, worker_env
+from .conftest import ROOT, claimants, engine_core, engines_paused, wait_until, worker_env
 
 pytestmark = pytest.mark.engine
 EXAMPLES = ROOT / "examples" / "prompts.jsonl"
@@ -159,30 +159,36 @@ def test_duplicates_run_once_and_every_id_gets_its_result(settings: Settings, st
     assert (status.state, status.done, status.deduplicated) == ("completed", 21, 15)
 
 
-def test_cancel_drops_pending_shards_and_counts_add_up(settings: Settings, store: JobStore, worker: Any,
-                                                        tiny_model: Path, tmp_path: Path) -> None:
+def test_cancel_drops_pending_shards_and_counts_add_up(settings: Settings, store: JobStore,
+                                                        worker: subprocess.Popen[bytes], tiny_model: Path,
+                                                        tmp_path: Path) -> None:
+    items = 40  # ten shards of 4; the worker holds two at a time
     path = tmp_path / "many.jsonl"
-    # Enough work (2000 x 256 tokens) that the job is still running when `cancel` lands.
-    path.write_text("".join(json.dumps({"prompt": f"x{i}", "params": {"max_tokens": 256, "ignore_eos": True}}) + "\n"
-                            for i in range(2000)))
-    job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1]
-    cancelled = dscbatch(settings, "cancel", job_id)
-    assert f"job {job_id} cancelled" in cancelled.stdout
-    # At every moment while the running shard finishes, the counters equal the results stored.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    path.write_text("".join(json.dumps({"prompt": f"x{i}", "params": {"max_tokens": 32, "ignore_eos": True}}) + "\n"
+                            for i in range(items)))
+    # The engine is held, so `cancel` lands while shards run and others wait in the queue, on any machine.
+    with engines_paused(engine_core(worker)):
+        job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1]
+        wait_until(lambda: claimants(store, settings.key_prefix), 120, "a shard to start")
+        cancelled = dscbatch(settings, "cancel", job_id)
+        assert f"job {job_id} cancelled" in cancelled.stdout
+    queue = store.status(job_id).queue
+    # At every moment while the running shards finish, the counters equal the results stored; the queued shards
+    # are skipped.
+    deadline = time.monotonic() + 120
+    while claimants(store, settings.key_prefix) or store.client.llen(queue):
         assert_counts_match_results(store, job_id)
+        assert time.monotonic() < deadline, "the running shards did not finish"
         time.sleep(0.05)
-    before = store.status(job_id)
-    time.sleep(2)
     after = store.status(job_id)
-    assert after.state == "cancelled" and after.done == before.done and after.pending > 0
-    assert after.done + after.failed + after.pending == after.total == 2000
+    assert after.state == "cancelled" and after.done <= 8 and after.pending > 0
+    assert after.done + after.failed + after.pending == after.total == items
     out = tmp_path / "cancelled.jsonl"
     dscbatch(settings, "results", job_id, "-o", str(out))
     results = read_jsonl(out)
-    assert [r["id"] for r in results] == [str(i) for i in range(1, 2001)]
+    assert [r["id"] for r in results] == [str(i) for i in range(1, items + 1)]
     assert sum(1 for r in results if r["error"] and r["error"]["code"] == "cancelled") == after.pending
+    assert store.status(job_id).done == after.done  # nothing ran after the held shards
 
 
 def test_retry_runs_failed_items_again(settings: Settings, store: JobStore, worker: Any, tiny_model: Path,

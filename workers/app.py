@@ -58,6 +58,8 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
+        # Celery's consumer, reconnecting after a lost broker (workers/consumer.py); imported by workers only.
+        worker_consumer="dscbatch.workers.consumer:Consumer",
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
