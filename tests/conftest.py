@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -225,3 +225,17 @@ def engines_paused(*cores: psutil.Process) -> Iterator[None]:
 def claimants(store: JobStore, prefix: str) -> set[int]:
     """Process ids of the workers that hold a shard's claim now."""
     return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(f"{prefix}:claims")}
+
+
+def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Let a paused engine run in slices of a few dozen milliseconds until ``condition`` holds (checked while
+    it is stopped): an engine that advances a few steps at a time is caught long before it could finish
+    any long request, on a machine of any speed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        core.resume()
+        time.sleep(0.02)
+        core.suspend()
+        time.sleep(0.1)  # what the engine produced reaches the worker, which stores it

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import pytest
 
 from dscbatch.jobs.settings import Settings
@@ -26,7 +25,7 @@ from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS
 
-from .conftest import claimants, engine_core, engines_paused, start_worker, start_workers, wait_until
+from .conftest import claimants, engine_core, engines_paused, start_worker, start_workers, step_until, wait_until
 from .test_pipeline import dscbatch, read_jsonl
 
 # Each test has workers of its own, started by the ``started`` fixture before it runs (engines start side by
@@ -119,20 +118,6 @@ def check_output(settings: Settings, store: JobStore, job_id: str, path: Path, m
 
 def kill_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     os.killpg(process.pid, sig)
-
-
-def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Let a paused engine run in slices of a few dozen milliseconds until ``condition`` holds (checked while
-    it is stopped): an engine that advances a few steps at a time is caught long before it could finish
-    any long request, on a machine of any speed."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        core.resume()
-        time.sleep(0.02)
-        core.suspend()
-        time.sleep(0.1)  # what the engine produced reaches the worker, which stores it
 
 
 def live_claimant(processes: list[subprocess.Popen[bytes]], store: JobStore,

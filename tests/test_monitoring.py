@@ -34,7 +34,7 @@ from dscbatch.workers.embedded import free_port, stop_process
 from dscbatch.workers.engine import Completion, EngineResult
 
 from .batch_api import Server, keys, server
-from .conftest import ROOT, start_executor, worker_env
+from .conftest import ROOT, engine_core, engines_paused, start_executor, step_until, worker_env
 from .test_verification import GOOD, WRONG, stored_job, wait_for_verdicts
 
 MONITORING = ROOT / "monitoring"
@@ -229,8 +229,8 @@ class ObservedJob:
 
 
 @pytest.fixture(scope="module")
-def observed_job(settings: Settings, store: JobStore, worker: Any, worker_metrics_port: int, exporter_port: int,
-                 prometheus: str, server: Server, keys: Any, tiny_model: Path,
+def observed_job(settings: Settings, store: JobStore, worker: subprocess.Popen[bytes], worker_metrics_port: int,
+                 exporter_port: int, prometheus: str, server: Server, keys: Any, tiny_model: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> ObservedJob:
     """A job of 62 items (one fails in the worker: min_tokens above max_tokens; two repeat the first), scraped
     while it runs and after; Prometheus scrapes throughout. The Batch API answers a request and refuses one."""
@@ -244,18 +244,20 @@ def observed_job(settings: Settings, store: JobStore, worker: Any, worker_metric
     lines += [{**lines[0], "id": f"again-m0-{n}"} for n in range(2)]  # answered by m0's run
     path = tmp_path_factory.mktemp("job") / "job.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    submitted = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model",
-                                str(tiny_model)], env=worker_env(settings), capture_output=True, text=True,
-                               timeout=120, check=True)
-    job_id = submitted.stdout.split()[-1]
     worker_url, exporter_url = (f"http://127.0.0.1:{port}/metrics" for port in (worker_metrics_port, exporter_port))
+    core = engine_core(worker)
+    # The engine is held and let run a few steps at a time until the worker has counted an item: the scrapes
+    # "during" land while the job runs, on a machine of any speed.
+    with engines_paused(core):
+        submitted = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model",
+                                    str(tiny_model)], env=worker_env(settings), capture_output=True, text=True,
+                                   timeout=120, check=True)
+        job_id = submitted.stdout.split()[-1]
+        step_until(core, lambda: bool(value(get(worker_url)[1], "dscbatch_worker_items_total", job_id=job_id)),
+                   300, "the worker to count an item of the job")
+        worker_during, exporter_during = get(worker_url)[1], get(exporter_url)[1]
+    assert value(exporter_during, "dscbatch_job_items", job_id=job_id, status="pending") > 0
     deadline = time.monotonic() + 300
-    while not value(worker_during := get(worker_url)[1], "dscbatch_worker_items_total", job_id=job_id):
-        assert time.monotonic() < deadline, "the worker never counted an item of the job"
-        time.sleep(0.05)
-    exporter_during = get(exporter_url)[1]
-    assert value(exporter_during, "dscbatch_job_items", job_id=job_id, status="pending") > 0, \
-        "the job finished before it could be scraped while running"
     while store.status(job_id).pending and time.monotonic() < deadline:
         time.sleep(0.2)
     assert store.status(job_id).pending == 0
