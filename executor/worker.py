@@ -21,7 +21,7 @@ from dscbatch.executor.sandbox import Sandbox
 from dscbatch.executor.tasks import Verifier, enqueue_verifications, executor_queue, register_tasks
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.app import make_app, require_json_only
+from dscbatch.workers.app import make_app, require_json_only, serve
 from dscbatch.workers.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,6 @@ def run_executor(settings: Settings, observer: ExecutorObserver | None = None, l
     sweeper = Sweeper(store, app, hostname, settings.visibility_timeout, observer)
     sweeper.start()
     try:
-        worker = app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency, queues=[queue],
-                            loglevel=loglevel, without_gossip=True, without_mingle=True, optimization="fair")
-        worker.start()
-        return int(worker.exitcode or 0)
+        return serve(app, hostname, queue, concurrency, loglevel)
     finally:
         sweeper.stop()

@@ -75,6 +75,15 @@ def require_json_only(app: Celery) -> None:
                             "messages; only json is safe")
 
 
+def serve(app: Celery, hostname: str, queue: str, concurrency: int, loglevel: str) -> int:
+    """Consume ``queue`` with ``concurrency`` threads until Celery stops (SIGTERM, or an unrecoverable error);
+    returns Celery's exit status."""
+    worker = app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency, queues=[queue],
+                        loglevel=loglevel, without_gossip=True, without_mingle=True, optimization="fair")
+    worker.start()
+    return int(worker.exitcode or 0)
+
+
 def enqueue_shard(app: Celery, queue: str, job_id: str, shard_key: str, **options: Any) -> None:
     app.send_task(RUN_SHARD, args=[job_id, shard_key], queue=queue, headers={ENQUEUED_HEADER: time.time()},
                   **options)

@@ -21,7 +21,6 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 log = logging.getLogger(__name__)
 
 
-
 def _quiet(close: Callable[[], Any]) -> Callable[[], None]:
     @functools.wraps(close)
     def quiet_close() -> None:

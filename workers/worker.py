@@ -21,7 +21,7 @@ from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import queue_name
 from dscbatch.jobs.tokenizer import model_name
-from dscbatch.workers.app import enqueue_shard, make_app, require_json_only
+from dscbatch.workers.app import enqueue_shard, make_app, require_json_only, serve
 from dscbatch.workers.batching import EngineLoop, default_shards_in_flight
 from dscbatch.workers.engine import Engine
 from dscbatch.workers.housekeeping import Housekeeper
@@ -66,13 +66,7 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     housekeeper.start()
     try:
         register_tasks(app, runner)
-        worker = app.Worker(
-            hostname=hostname,
-            pool_cls="threads", concurrency=in_flight, queues=[queue], loglevel=loglevel,
-            without_gossip=True, without_mingle=True, optimization="fair",
-        )
-        worker.start()
-        return int(worker.exitcode or 0)
+        return serve(app, hostname, queue, in_flight, loglevel)
     finally:
         housekeeper.stop()
         heartbeat.stop()
