@@ -43,6 +43,16 @@ def used_memory(store: JobStore) -> int:
     return int(store.client.info("memory")["used_memory"])
 
 
+# INFO memory's parts of used_memory besides the keys' data: they show where growth that no key holds goes.
+MEMORY_PARTS = ("used_memory_dataset", "used_memory_overhead", "mem_clients_normal", "used_memory_scripts",
+                "mem_aof_buffer", "used_memory_functions", "mem_overhead_db_hashtable_rehashing")
+
+
+def memory_parts(store: JobStore) -> dict[str, int]:
+    info = store.client.info("memory")
+    return {name: int(info[name]) for name in MEMORY_PARTS if name in info}
+
+
 def key_bytes(store: JobStore) -> int:
     """The bytes Redis holds for its keys (``MEMORY USAGE`` of each), without buffers and script caches."""
     return sum(int(store.client.memory_usage(key, samples=0) or 0) for key in store.client.scan_iter(count=1000))
@@ -89,7 +99,7 @@ def main() -> None:
             while not store.workers():
                 cluster.check_worker()
                 time.sleep(0.5)
-            baseline, baseline_keys = used_memory(store), key_bytes(store)
+            baseline, baseline_keys, baseline_parts = used_memory(store), key_bytes(store), memory_parts(store)
             pending_file = Path(tmp) / "pending.jsonl"
             write_job(pending_file, args.pending_items, args.prompt_words, seed=0)
             sample = json.loads(pending_file.read_text().splitlines()[0])["prompt"]
@@ -100,7 +110,7 @@ def main() -> None:
             for number in range(store.status(pending_job).shards):
                 enqueue(store.status(pending_job).queue, pending_job, store.shard_key(pending_job, number))
             wait_finalized(store, [pending_job], cluster, 3600)
-            before_jobs, before_jobs_keys = used_memory(store), key_bytes(store)
+            before_jobs, before_jobs_keys, before_parts = used_memory(store), key_bytes(store), memory_parts(store)
             job_ids = []
             for seed in range(1, args.jobs + 1):
                 path = Path(tmp) / f"job{seed}.jsonl"
@@ -108,7 +118,7 @@ def main() -> None:
                 job_ids.append(submit_job(store, enqueue, path, options))
             wait_finalized(store, job_ids, cluster, 3600)
             time.sleep(1)
-            after_jobs, after_jobs_keys = used_memory(store), key_bytes(store)
+            after_jobs, after_jobs_keys, after_parts = used_memory(store), key_bytes(store), memory_parts(store)
             keys = int(store.client.dbsize())
     finished = args.jobs + 1
     report = {
@@ -129,6 +139,8 @@ def main() -> None:
         "key_bytes_per_finished_job": (after_jobs_keys - before_jobs_keys) / args.jobs,
         "key_bytes_growth_since_start_per_finished_job": (after_jobs_keys - baseline_keys) / finished,
         "redis_keys_at_end": keys,
+        "memory_parts": {"before": baseline_parts, "after_first_job_finalized": before_parts,
+                         "after_jobs_finalized": after_parts},
     }
     print_report(report, args.json)
 

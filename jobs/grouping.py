@@ -136,7 +136,9 @@ class PrefixSorter:
             # Our own data in our own 0700 directory: no code runs on load.
             remaining = iter(entries)
             while chunk := list(itertools.islice(remaining, SPILL_CHUNK)):
-                data = marshal.dumps(chunk)
+                # An item's prompt ids are its sort key's bytes: written once, as bytes (marshal copies those).
+                data = marshal.dumps([(key, {name: value for name, value in item.items() if name != "ids"})
+                                      for key, item in chunk])
                 file.write(len(data).to_bytes(8, "big") + data)  # marshal.load on a file is 10x slower
         return path
 
@@ -158,7 +160,9 @@ class PrefixSorter:
 def _read_run(path: Path) -> Iterator[tuple[SortKey, Item]]:
     with path.open("rb") as file:
         while size := file.read(8):
-            yield from marshal.loads(file.read(int.from_bytes(size, "big")))
+            for key, item in marshal.loads(file.read(int.from_bytes(size, "big"))):
+                item["ids"] = list(struct.unpack(f">{len(key[0]) // 4}I", key[0]))
+                yield key, item
 
 
 def cut_shards(items: Iterable[Item], max_requests: int, max_tokens: int) -> Iterator[list[Item]]:

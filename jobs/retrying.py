@@ -21,8 +21,7 @@ def retry_failed(store: JobStore, job_id: str, enqueue: Enqueue, max_requests: i
     items.sort(key=lambda item: item["ids"])  # prefix order, as at submission
     shards = list(cut_shards(items, max_requests, max_tokens))
     first = store.add_shards(job_id, len(shards)) if shards else 0
-    keys = [store.save_shard(job_id, first + number, {**header, "items": shard_items})
-            for number, shard_items in enumerate(shards)]
+    keys = store.save_shards(job_id, ({**header, "items": shard_items} for shard_items in shards), first)
     for key in keys:
         enqueue(job.queue, job_id, key)
     return len(failed)

@@ -4,7 +4,7 @@ Keys (``P`` is the settings' key prefix)::
 
     P:jobs                 sorted set of job ids by creation time
     P:job:ID               hash: the job record and its counters
-    P:job:ID:shard:N       zlib-compressed JSON shard payload
+    P:job:ID:shard:N       the shard payload (``shard_codec``: compressed JSON items, packed token ids)
     P:job:ID:results       hash: item index -> the result line written by ``results`` (until finalized)
     P:job:ID:failed        set: indices of items that failed in a worker (what ``retry`` runs again)
     P:job:ID:retry         hash: index -> the shard item of a retryable failure (``retry`` rebuilds shards from it)
@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -42,6 +43,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
+from dscbatch.jobs import shard_codec
 from dscbatch.jobs.errors import BrokerError, JobNotFoundError
 from dscbatch.jobs.settings import Settings
 
@@ -139,6 +141,16 @@ return {indices, items}
 
 # appendfsync everysec writes the AOF to disk once a second; a little more covers the write in flight.
 AOF_FSYNC_SECONDS = 1.2
+
+# Shards made and waiting for ``save_shards``' thread to store them (a shard is at most a few MB).
+SHARDS_SAVED_AHEAD = 2
+
+# A job's submit options as ``status`` shows them. Its record stores only those that differ from these, so that a
+# finished job's record is a small hash of short values, which Redis keeps in its compact listpack encoding
+# (while every value is at most ``hash-max-listpack-value``, 64 bytes by default): about 0.9 KB a job against
+# 1.8 KB as a hash table (``benchmarks/redis_memory.py``).
+JOB_OPTION_DEFAULTS: dict[str, Any] = {"defaults": {}, "echo_prompt": False, "skip_invalid": False, "invalid_lines": 0,
+                                       "group_prefixes": True, "dedup": True}
 
 # The job's keys besides its record and its shards.
 JOB_KEY_SUFFIXES = ("results", "failed", "retry", "attempts", "item_attempts", "verify", "verdicts")
@@ -269,14 +281,28 @@ class JobStore:
 
     # Shards
 
-    def save_shard(self, job_id: str, number: int, payload: dict[str, Any]) -> str:
-        key = self.shard_key(job_id, number)
-        self.client.set(key, zlib.compress(json.dumps(payload, separators=(",", ":")).encode()))
-        return key
+    def save_shards(self, job_id: str, payloads: Iterable[dict[str, Any]], first: int = 0) -> list[str]:
+        """Store shard payloads numbered from ``first``; returns their keys in that order. A thread encodes and
+        stores each while the caller makes the next (compressing and sending run without the GIL); at most
+        ``SHARDS_SAVED_AHEAD`` wait for it."""
+        keys: list[str] = []
+        saving: deque[Future[object]] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-shards") as saver:
+            for number, payload in enumerate(payloads, first):
+                keys.append(self.shard_key(job_id, number))
+                saving.append(saver.submit(self._save_shard, keys[-1], payload))
+                if len(saving) > SHARDS_SAVED_AHEAD:
+                    saving.popleft().result()
+            for saved in saving:
+                saved.result()
+        return keys
+
+    def _save_shard(self, key: str, payload: dict[str, Any]) -> object:
+        return self.client.set(key, shard_codec.encode(payload))
 
     def load_shard(self, key: str) -> dict[str, Any] | None:
         data = self.client.get(key)
-        return None if data is None else dict(json.loads(zlib.decompress(cast(bytes, data))))
+        return None if data is None else shard_codec.decode(cast(bytes, data))
 
     def drop_shard(self, job_id: str, shard_key: str) -> None:
         """Delete a shard whose every item has a result: Redis keeps the payload of unfinished work only."""
@@ -287,14 +313,23 @@ class JobStore:
 
     def shard_header(self, job_id: str) -> dict[str, Any]:
         """What every shard of the job repeats besides its items (model, stop ids, creation time)."""
-        return dict(json.loads(cast(bytes, self.client.hget(self.job_key(job_id), "shard_header") or b"{}")))
+        model, stop, created, legacy = cast(list[bytes | None], self.client.hmget(self.job_key(job_id),
+                                                                   ["model", "stop", "created", "shard_header"]))
+        if model is None or created is None:
+            raise JobNotFoundError(f"no job {job_id!r} in Redis (see `dscbatch list`)")
+        # Records written by earlier versions keep the whole header as one JSON field.
+        stop_ids = json.loads(stop) if stop is not None else json.loads(legacy or b"{}").get("stop", [])
+        return {"job": job_id, "model": model.decode(), "stop": stop_ids, "created": int(float(created))}
 
     # Jobs
 
     def create_job(self, job_id: str, fields: dict[str, Any]) -> None:
         """Publish the job record; before this the job is invisible to ``list`` and ``status``."""
-        values: dict[FieldT, EncodableT] = {key: json.dumps(value) if isinstance(value, dict) else value
-                                            for key, value in fields.items() if value is not None}
+        options = {name: value for name, value in fields.get("options", {}).items()
+                   if JOB_OPTION_DEFAULTS.get(name) != value}
+        values: dict[FieldT, EncodableT] = {
+            key: json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else value
+            for key, value in {**fields, "options": options or None}.items() if value is not None}
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.job_key(job_id), mapping=values)
         pipe.zadd(f"{self.prefix}:jobs", {job_id: float(fields["created"])})
@@ -359,7 +394,7 @@ class JobStore:
                ("done", "failed", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "shards",
                 "deduplicated", "to_verify", "verified", "verified_samples", "passed_samples")},
             cancelled=values.get("cancelled") == "1",
-            options=json.loads(values.get("options", "{}")),
+            options={**JOB_OPTION_DEFAULTS, **json.loads(values.get("options", "{}"))},
             output_url=values.get("output_url"), results_file=values.get("results_file"),
             finalized=float(values["finalized"]) if "finalized" in values else None,
             finalize_error=values.get("finalize_error"),

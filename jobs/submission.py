@@ -11,6 +11,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from dscbatch.jobs.reader import (
     read_lines,
     require_valid,
 )
-from dscbatch.jobs.rendering import Renderer
+from dscbatch.jobs.rendering import RenderedRequest, Renderer
 from dscbatch.jobs.requests import Params, Request
 from dscbatch.jobs.results import ItemInfo, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
@@ -79,8 +80,7 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     with PrefixSorter(dedup=options.dedup) as sorter:
         ordered = sorter.order(job.items()) if options.group_prefixes else job.items()
         shards = cut_shards(ordered, options.shard_max_requests, options.shard_max_tokens)
-        keys = [store.save_shard(job.id, number, {**job.header, "items": items})
-                for number, items in enumerate(shards) if not job.refused]
+        keys = store.save_shards(job.id, ({**job.header, "items": items} for items in shards if not job.refused))
     if job.refused:
         store.delete_job(job.id, shards=len(keys))
         raise InvalidInputError(job.refused[:MAX_REPORTED_PROBLEMS], len(job.refused))
@@ -91,7 +91,7 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
         "created": job.header["created"], "total": job.total, "shards": len(keys), "deduplicated": sorter.folded,
         "output_url": options.output_url or (objectstore.join(options.output_root, job.id) if options.output_root
                                              else None),
-        "shard_header": job.header,
+        "stop": job.header["stop"],
         "options": {"defaults": options.defaults.model_dump(exclude_none=True), "echo_prompt": options.echo_prompt,
                     "skip_invalid": options.skip_invalid, "invalid_lines": check.invalid_lines,
                     "group_prefixes": options.group_prefixes, "dedup": options.dedup},
@@ -123,17 +123,30 @@ class _Rendering:
         self.total = 0
 
     def items(self) -> Iterator[dict[str, Any]]:
+        """Shard items in input order. A thread renders (tokenizes) the next chunk while this one reads the
+        chunk after it and builds the items of the one before: the tokenizer runs without the GIL, so reading,
+        rendering and tokenizing overlap on every core."""
         lines = enumerate(read_lines(self.path, max_line_bytes=self.options.max_line_bytes))
-        while chunk := list(itertools.islice(lines, RENDER_CHUNK)):
-            yield from self._render_chunk(chunk)
-            self.total = chunk[-1][0] + 1
-            if self.progress is not None:
-                self.progress(self.total)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-render") as renderer:
+            chunk = list(itertools.islice(lines, RENDER_CHUNK))
+            rendering = renderer.submit(self._render, chunk)
+            while chunk:
+                following = list(itertools.islice(lines, RENDER_CHUNK))
+                rendered = rendering.result()
+                rendering = renderer.submit(self._render, following)
+                yield from self._chunk_items(chunk, rendered)
+                self.total = chunk[-1][0] + 1
+                if self.progress is not None:
+                    self.progress(self.total)
+                chunk = following
 
-    def _render_chunk(self, chunk: list[tuple[int, Line]]) -> Iterator[dict[str, Any]]:
+    def _render(self, chunk: list[tuple[int, Line]]) -> list[RenderedRequest | RequestError]:
         # Every prompt of the chunk's lines, tokenized in one batch; a line with several gets one item for all.
-        flat = [request for _, line in chunk for request in line.requests]
-        rendered = iter(self.renderer.render_many(flat))
+        return self.renderer.render_many([request for _, line in chunk for request in line.requests])
+
+    def _chunk_items(self, chunk: list[tuple[int, Line]],
+                     rendered_requests: list[RenderedRequest | RequestError]) -> Iterator[dict[str, Any]]:
+        rendered = iter(rendered_requests)
         specs: dict[int, str] = {}  # the verify specs of this chunk's items that carry one
         for index, line in chunk:
             request = line.request

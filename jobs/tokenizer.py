@@ -170,8 +170,9 @@ class ModelTokenizer:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
-        """``encode`` of each text, on all cores (the tokenizers library's batch encoding)."""
-        return [list(encoding.ids) for encoding in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        """``encode`` of each text, on all cores and without the GIL (the tokenizers library's batch encoding;
+        its ``fast`` form skips the character offsets, which nothing here reads: about 10 % less work)."""
+        return [encoding.ids for encoding in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))

@@ -147,3 +147,29 @@ def test_an_item_of_several_prompts_folds_only_into_one_with_the_same_prompts_an
         ordered = list(sorter.order(items))
     assert sorter.folded == 1 and sorted(item_indices(each) for each in ordered) == [[0, 3], [1], [2]]
     assert [len(shard) for shard in cut_shards([several, item(1, [1]), item(2, [2])], 10, 6)] == [2, 1]
+
+
+def test_a_shard_keeps_every_item_and_token_id_through_redis(store: JobStore) -> None:
+    items = [{"i": 0, "id": "a", "ids": [32013, 0, 4294967295], "params": {"max_tokens": 4}},
+             {"i": 1, "id": "b", "ids": [7], "more": [[8, 9], [], [10]], "params": {}, "dups": [{"i": 2, "id": "c"}]},
+             {"i": 3, "id": "d", "ids": [], "params": {}}]
+    header = {"job": "j", "model": "m", "stop": [32021], "created": 1}
+    keys = store.save_shards("j", [{**header, "items": items}, {**header, "items": items[:1]}], first=5)
+    assert keys == [store.shard_key("j", 5), store.shard_key("j", 6)]
+    assert [store.load_shard(key) for key in keys] == [{**header, "items": items}, {**header, "items": items[:1]}]
+
+
+def test_a_submitted_job_record_is_a_compact_hash_that_rebuilds_the_shard_header(
+        store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "prompt": "def f():"}])
+    job_id = submit_job(store, lambda queue, job, key: None, path,
+                        SubmitOptions(model=str(deepseek_dir), output_url="s3://bucket/runs/a", dedup=False,
+                                      source="prompts.jsonl"))
+    # Short values only: Redis keeps the record as a listpack (half a hash table's bytes per finished job).
+    assert store.client.object("encoding", store.job_key(job_id)) == b"listpack"
+    status = store.status(job_id)
+    assert (status.options["dedup"], status.options["echo_prompt"], status.options["defaults"]) == (False, False, {})
+    header = store.shard_header(job_id)
+    assert header == {"job": job_id, "model": "deepseek-coder-6.7b-instruct", "stop": header["stop"],
+                      "created": int(status.created)}
+    assert header["stop"] and all(isinstance(token, int) for token in header["stop"])
