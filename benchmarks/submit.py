@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from reader import make_file, print_report
-from redis_memory import WORDS
+from redis_memory import write_job
 from tokenizers import Tokenizer
 
 from dscbatch.jobs.reader import check_file
@@ -35,16 +34,6 @@ from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
 BATCH = 256  # prompts per encode_batch call, as submit's RENDER_CHUNK
-
-
-def make_long_file(path: Path, lines: int, words: int = 900) -> list[str]:
-    """``lines`` completion lines of ``words`` code words each (about 950 tokens); returns their prompts."""
-    rng = random.Random(0)
-    prompts = [f"# item {i}\n" + " ".join(rng.choice(WORDS) for _ in range(words)) + "\n" for i in range(lines)]
-    with path.open("w") as stream:
-        for i, prompt in enumerate(prompts):
-            stream.write(json.dumps({"id": f"x{i}", "prompt": prompt, "params": {"max_tokens": 16}}) + "\n")
-    return prompts
 
 
 def submit_seconds(store: JobStore, path: Path, model: str) -> tuple[float, int]:
@@ -57,7 +46,9 @@ def submit_seconds(store: JobStore, path: Path, model: str) -> tuple[float, int]
 
 def long_prompts(store: JobStore, directory: Path, model: str, lines: int) -> dict[str, float]:
     path = directory / "long.jsonl"
-    prompts = make_long_file(path, lines)
+    write_job(path, lines, words=900, seed=0)  # about 950 tokens a line
+    with path.open() as stream:
+        prompts = [json.loads(line)["prompt"] for line in stream]
     tokenizer = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
     started = time.perf_counter()
     tokens = sum(len(encoding.ids) for start in range(0, lines, BATCH)

@@ -1,12 +1,13 @@
 """A shard payload's bytes in Redis: its items as JSON, their token ids packed apart, all zlib-compressed.
 
-Token ids are most of a shard (a 1,000-token prompt is about 6 KB of JSON digits), and writing them as JSON
-took as long as tokenizing them took ``submit`` on top of the tokenizer. Packed as little-endian unsigned
-32-bit integers they are copied, not formatted; each item keeps the lengths to cut them apart again
-(``lengths``: its prompt's, then those of its line's other prompts, ``more``).
+Token ids are most of a shard (a 950-token prompt is about 4.6 KB of JSON digits), and formatting them as
+JSON was the largest cost of ``submit`` besides the tokenizer itself (0.15 s of 2.5 s for 2,000 such lines).
+Packed as little-endian unsigned 32-bit integers they are copied, not formatted; each item keeps the lengths
+to cut them apart again (``lengths``: its prompt's, then those of its line's other prompts, ``more``).
 
-Layout: ``zlib(len(json) as 4 bytes little-endian + json + ids)``, zlib at its fastest level: on token ids it
-takes a fifth of the default level's time for about 1.3x its bytes, and ``submit``'s time is the tokenizer's.
+Layout: ``zlib(len(json) as 4 bytes little-endian + json + ids)``, zlib at its fastest level: on a shard of
+256 such prompts as JSON it took a fifth of the default level's time (8 ms against 46 ms) for 1.4x its bytes,
+and ``submit``'s time should be the tokenizer's.
 """
 
 from __future__ import annotations

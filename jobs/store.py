@@ -147,8 +147,8 @@ SHARDS_SAVED_AHEAD = 2
 
 # A job's submit options as ``status`` shows them. Its record stores only those that differ from these, so that a
 # finished job's record is a small hash of short values, which Redis keeps in its compact listpack encoding
-# (while every value is at most ``hash-max-listpack-value``, 64 bytes by default): about 0.9 KB a job against
-# 1.8 KB as a hash table (``benchmarks/redis_memory.py``).
+# (while every value is at most ``hash-max-listpack-value``, 64 bytes by default): 0.76 KB of key data a job
+# against 1.83 KB as a hash table (``benchmarks/redis_memory.py``).
 JOB_OPTION_DEFAULTS: dict[str, Any] = {"defaults": {}, "echo_prompt": False, "skip_invalid": False, "invalid_lines": 0,
                                        "group_prefixes": True, "dedup": True}
 
@@ -286,7 +286,7 @@ class JobStore:
         stores each while the caller makes the next (compressing and sending run without the GIL); at most
         ``SHARDS_SAVED_AHEAD`` wait for it."""
         keys: list[str] = []
-        saving: deque[Future[object]] = deque()
+        saving: deque[Future[None]] = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-shards") as saver:
             for number, payload in enumerate(payloads, first):
                 keys.append(self.shard_key(job_id, number))
@@ -297,8 +297,8 @@ class JobStore:
                 saved.result()
         return keys
 
-    def _save_shard(self, key: str, payload: dict[str, Any]) -> object:
-        return self.client.set(key, shard_codec.encode(payload))
+    def _save_shard(self, key: str, payload: dict[str, Any]) -> None:
+        self.client.set(key, shard_codec.encode(payload))
 
     def load_shard(self, key: str) -> dict[str, Any] | None:
         data = self.client.get(key)
