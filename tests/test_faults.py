@@ -127,8 +127,15 @@ def live_claimant(processes: list[subprocess.Popen[bytes]], store: JobStore,
     return next((process for process in processes if process.pid in holders), None)
 
 
-def log_says(log: Path, text: str) -> Callable[[], bool]:
-    return lambda: text in log.read_text()
+def wait_for_log(worker: subprocess.Popen[bytes], log: Path, text: str, timeout: float, what: str) -> None:
+    """Wait until the worker's log says ``text``; if it never does, fail with every thread's stack (the worker
+    writes them on SIGUSR1) and the log's end, so a CI failure says where the worker was."""
+    try:
+        wait_until(lambda: text in log.read_text(), timeout, what)
+    except AssertionError as error:
+        worker.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        raise AssertionError(f"{error}; the worker's log ends:\n{log.read_text()[-12000:]}") from None
 
 
 def sigkill_a_claimant(alive: list[subprocess.Popen[bytes]], store: JobStore, prefix: str) -> None:
@@ -208,7 +215,7 @@ def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: 
                            if process.pid == pid)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)  # as Kubernetes does: to the main process only
-        wait_until(log_says(log, "handed back to the queue"), fault_settings.shutdown_timeout + 30, "the hand-back")
+        wait_for_log(worker, log, "handed back to the queue", fault_settings.shutdown_timeout + 30, "the hand-back")
         status = fault_store.status(job_id)
         assert 0 < status.done < ITEMS and status.pending == ITEMS - status.done  # it stopped mid-shard
     assert worker.wait(timeout=fault_settings.shutdown_timeout + 30) == 0
@@ -316,8 +323,8 @@ def test_a_shard_redelivered_to_the_worker_running_it_runs_once(
     with engines_paused(engine_core(worker)):
         job_id, path = submit(fault_settings, tiny_model, tmp_path, max_tokens=lambda _: 256)  # one shard
         shard = fault_store.shard_key(job_id, 0)
-        wait_until(log_says(log, f"{shard}: already running in this worker; dropping the "
-                            "redelivered copy"), 120, "the redelivery")
+        wait_for_log(worker, log, f"{shard}: already running in this worker; dropping the redelivered copy", 120,
+                     "the redelivery")
         # Dropped before it claimed the shard: one start so far (the job's keys go once it is finalized).
         assert fault_store.client.hget(f"{fault_store.job_key(job_id)}:attempts", shard) == b"1"
     wait_until(lambda: fault_store.status(job_id).pending == 0, 300, "the job to complete")

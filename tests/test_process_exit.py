@@ -29,7 +29,8 @@ def test_a_thread_that_never_returns_does_not_keep_the_process_alive() -> None:
     assert "exiting with status 3" in done.stderr
 
 
-def test_sigterm_stops_an_executor_with_status_zero(settings: Settings, tmp_path: Path) -> None:
+def test_an_executor_writes_its_stacks_on_sigusr1_and_stops_with_status_zero_on_sigterm(settings: Settings,
+                                                                                        tmp_path: Path) -> None:
     own = settings.model_copy(update={"key_prefix": "exit-test"})  # a queue of its own: it takes no one's work
     log = tmp_path / "executor.log"
     executor = start_executor(own, JobStore.connect(own), log)
@@ -37,6 +38,12 @@ def test_sigterm_stops_an_executor_with_status_zero(settings: Settings, tmp_path
     while " ready." not in log.read_text():  # Celery's signal handlers are in place (SIGTERM: warm shutdown)
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
+    executor.send_signal(signal.SIGUSR1)  # every thread's stack, written by the signal itself
+    while "most recent call first" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    assert "dscbatch-heartbeat" in log.read_text() or 'File "' in log.read_text()
+    assert executor.poll() is None  # and it goes on serving
     started = time.monotonic()
     executor.send_signal(signal.SIGTERM)
     assert executor.wait(timeout=60) == 0

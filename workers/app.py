@@ -6,13 +6,15 @@ There is no result backend: results go to the job store in Redis, exactly once p
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import signal
 import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from celery import Celery
+from celery import Celery, signals
 
 from dscbatch.jobs.errors import SettingsError
 from dscbatch.jobs.settings import Settings
@@ -23,6 +25,8 @@ TLS_OPTIONS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_k
 TLS_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 # Message header: when the shard was queued (Unix seconds); the exporter reports the oldest pending one's age.
 ENQUEUED_HEADER = "dscbatch_enqueued"
+# File descriptor 2: Celery replaces sys.stderr with a logging proxy that has none.
+STDERR = 2
 
 
 def make_app(settings: Settings) -> Celery:
@@ -80,6 +84,10 @@ def serve(app: Celery, hostname: str, queue: str, concurrency: int, loglevel: st
     returns Celery's exit status."""
     worker = app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency, queues=[queue],
                         loglevel=loglevel, without_gossip=True, without_mingle=True, optimization="fair")
+    # `kill -USR1 PID` writes every thread's stack to stderr from the signal itself; Celery's own handler for it
+    # (set as the worker starts, replaced once it is ready) waits for the main thread, which may be the stuck one.
+    signals.worker_ready.connect(lambda **_: faulthandler.register(signal.SIGUSR1, file=STDERR,
+                                                                   all_threads=True), weak=False)
     worker.start()
     return int(worker.exitcode or 0)
 
