@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dscbatch.executor.evaluation import run_programs
 from dscbatch.executor.extraction import IMPORT_HELPER, instruct_code, program, truncate
 from dscbatch.executor.humaneval import default_params, job_lines
@@ -83,6 +85,9 @@ def test_canonical_solutions_pass_through_both_extractions() -> None:
     assert failed == []
 
 
+# Its own cluster's engine starts inside the command (a minute here, several on a loaded machine): the same
+# limit as the command's own.
+@pytest.mark.timeout(900)
 def test_eval_local_generates_and_judges_with_its_own_cluster(tiny_model: Path, tmp_path: Path) -> None:
     problems = tmp_path / "three.jsonl"
     problems.write_text("".join(problem.model_dump_json() + "\n" for problem in list(load_problems().values())[:3]))

@@ -143,6 +143,7 @@ def _make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 
 
 @pytest.mark.engine
+@pytest.mark.timeout(600)  # its own worker's engine starts inside the test
 def test_tls_end_to_end_with_a_self_signed_ca(tiny_model: Path, tmp_path: Path) -> None:
     ca, cert, key = _make_certificates(tmp_path)
     port = free_port()
