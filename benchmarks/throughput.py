@@ -48,8 +48,9 @@ from throughput_common import (
 from throughput_dscbatch import VARIANTS, Cluster
 from throughput_runbatch import BatchRun, RunBatch
 from throughput_runbatch import result as batch_result
-from workloads import DEFAULT_MODEL, WORKLOADS, write_workloads
+from workloads import DEFAULT_MODEL, WORKLOADS, ideal_cached_tokens, write_workloads
 
+from dscbatch.jobs.tokenizer import ModelTokenizer
 from dscbatch.workers.embedded import stop_process
 
 RAW_ORDERS = {"a": "file", "a-sorted": "sorted", "a-per-shard": "shards"}
@@ -69,6 +70,7 @@ def show(workload: str, system: str, result: dict[str, Any]) -> None:
         tokens = "n/a" if result["generated_tokens_per_s"] is None else f"{result['generated_tokens_per_s']:.1f}"
         line = (f"{result['seconds']:8.2f} s {rate:>8} req/s {tokens:>9} gen tok/s  "
                 f"hit rate {result['prefix_cache_hit_rate']}"
+                + (f"  preemptions {result['preemptions']}" if "preemptions" in result else "")
                 + (f"  ({result['failed']} failed)" if result["failed"] else "")
                 + (f"  [in-process {result['in_process_s']:.2f} s]" if "in_process_s" in result else "")
                 + ("  (!) unreliable: see its note" if "note" in result else ""))
@@ -190,22 +192,41 @@ def per_request(path: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
+def texts(path: Path) -> dict[str, str]:
+    """id -> generated text, from a throughput_raw.py or dscbatch output file (failed requests left out)."""
+    found = {}
+    with path.open(encoding="utf-8") as stream:
+        for line in stream:
+            record = json.loads(line)
+            if "usage" in record and record["error"] is None:
+                found[record["id"]] = record["outputs"][0]["text"]
+            elif "completion_tokens" in record:
+                found[record["id"]] = record["text"]
+    return found
+
+
 def sanity(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Whether each system's prompt and generated token counts equal a's, request by request."""
-    if "output" not in measured.get("a", {}):
+    """Whether each system's prompt and generated token counts, and generated texts, equal the first measured
+    plain-vLLM system's (a, else a-sorted, else a-per-shard), request by request."""
+    base = next((system for system in RAW_ORDERS if "output" in measured.get(system, {})), None)
+    if base is None:
         return {}
-    reference = per_request(Path(measured["a"]["output"]))
+    reference = per_request(Path(measured[base]["output"]))
     checks = {}
     for system, result in measured.items():
-        if system == "a" or "output" not in result:
+        if system == base or "output" not in result:
             continue
         other = per_request(Path(result["output"]))
-        checks[f"{system}_vs_a"] = {
+        checks[f"{system}_vs_{base}"] = {
             "same_token_counts": other == reference,
             "requests_differing": sum(other.get(key) != value for key, value in reference.items()),
             "prompt_tokens": [sum(p for p, _ in reference.values()), sum(p for p, _ in other.values())],
             "generated_tokens": [sum(g for _, g in reference.values()), sum(g for _, g in other.values())],
         }
+        if system != "b":  # run-batch's texts come from vLLM's own detokenizer
+            mine, theirs = texts(Path(result["output"])), texts(Path(measured[base]["output"]))
+            checks[f"{system}_vs_{base}"]["texts_differing"] = sum(mine.get(key) != text
+                                                                   for key, text in theirs.items())
     return checks
 
 
@@ -224,11 +245,24 @@ def ratios(measured: dict[str, dict[str, Any]]) -> dict[str, float]:
     return found
 
 
-def describe(path: Path) -> dict[str, Any]:
+def describe(path: Path, model: str, block_size: int) -> dict[str, Any]:
     lines = [json.loads(line) for line in path.open(encoding="utf-8")]
+    tokenizer = ModelTokenizer.load(model)
+    prompts = [tokenizer.with_bos(tokenizer.encode(line["prompt"])) for line in lines]
+    prompt_tokens = sum(len(ids) for ids in prompts)
     return {"requests": len(lines), "file": str(path), "openai_file": str(path.with_suffix(".openai.jsonl")),
             "unique_prompts": len({line["prompt"] for line in lines}),
-            "max_tokens_total": sum(line["params"]["max_tokens"] for line in lines)}
+            "max_tokens_total": sum(line["params"]["max_tokens"] for line in lines),
+            "prompt_tokens": prompt_tokens,
+            "ideal_hit_rate": round(ideal_cached_tokens(prompts, block_size) / max(1, prompt_tokens), 4)}
+
+
+def engine_block_size(engine: dict[str, Any]) -> int:
+    """The KV block size the engine will use with these arguments (vLLM's platform picks it: 128 on the CPU),
+    from vLLM's own config, without starting an engine."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return int(EngineArgs(**engine).create_engine_config().cache_config.block_size)
 
 
 def parse_args() -> argparse.Namespace:
@@ -262,9 +296,14 @@ def main() -> None:
     paths = write_workloads(work, args.workloads, args.scale, args.model, args.seed)
     engine = engine_args(args.model, args.kv_cache_bytes, args.max_num_seqs, args.max_num_batched_tokens,
                          args.max_model_len)
+    block_size = engine_block_size(engine)
+    described = {name: describe(paths[name], args.model, block_size) for name in args.workloads}
     print(f"model {args.model}, KV cache {args.kv_cache_bytes / MiB:g} MiB ({args.kv_cache_bytes} bytes), scale "
           f"{args.scale:g}, shards of {args.shard_size}, {args.workers} dscbatch worker(s); files in {work}",
           file=sys.stderr, flush=True)
+    for name, description in described.items():
+        print(f"{name:<12} {'ideal':<14} hit rate {description['ideal_hit_rate']} (blocks of {block_size} tokens)",
+              file=sys.stderr, flush=True)
     results: Results = {workload: {} for workload in args.workloads}
     systems: dict[str, Any] = {}
     raw = [system for system in RAW_ORDERS if system in args.systems]
@@ -280,6 +319,7 @@ def main() -> None:
         "config": {
             "model": args.model, "scale": args.scale, "seed": args.seed,
             "kv_cache_bytes": args.kv_cache_bytes, "kv_cache_mib": args.kv_cache_bytes / MiB,
+            "block_size": block_size,
             "engine_args": engine, "shard_size": args.shard_size, "workers": args.workers,
             "vllm": vllm.__version__, "cpus": os.cpu_count(), "machine": platform.machine(), "work_dir": str(work),
             "notes": [
@@ -295,12 +335,15 @@ def main() -> None:
                 "DSCBATCH_SHARD_MAX_REQUESTS = shard_size for submit and workers (DSCBATCH_SHARDS_IN_FLIGHT auto); "
                 "tokens as the results file reports them",
                 "sanity: per-request prompt and generated token counts of every system against a's",
+                "ideal_hit_rate: for each prompt in sorted order, the longest prefix in whole KV blocks "
+                "(config.block_size, vLLM's own) it shares with an earlier one, at most its length less one, "
+                "summed, over all prompt tokens; preemptions: vLLM's num_preemptions counter over the run",
                 "ratios: requests/s of the variant over the baseline's (above 1: the variant is faster)",
             ],
         },
         "systems": systems,
         "workloads": {
-            name: {**describe(paths[name]), "results": results[name], "ratios": ratios(results[name]),
+            name: {**described[name], "results": results[name], "ratios": ratios(results[name]),
                    "sanity": sanity(results[name])}
             for name in args.workloads
         },
