@@ -48,7 +48,7 @@ from throughput_common import (
 from throughput_dscbatch import VARIANTS, Cluster
 from throughput_runbatch import BatchRun, RunBatch
 from throughput_runbatch import result as batch_result
-from workloads import DEFAULT_MODEL, WORKLOADS, ideal_cached_tokens, write_workloads
+from workloads import DEFAULT_MODEL, DEFAULT_WORKLOADS, WORKLOADS, ideal_cached_tokens, write_workloads
 
 from dscbatch.jobs.tokenizer import ModelTokenizer
 from dscbatch.workers.embedded import stop_process
@@ -270,7 +270,9 @@ def engine_block_size(engine: dict[str, Any]) -> int:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(DEFAULT_WORKLOADS),
+                        help="default: the first four; many-contexts and long-contexts are sized for "
+                             "--kv-cache-bytes 12582912")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every workload's request count")
     parser.add_argument("--seed", type=int, default=0)
