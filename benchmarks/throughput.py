@@ -48,8 +48,9 @@ from throughput_common import (
 from throughput_dscbatch import VARIANTS, Cluster
 from throughput_runbatch import BatchRun, RunBatch
 from throughput_runbatch import result as batch_result
-from workloads import DEFAULT_MODEL, WORKLOADS, write_workloads
+from workloads import DEFAULT_MODEL, DEFAULT_WORKLOADS, WORKLOADS, ideal_cached_tokens, write_workloads
 
+from dscbatch.jobs.tokenizer import ModelTokenizer
 from dscbatch.workers.embedded import stop_process
 
 RAW_ORDERS = {"a": "file", "a-sorted": "sorted", "a-per-shard": "shards"}
@@ -69,6 +70,7 @@ def show(workload: str, system: str, result: dict[str, Any]) -> None:
         tokens = "n/a" if result["generated_tokens_per_s"] is None else f"{result['generated_tokens_per_s']:.1f}"
         line = (f"{result['seconds']:8.2f} s {rate:>8} req/s {tokens:>9} gen tok/s  "
                 f"hit rate {result['prefix_cache_hit_rate']}"
+                + (f"  preemptions {result['preemptions']}" if "preemptions" in result else "")
                 + (f"  ({result['failed']} failed)" if result["failed"] else "")
                 + (f"  [in-process {result['in_process_s']:.2f} s]" if "in_process_s" in result else "")
                 + ("  (!) unreliable: see its note" if "note" in result else ""))
@@ -191,16 +193,19 @@ def per_request(path: Path) -> dict[str, tuple[int, int]]:
 
 
 def sanity(measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Whether each system's prompt and generated token counts equal a's, request by request."""
-    if "output" not in measured.get("a", {}):
+    """Whether each system's prompt and generated token counts equal the first measured plain-vLLM system's
+    (a, else a-sorted, else a-per-shard), request by request. (Not texts: vLLM's incremental detokenizer and
+    dscbatch's decoding differ at an unfinished UTF-8 sequence, see workers/engine.py.)"""
+    base = next((system for system in RAW_ORDERS if "output" in measured.get(system, {})), None)
+    if base is None:
         return {}
-    reference = per_request(Path(measured["a"]["output"]))
+    reference = per_request(Path(measured[base]["output"]))
     checks = {}
     for system, result in measured.items():
-        if system == "a" or "output" not in result:
+        if system == base or "output" not in result:
             continue
         other = per_request(Path(result["output"]))
-        checks[f"{system}_vs_a"] = {
+        checks[f"{system}_vs_{base}"] = {
             "same_token_counts": other == reference,
             "requests_differing": sum(other.get(key) != value for key, value in reference.items()),
             "prompt_tokens": [sum(p for p, _ in reference.values()), sum(p for p, _ in other.values())],
@@ -224,17 +229,50 @@ def ratios(measured: dict[str, dict[str, Any]]) -> dict[str, float]:
     return found
 
 
-def describe(path: Path) -> dict[str, Any]:
+def median_round(rounds: list[Results]) -> Results:
+    """Each system's measurement of median seconds over the rounds (the systems run one after another, so
+    rounds let a ratio survive a machine whose load changes), with every round's seconds beside it."""
+    merged: Results = {}
+    for workload in rounds[0]:
+        merged[workload] = {}
+        for system in {system for results in rounds for system in results[workload]}:
+            measured = [results[workload][system] for results in rounds if system in results[workload]]
+            timed = sorted((m for m in measured if "seconds" in m), key=lambda m: m["seconds"])
+            if not timed:
+                merged[workload][system] = measured[-1]
+                continue
+            merged[workload][system] = {**timed[(len(timed) - 1) // 2],
+                                        **({"rounds_s": [m.get("seconds") for m in measured]}
+                                           if len(rounds) > 1 else {})}
+    return merged
+
+
+def describe(path: Path, model: str, block_size: int) -> dict[str, Any]:
     lines = [json.loads(line) for line in path.open(encoding="utf-8")]
+    tokenizer = ModelTokenizer.load(model)
+    prompts = [tokenizer.with_bos(tokenizer.encode(line["prompt"])) for line in lines]
+    prompt_tokens = sum(len(ids) for ids in prompts)
     return {"requests": len(lines), "file": str(path), "openai_file": str(path.with_suffix(".openai.jsonl")),
             "unique_prompts": len({line["prompt"] for line in lines}),
-            "max_tokens_total": sum(line["params"]["max_tokens"] for line in lines)}
+            "max_tokens_total": sum(line["params"]["max_tokens"] for line in lines),
+            "prompt_tokens": prompt_tokens,
+            "ideal_hit_rate": round(ideal_cached_tokens(prompts, block_size) / max(1, prompt_tokens), 4)}
+
+
+def engine_block_size(engine: dict[str, Any]) -> int:
+    """The KV block size the engine will use with these arguments (vLLM's platform picks it: 128 on the CPU),
+    from vLLM's own config, without starting an engine."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    return int(EngineArgs(**engine).create_engine_config().cache_config.block_size)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(DEFAULT_WORKLOADS),
+                        help="default: the first four; many-contexts and long-contexts are sized for "
+                             "--kv-cache-bytes 12582912")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every workload's request count")
     parser.add_argument("--seed", type=int, default=0)
@@ -249,6 +287,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one measurement may take")
     parser.add_argument("--work-dir", type=Path, help="keep workloads, outputs and logs here (default: a new "
                                                       "temporary directory, kept and named in the report)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every system this many times, one round after another; each system's "
+                             "median is reported, with all rounds' seconds")
     parser.add_argument("--json", type=Path)
     return parser.parse_args()
 
@@ -262,25 +303,38 @@ def main() -> None:
     paths = write_workloads(work, args.workloads, args.scale, args.model, args.seed)
     engine = engine_args(args.model, args.kv_cache_bytes, args.max_num_seqs, args.max_num_batched_tokens,
                          args.max_model_len)
+    block_size = engine_block_size(engine)
+    described = {name: describe(paths[name], args.model, block_size) for name in args.workloads}
     print(f"model {args.model}, KV cache {args.kv_cache_bytes / MiB:g} MiB ({args.kv_cache_bytes} bytes), scale "
           f"{args.scale:g}, shards of {args.shard_size}, {args.workers} dscbatch worker(s); files in {work}",
           file=sys.stderr, flush=True)
-    results: Results = {workload: {} for workload in args.workloads}
+    for name, description in described.items():
+        print(f"{name:<12} {'ideal':<14} hit rate {description['ideal_hit_rate']} (blocks of {block_size} tokens)",
+              file=sys.stderr, flush=True)
+    rounds: list[Results] = []
     systems: dict[str, Any] = {}
     raw = [system for system in RAW_ORDERS if system in args.systems]
-    if raw:
-        measure_raw(args, work, args.workloads, raw, engine, results)
-    if "b" in args.systems:
-        systems["b"] = measure_run_batch(args, work, args.workloads, engine, results)
-    for variant in (system for system in VARIANTS if system in args.systems):
-        systems[variant] = measure_dscbatch(args, work, args.workloads, variant, engine, results)
+    for number in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {number + 1} of {args.rounds}", file=sys.stderr, flush=True)
+        results: Results = {workload: {} for workload in args.workloads}
+        if raw:
+            measure_raw(args, work, args.workloads, raw, engine, results)
+        if "b" in args.systems:
+            systems["b"] = measure_run_batch(args, work, args.workloads, engine, results)
+        for variant in (system for system in VARIANTS if system in args.systems):
+            systems[variant] = measure_dscbatch(args, work, args.workloads, variant, engine, results)
+        rounds.append(results)
+    results = median_round(rounds)
     import vllm
 
     report = {
         "config": {
             "model": args.model, "scale": args.scale, "seed": args.seed,
             "kv_cache_bytes": args.kv_cache_bytes, "kv_cache_mib": args.kv_cache_bytes / MiB,
+            "block_size": block_size,
             "engine_args": engine, "shard_size": args.shard_size, "workers": args.workers,
+            "rounds": args.rounds,
             "vllm": vllm.__version__, "cpus": os.cpu_count(), "machine": platform.machine(), "work_dir": str(work),
             "notes": [
                 "a, a-sorted, a-per-shard: one engine for all runs, prefix cache reset before each; "
@@ -295,12 +349,15 @@ def main() -> None:
                 "DSCBATCH_SHARD_MAX_REQUESTS = shard_size for submit and workers (DSCBATCH_SHARDS_IN_FLIGHT auto); "
                 "tokens as the results file reports them",
                 "sanity: per-request prompt and generated token counts of every system against a's",
+                "ideal_hit_rate: for each prompt in sorted order, the longest prefix in whole KV blocks "
+                "(config.block_size, vLLM's own) it shares with an earlier one, at most its length less one, "
+                "summed, over all prompt tokens; preemptions: vLLM's num_preemptions counter over the run",
                 "ratios: requests/s of the variant over the baseline's (above 1: the variant is faster)",
             ],
         },
         "systems": systems,
         "workloads": {
-            name: {**describe(paths[name]), "results": results[name], "ratios": ratios(results[name]),
+            name: {**described[name], "results": results[name], "ratios": ratios(results[name]),
                    "sanity": sanity(results[name])}
             for name in args.workloads
         },

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class Cluster:
                                  if key not in ENGINE_SET)]
         self.processes: list[subprocess.Popen[bytes]] = []
         self.log = self.directory / "dscbatch.log"
+        self.metrics_ports = [free_port() for _ in range(workers)]
 
     def __enter__(self) -> Cluster:
         self.start()
@@ -80,8 +82,9 @@ class Cluster:
             self.processes.append(start_redis(self.directory, self.port))
             for number in range(self.workers):
                 with (self.directory / f"worker{number}.log").open("wb") as log:
+                    command = [*self.worker_command, "--metrics-port", str(self.metrics_ports[number])]
                     self.processes.append(subprocess.Popen(
-                        self.worker_command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                         env=self.env, start_new_session=True))
             self._warm_up()
         except BaseException:
@@ -115,6 +118,7 @@ class Cluster:
     def run(self, input_path: Path, output: Path, timeout: float) -> dict[str, Any]:
         """Submit, wait for a worker to write the results file: the timed part."""
         folder = output.with_suffix(".d")
+        preempted = self.preemptions()
         started = time.perf_counter()
         _, stdout = run_logged([*DSCBATCH, "submit", str(input_path), "--model", self.model, "--wait", "-o",
                                 str(folder), *self.variant.submit_flags], self.log, timeout, self.env,
@@ -123,7 +127,18 @@ class Cluster:
         job_id = stdout.strip().splitlines()[-1]
         self._check_workers()
         (folder / "results.jsonl").replace(output)
-        return measurement(seconds, read_totals(output, dscbatch_usage), job_id=job_id, output=str(output))
+        return measurement(seconds, read_totals(output, dscbatch_usage), job_id=job_id, output=str(output),
+                           preemptions=self.preemptions() - preempted)
+
+    def preemptions(self) -> int:
+        """vLLM's preemptions so far, summed over the workers (their /metrics, ``vllm_num_preemptions``)."""
+        total = 0.0
+        for port in self.metrics_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith("vllm_num_preemptions_total"):
+                        total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
     def close(self) -> None:
         for process in reversed(self.processes):

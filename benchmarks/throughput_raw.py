@@ -25,10 +25,17 @@ from throughput_common import Totals, measurement
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
 
+def preemptions(llm: Any) -> int:
+    """vLLM's count of preempted requests so far (its ``vllm:num_preemptions`` counter)."""
+    return int(sum(getattr(metric, "value", 0) for metric in llm.get_metrics()
+                   if metric.name == "vllm:num_preemptions"))
+
+
 def generate(llm: Any, run: dict[str, Any], model: str) -> dict[str, Any]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
+    preempted = preemptions(llm)
     started = time.perf_counter()
     tokenizer = ModelTokenizer.load(model)
     with open(run["input"], encoding="utf-8") as stream:
@@ -58,7 +65,7 @@ def generate(llm: Any, run: dict[str, Any], model: str) -> dict[str, Any]:
                     prompt_tokens=sum(len(o.prompt_token_ids) for o in outputs),
                     cached_prompt_tokens=sum(o.num_cached_tokens or 0 for o in outputs),
                     generated_tokens=sum(len(c.token_ids) for o in outputs for c in o.outputs))
-    return measurement(seconds, totals, output=run["output"])
+    return measurement(seconds, totals, output=run["output"], preemptions=preemptions(llm) - preempted)
 
 
 def main() -> None:
@@ -69,7 +76,8 @@ def main() -> None:
 
     started = time.perf_counter()
     llm = LLM(**spec["engine_args"])
-    report: dict[str, Any] = {"engine_start_s": round(time.perf_counter() - started, 2), "runs": {}}
+    report: dict[str, Any] = {"engine_start_s": round(time.perf_counter() - started, 2), "runs": {},
+                              "block_size": llm.llm_engine.vllm_config.cache_config.block_size}
     # The first generate call pays one-off costs; dscbatch's workers are warm too when their clock starts.
     llm.generate([TokensPrompt(prompt_token_ids=list(range(100, 140)))], SamplingParams(max_tokens=8),
                  use_tqdm=False)

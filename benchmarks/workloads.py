@@ -10,11 +10,15 @@ is 740 tokens; ``--scale`` multiplies request counts, never lengths. Every reque
   shuffled so that the file interleaves contexts; together far more context tokens than the KV cache holds.
 - ``duplicates``: 30% of the lines repeat an earlier line's prompt and params exactly, under another id.
 - ``varying``: output lengths drawn log-uniformly from 4..512, unique prompts.
+- ``many-contexts`` and ``long-contexts`` (issue 15): the interleaved shape under KV pressure, sized for a 12 MiB
+  KV cache (``--kv-cache-bytes 12582912``): 80 contexts of ~715 tokens x 4 questions, and 24 contexts of
+  ~3,150 tokens x 6 questions, shuffled.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -26,7 +30,9 @@ from pathlib import Path
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / ".cache" / "tiny-deepseek-coder")
-WORKLOADS = ("unique", "interleaved", "duplicates", "varying")
+WORKLOADS = ("unique", "interleaved", "duplicates", "varying", "many-contexts", "long-contexts")
+# What runs unless --workloads names others: the two KV-pressure workloads are sized for a 12 MiB cache.
+DEFAULT_WORKLOADS = WORKLOADS[:4]
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ UNIQUE = Sizes(requests=2048, prompt_tokens=160, max_tokens=64)
 INTERLEAVED = Sizes(contexts=256, questions=4, prompt_tokens=740, max_tokens=32)
 DUPLICATES = Sizes(requests=1024, prompt_tokens=160, max_tokens=64, repeat_fraction=0.3)
 VARYING = Sizes(requests=640, prompt_tokens=96, min_tokens=4, max_tokens=512)
+# Issue 15's shapes: 320 requests of ~730 prompt tokens, 4 per context; 144 of ~3,170, 6 per context.
+MANY_CONTEXTS = Sizes(contexts=80, questions=4, prompt_tokens=715, max_tokens=32)
+LONG_CONTEXTS = Sizes(contexts=24, questions=6, prompt_tokens=3150, max_tokens=32)
 
 WORDS = ("user", "order", "item", "cache", "index", "token", "batch", "shard", "queue", "result", "config", "path",
          "buffer", "record", "worker", "job", "state", "value", "count", "total", "limit", "offset", "name", "node",
@@ -138,8 +147,8 @@ def unique(rng: random.Random, tokenizer: ModelTokenizer, scale: float) -> list[
             for i in range(_count(size.requests, scale))]
 
 
-def interleaved(rng: random.Random, tokenizer: ModelTokenizer, scale: float) -> list[Request]:
-    size = INTERLEAVED
+def interleaved(rng: random.Random, tokenizer: ModelTokenizer, scale: float,
+                size: Sizes = INTERLEAVED) -> list[Request]:
     requests = []
     for c in range(_count(size.contexts, scale)):
         writer = CodeWriter(rng, tokenizer)
@@ -173,8 +182,17 @@ def varying(rng: random.Random, tokenizer: ModelTokenizer, scale: float) -> list
             for i in range(_count(size.requests, scale))]
 
 
+def many_contexts(rng: random.Random, tokenizer: ModelTokenizer, scale: float) -> list[Request]:
+    return interleaved(rng, tokenizer, scale, MANY_CONTEXTS)
+
+
+def long_contexts(rng: random.Random, tokenizer: ModelTokenizer, scale: float) -> list[Request]:
+    return interleaved(rng, tokenizer, scale, LONG_CONTEXTS)
+
+
 GENERATORS: dict[str, Callable[[random.Random, ModelTokenizer, float], list[Request]]] = {
-    "unique": unique, "interleaved": interleaved, "duplicates": duplicates, "varying": varying}
+    "unique": unique, "interleaved": interleaved, "duplicates": duplicates, "varying": varying,
+    "many-contexts": many_contexts, "long-contexts": long_contexts}
 
 
 def _count(base: int, scale: float) -> int:
@@ -188,6 +206,23 @@ def make_workload(name: str, scale: float, tokenizer: ModelTokenizer, seed: int 
 
 def params(request: Request) -> dict[str, object]:
     return {"max_tokens": request.max_tokens, "temperature": 0, "ignore_eos": True}
+
+
+def ideal_cached_tokens(prompts: list[list[int]], block_size: int) -> int:
+    """The prompt tokens a prefix cache of ``block_size``-token blocks can serve at best: for each prompt, in
+    sorted order, the longest prefix in whole blocks that it shares with an earlier prompt (in sorted order the
+    one before it shares the most), at most its length less one (vLLM always computes a prompt's last token).
+    A cache that never evicts, and never schedules a prompt before the blocks it shares exist, reaches it."""
+    ordered = sorted(prompts)
+    cached = 0
+    for before, ids in itertools.pairwise(ordered):
+        shared = 0
+        for a, b in zip(before, ids, strict=False):
+            if a != b:
+                break
+            shared += 1
+        cached += min(shared, len(ids) - 1) // block_size * block_size
+    return cached
 
 
 def write_native(requests: list[Request], path: Path) -> None:
@@ -223,7 +258,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="tokenizer used to size prompts")
-    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(DEFAULT_WORKLOADS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for name, path in write_workloads(args.out, args.workloads, args.scale, args.model, args.seed).items():

@@ -11,8 +11,9 @@ import itertools
 import json
 from collections.abc import Callable, Generator, Iterator
 
-from dscbatch.jobs import objectstore, parquet
+from dscbatch.jobs import objectstore
 from dscbatch.jobs.errors import DscbatchError, StorageError
+from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.results import ItemInfo, result_line, with_verification
 from dscbatch.jobs.store import JobStatus, JobStore
 
@@ -103,6 +104,8 @@ def write_results(store: JobStore, status: JobStatus, out: str, *, partial: bool
     """Write :func:`result_lines` to ``out`` (Parquet for a ``.parquet`` name, else JSONL). Returns lines
     written."""
     lines = result_lines(store, status, partial=partial, passed_only=passed_only)
-    if parquet.is_parquet(out):
+    if is_parquet(out):
+        from dscbatch.jobs import parquet  # pyarrow: only for Parquet files
+
         return parquet.write_lines(lines, out)
     return write_lines(lines, out, progress)

@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.errors import InputFormatError, StorageError
+from dscbatch.jobs.fileformat import SUFFIXES, is_parquet
 
-SUFFIXES = (".parquet", ".pq")
+__all__ = ["SUFFIXES", "is_parquet"]
 ROWS_PER_BATCH = 1024
 ROWS_PER_WRITE = 8192
 
@@ -51,10 +52,6 @@ OPENAI_SCHEMA = pa.schema([
     ("response", pa.struct([("status_code", pa.int64()), ("request_id", pa.string()), ("body", pa.string())])),
     ("error", _ERROR),
 ])
-
-
-def is_parquet(url: str) -> bool:
-    return url.lower().endswith(SUFFIXES)
 
 
 def _check_schema(url: str, schema: pa.Schema) -> None:

@@ -20,8 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dscbatch.jobs import objectstore, parquet
+from dscbatch.jobs import objectstore
 from dscbatch.jobs.errors import InvalidInputError, StorageError
+from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.requests import (
     MODEL_BY_TYPE,
     REQUEST_TYPES,
@@ -253,14 +254,19 @@ def _jsonl_lines(path: str, parser: _LineParser, max_line_bytes: int,
         yield parser.parse(number, text)
 
 
+def _parquet_lines(url: str, parser: _LineParser) -> Iterator[Line]:
+    from dscbatch.jobs import parquet  # pyarrow: only for Parquet files
+
+    return (parser.parse_value(number, row) for number, row in parquet.read_rows(url))
+
+
 def read_lines(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
                on_bytes: Callable[[bytes], None] | None = None) -> Iterator[Line]:
     """Every non-blank line (or Parquet row) of ``path``, a path or fsspec URL, in order, valid or not;
     duplicate ids are problems of the later line. ``on_bytes`` sees the bytes of a JSONL file as read."""
     url = str(path)
     parser = _LineParser(url)
-    lines = ((parser.parse_value(number, row) for number, row in parquet.read_rows(url)) if parquet.is_parquet(url)
-             else _jsonl_lines(url, parser, max_line_bytes, on_bytes))
+    lines = (_parquet_lines(url, parser) if is_parquet(url) else _jsonl_lines(url, parser, max_line_bytes, on_bytes))
     seen = _SeenIds()
     try:
         for line in lines:
@@ -312,7 +318,7 @@ def check_file(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
         problems.extend(line.problems[: MAX_REPORTED_PROBLEMS - len(problems)])
     if requests + invalid == 0:
         raise InvalidInputError([f"{path}: the file holds no requests (it is empty or only blank lines)"], 1)
-    sha256 = _digest(str(path)) if parquet.is_parquet(str(path)) else digest.hexdigest()
+    sha256 = _digest(str(path)) if is_parquet(str(path)) else digest.hexdigest()
     return FileCheck(requests, invalid, problems, problem_count, sha256)
 
 

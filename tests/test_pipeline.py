@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -115,6 +116,39 @@ def test_a_submitted_prompt_list_comes_back_as_one_line_with_each_prompts_ids(
     for body in (strings, token_ids):
         assert body["usage"]["prompt_tokens"] == len(ids[0]) + len(ids[1])
         assert body["usage"]["completion_tokens"] == 3 * len(body["choices"])
+
+
+def test_prefix_siblings_are_served_every_shared_block_from_the_cache(
+        settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
+    """A shuffled job of 6 groups of 5 requests, each group sharing a 1,024-token prefix (then 8 tokens of its
+    own): every request but the first of its group gets the whole prefix from vLLM's prefix cache, as its
+    usage's cached tokens show: the ideal block-level count for any block size that divides 1,024 (vLLM's
+    128 on the CPU, 16 on a GPU)."""
+    rng = random.Random(15)
+    prefix, groups, siblings = 1024, 6, 5
+    lines = []
+    for group in range(groups):
+        shared = [rng.randrange(1000, 30000) for _ in range(prefix)]
+        firsts = rng.sample(range(1000, 30000), siblings)  # each sibling's own tokens differ from the first
+        lines += [{"custom_id": f"g{group}-s{n}", "method": "POST", "url": "/v1/completions",
+                   "body": {"prompt": shared + [firsts[n]] + [rng.randrange(1000, 30000) for _ in range(7)],
+                            "max_tokens": 4, "temperature": 0, "ignore_eos": True}}
+                  for n in range(siblings)]
+    rng.shuffle(lines)
+    path = tmp_path / "siblings.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    folder = tmp_path / "siblings"
+    submitted = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait", "-o", str(folder))
+    cached: dict[str, list[int]] = {}
+    for result in read_jsonl(folder / "results.jsonl"):
+        usage = result["response"]["body"]["usage"]
+        assert usage["prompt_tokens"] == prefix + 8
+        cached.setdefault(result["custom_id"].split("-")[0], []).append(
+            usage["prompt_tokens_details"]["cached_tokens"])
+    assert {group: sorted(counts) for group, counts in cached.items()} == {
+        f"g{group}": [0] + [prefix] * (siblings - 1) for group in range(groups)}
+    status = store.status(submitted.stdout.split()[-1])
+    assert status.cached_prompt_tokens == groups * (siblings - 1) * prefix
 
 
 def test_two_jobs_at_once(settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
