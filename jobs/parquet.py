@@ -21,9 +21,7 @@ import pyarrow.parquet as pq
 
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.errors import InputFormatError, StorageError
-from dscbatch.jobs.fileformat import SUFFIXES, is_parquet
 
-__all__ = ["SUFFIXES", "is_parquet"]
 ROWS_PER_BATCH = 1024
 ROWS_PER_WRITE = 8192
 
