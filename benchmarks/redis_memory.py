@@ -11,6 +11,9 @@ and leaves Redis. Reports Redis ``used_memory`` (INFO memory):
 - the same as the bytes of Redis' keys (``MEMORY USAGE`` summed), which leaves out client buffers and caches;
 - once that job and ``--jobs`` more jobs of ``--job-items`` short items each are finalized: the growth per
   finished job (its record) and per item (none: results and shards left Redis).
+
+Readings taken with the cluster idle (before, and after each wait for finalization) wait until Redis has shrunk
+idle clients' buffers, and report the number of clients, whose memory is not the jobs'.
 """
 
 from __future__ import annotations
@@ -39,8 +42,20 @@ WORDS = ("def", "return", "self", "value", "items", "for", "in", "range", "if", 
          "result", "index", "count", "path", "name", "list", "dict", "while", "yield", "lambda", "None", "True")
 
 
+# Redis shrinks an idle client's query and reply buffers after 2 s (clientsCron); readings taken once the
+# cluster is idle wait that long, so that one connection's buffer from the last reply does not count as data.
+IDLE_CLIENTS_SECONDS = 3
+
+
 def used_memory(store: JobStore) -> int:
     return int(store.client.info("memory")["used_memory"])
+
+
+def idle_reading(store: JobStore) -> tuple[int, int, dict[str, int], int]:
+    """used_memory, the keys' bytes, INFO memory's parts and the number of clients, once buffers settled."""
+    time.sleep(IDLE_CLIENTS_SECONDS)
+    clients = int(store.client.info("clients")["connected_clients"])
+    return used_memory(store), key_bytes(store), memory_parts(store), clients
 
 
 # INFO memory's parts of used_memory besides the keys' data: they show where growth that no key holds goes.
@@ -99,7 +114,7 @@ def main() -> None:
             while not store.workers():
                 cluster.check_worker()
                 time.sleep(0.5)
-            baseline, baseline_keys, baseline_parts = used_memory(store), key_bytes(store), memory_parts(store)
+            baseline, baseline_keys, baseline_parts, baseline_clients = idle_reading(store)
             pending_file = Path(tmp) / "pending.jsonl"
             write_job(pending_file, args.pending_items, args.prompt_words, seed=0)
             sample = json.loads(pending_file.read_text().splitlines()[0])["prompt"]
@@ -110,15 +125,14 @@ def main() -> None:
             for number in range(store.status(pending_job).shards):
                 enqueue(store.status(pending_job).queue, pending_job, store.shard_key(pending_job, number))
             wait_finalized(store, [pending_job], cluster, 3600)
-            before_jobs, before_jobs_keys, before_parts = used_memory(store), key_bytes(store), memory_parts(store)
+            before_jobs, before_jobs_keys, before_parts, before_clients = idle_reading(store)
             job_ids = []
             for seed in range(1, args.jobs + 1):
                 path = Path(tmp) / f"job{seed}.jsonl"
                 write_job(path, args.job_items, 8, seed)
                 job_ids.append(submit_job(store, enqueue, path, options))
             wait_finalized(store, job_ids, cluster, 3600)
-            time.sleep(1)
-            after_jobs, after_jobs_keys, after_parts = used_memory(store), key_bytes(store), memory_parts(store)
+            after_jobs, after_jobs_keys, after_parts, after_clients = idle_reading(store)
             keys = int(store.client.dbsize())
     finished = args.jobs + 1
     report = {
@@ -139,6 +153,8 @@ def main() -> None:
         "key_bytes_per_finished_job": (after_jobs_keys - before_jobs_keys) / args.jobs,
         "key_bytes_growth_since_start_per_finished_job": (after_jobs_keys - baseline_keys) / finished,
         "redis_keys_at_end": keys,
+        "connected_clients": {"before": baseline_clients, "after_first_job_finalized": before_clients,
+                              "after_jobs_finalized": after_clients},
         "memory_parts": {"before": baseline_parts, "after_first_job_finalized": before_parts,
                          "after_jobs_finalized": after_parts},
     }
