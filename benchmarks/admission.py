@@ -23,7 +23,6 @@ benchmark's engine arguments):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from reader import print_report
 from throughput_common import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, engine_args
 from workloads import DEFAULT_MODEL, ideal_cached_tokens, make_workload
 
@@ -166,10 +166,7 @@ def main() -> None:
             print(f"{name:<14} mean seconds {mean}", file=sys.stderr, flush=True)
     finally:
         engine.close()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

