@@ -960,7 +960,7 @@ def test_images_install_the_pyproject_extra_and_run_dscbatch_as_the_pods_user(en
     assert set(project["tool"]["setuptools"]["package-dir"].values()) <= copied
     assert {"pyproject.toml", project["project"]["readme"]} <= set(dockerfile["COPY"][0].split()[:-1])
     entrypoint = yaml.safe_load(dockerfile["ENTRYPOINT"][0])
-    assert entrypoint[-1] in project["project"]["scripts"] == {"dscbatch": "dscbatch.cli.main:main"}
+    assert entrypoint[-1] in project["project"]["scripts"] == {"dscbatch": "dscbatch.cli.main:entry_point"}
     uid, _, gid = dockerfile["USER"][-1].partition(":")
     for overlay in OVERLAYS:
         for workload, spec in pod_specs(list(_built(overlay)) + load_yaml(K8S / "examples" / "submit-job.yaml")):
