@@ -34,27 +34,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from reader import print_report
 from throughput_common import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, engine_args
-from workloads import DEFAULT_MODEL, ideal_cached_tokens, make_workload
+from throughput_raw import preemptions
+from workloads import DEFAULT_MODEL, ideal_cached_tokens, make_workload, shared_length
 
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.tokenizer import ModelTokenizer
 from dscbatch.workers.engine import Engine, EngineRequest, EngineResult
 
 MiB = 1 << 20
-
-
-def shared_length(a: list[int], b: list[int]) -> int:
-    count = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        count += 1
-    return count
-
-
-def preemptions(engine: Engine) -> int:
-    return int(sum(getattr(metric, "value", 0) for metric in engine.llm.get_metrics()
-                   if metric.name == "vllm:num_preemptions"))
 
 
 def siblings(model: str, kv_cache_bytes: int, budget: int, prefix_tokens: int) -> dict[str, Any]:
@@ -79,7 +66,7 @@ def siblings(model: str, kv_cache_bytes: int, budget: int, prefix_tokens: int) -
 def run_policy(engine: Engine, policy: str, requests: list[EngineRequest], blocks: int,
                block_size: int) -> tuple[dict[str, Any], dict[str, list[int]]]:
     engine.llm.reset_prefix_cache()
-    preempted = preemptions(engine)
+    preempted = preemptions(engine.llm)
     started = time.perf_counter()
     pending = list(reversed(requests))  # pop() takes the next in prefix order
     running: dict[str, EngineRequest] = {}
@@ -110,7 +97,7 @@ def run_policy(engine: Engine, policy: str, requests: list[EngineRequest], block
     prompt = sum(result.prompt_tokens for result in results.values())
     cached = sum(result.cached_prompt_tokens for result in results.values())
     return ({"seconds": round(seconds, 3), "hit_rate": round(cached / prompt, 4),
-             "preemptions": preemptions(engine) - preempted, "steps": steps},
+             "preemptions": preemptions(engine.llm) - preempted, "steps": steps},
             {key: result.outputs[0].token_ids for key, result in results.items()})
 
 

@@ -216,13 +216,18 @@ def ideal_cached_tokens(prompts: list[list[int]], block_size: int) -> int:
     ordered = sorted(prompts)
     cached = 0
     for before, ids in itertools.pairwise(ordered):
-        shared = 0
-        for a, b in zip(before, ids, strict=False):
-            if a != b:
-                break
-            shared += 1
-        cached += min(shared, len(ids) - 1) // block_size * block_size
+        cached += min(shared_length(before, ids), len(ids) - 1) // block_size * block_size
     return cached
+
+
+def shared_length(a: list[int], b: list[int]) -> int:
+    """How many leading token ids two prompts share."""
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 def write_native(requests: list[Request], path: Path) -> None:
