@@ -14,7 +14,6 @@ interpreter and the imports of ``dscbatch submit`` alone (``import dscbatch.cli.
 from __future__ import annotations
 
 import argparse
-import datetime
 import subprocess
 import sys
 import tempfile
@@ -30,10 +29,6 @@ from throughput_dscbatch import VARIANTS, Cluster
 from workloads import DEFAULT_MODEL, write_workloads
 
 MiB = 1 << 20
-
-
-def logged_at(line: str) -> float:
-    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def imports_seconds() -> float:
@@ -61,18 +56,16 @@ def main() -> None:
     print(f"python + imports of dscbatch submit: {report['imports_s']} s", file=sys.stderr, flush=True)
     cluster = Cluster(model, engine, 1, VARIANTS["c"], args.shard_size, work)
     cluster.start()
-    log = cluster.directory / "worker0.log"
     try:
         for name in args.workloads:
             for repeat in range(args.repeats):
-                before = len(log.read_text(errors="replace").splitlines())
+                before = cluster.log_sizes()
                 started = time.time()
                 seconds = cluster.run(paths[name], work / f"{name}.{repeat}.out.jsonl", 600)["seconds"]
                 time.sleep(0.5)  # the worker's last log lines
-                lines = [line for line in log.read_text(errors="replace").splitlines()[before:] if line[:2] == "20"]
-                received = max(logged_at(line) for line in lines if " received" in line)
-                stored = max(logged_at(line) for line in lines if "already done" in line)
-                written = max(logged_at(line) for line in lines if " results to " in line)
+                received = max(cluster.logged_since(before, " received"))
+                stored = max(cluster.logged_since(before, "already done"))
+                written = max(cluster.logged_since(before, " results to "))
                 job = {"workload": name, "received": round(received - started, 3),
                        "engine": round(stored - received, 3), "written": round(written - started, 3),
                        "exit": seconds}

@@ -71,6 +71,7 @@ def show(workload: str, system: str, result: dict[str, Any]) -> None:
         line = (f"{result['seconds']:8.2f} s {rate:>8} req/s {tokens:>9} gen tok/s  "
                 f"hit rate {result['prefix_cache_hit_rate']}"
                 + (f"  preemptions {result['preemptions']}" if "preemptions" in result else "")
+                + (f"  engine from {result['before_engine_s']:.2f} s" if "before_engine_s" in result else "")
                 + (f"  ({result['failed']} failed)" if result["failed"] else "")
                 + (f"  [in-process {result['in_process_s']:.2f} s]" if "in_process_s" in result else "")
                 + ("  (!) unreliable: see its note" if "note" in result else ""))
@@ -352,6 +353,9 @@ def main() -> None:
                 "ideal_hit_rate: for each prompt in sorted order, the longest prefix in whole KV blocks "
                 "(config.block_size, vLLM's own) it shares with an earlier one, at most its length less one, "
                 "summed, over all prompt tokens; preemptions: vLLM's num_preemptions counter over the run",
+                "before_engine_s: seconds from the clock's start until the engine got the first request "
+                "(a: the read, tokenize and sort before generate; c: until a worker's Celery received the "
+                "job's first shard, from the worker's log)",
                 "ratios: requests/s of the variant over the baseline's (above 1: the variant is faster)",
             ],
         },

@@ -7,6 +7,7 @@ workers: an empty prefix cache, and the variant's worker flags); the clock runs 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -81,7 +82,7 @@ class Cluster:
         try:
             self.processes.append(start_redis(self.directory, self.port))
             for number in range(self.workers):
-                with (self.directory / f"worker{number}.log").open("wb") as log:
+                with self.worker_log(number).open("wb") as log:
                     command = [*self.worker_command, "--metrics-port", str(self.metrics_ports[number])]
                     self.processes.append(subprocess.Popen(
                         command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -95,7 +96,7 @@ class Cluster:
         for number, worker in enumerate(self.processes[1:]):
             if worker.poll() is not None:
                 raise RuntimeError(f"worker {number} exited with {worker.returncode}:\n"
-                                   + log_tail(self.directory / f"worker{number}.log"))
+                                   + log_tail(self.worker_log(number)))
 
     def _warm_up(self) -> None:
         """Wait for every worker's heartbeat, then run a small job: each engine has served a request."""
@@ -119,6 +120,8 @@ class Cluster:
         """Submit, wait for a worker to write the results file: the timed part."""
         folder = output.with_suffix(".d")
         preempted = self.preemptions()
+        logs = self.log_sizes()
+        started_at = time.time()
         started = time.perf_counter()
         _, stdout = run_logged([*DSCBATCH, "submit", str(input_path), "--model", self.model, "--wait", "-o",
                                 str(folder), *self.variant.submit_flags], self.log, timeout, self.env,
@@ -127,8 +130,27 @@ class Cluster:
         job_id = stdout.strip().splitlines()[-1]
         self._check_workers()
         (folder / "results.jsonl").replace(output)
+        received = self.logged_since(logs, " received")
         return measurement(seconds, read_totals(output, dscbatch_usage), job_id=job_id, output=str(output),
-                           preemptions=self.preemptions() - preempted)
+                           preemptions=self.preemptions() - preempted,
+                           before_engine_s=round(min(received) - started_at, 3))
+
+    def log_sizes(self) -> list[int]:
+        """Each worker log's size now: where ``logged_since`` starts reading."""
+        return [self.worker_log(number).stat().st_size for number in range(self.workers)]
+
+    def logged_since(self, sizes: list[int], text: str) -> list[float]:
+        """The times of the worker log lines written since ``sizes`` that contain ``text``."""
+        times = []
+        for number, size in enumerate(sizes):
+            with self.worker_log(number).open("rb") as log:
+                log.seek(size)
+                lines = log.read().decode(errors="replace").splitlines()
+            times += [logged_at(line) for line in lines if line[:2] == "20" and text in line]
+        return times
+
+    def worker_log(self, number: int) -> Path:
+        return self.directory / f"worker{number}.log"
 
     def preemptions(self) -> int:
         """vLLM's preemptions so far, summed over the workers (their /metrics, ``vllm_num_preemptions``)."""
@@ -148,6 +170,11 @@ class Cluster:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
+
+
+def logged_at(line: str) -> float:
+    """The time of a worker log line (``2026-12-04 17:00:00,123 ...``), in seconds since the epoch."""
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def dscbatch_usage(record: dict[str, Any]) -> Usage | None:

@@ -48,6 +48,7 @@ def generate(llm: Any, run: dict[str, Any], model: str) -> dict[str, Any]:
         order.sort(key=lambda i: prompts[i]["prompt_token_ids"])
     size = run["shard_size"] if run["order"] == "shards" else len(order)
     outputs: list[Any] = [None] * len(lines)
+    engine_started = time.perf_counter()
     for start in range(0, len(order), size):
         chunk = order[start:start + size]
         results = llm.generate([prompts[i] for i in chunk], [params[i] for i in chunk], use_tqdm=False)
@@ -65,7 +66,8 @@ def generate(llm: Any, run: dict[str, Any], model: str) -> dict[str, Any]:
                     prompt_tokens=sum(len(o.prompt_token_ids) for o in outputs),
                     cached_prompt_tokens=sum(o.num_cached_tokens or 0 for o in outputs),
                     generated_tokens=sum(len(c.token_ids) for o in outputs for c in o.outputs))
-    return measurement(seconds, totals, output=run["output"], preemptions=preemptions(llm) - preempted)
+    return measurement(seconds, totals, output=run["output"], preemptions=preemptions(llm) - preempted,
+                       before_engine_s=round(engine_started - started, 3))
 
 
 def main() -> None:
