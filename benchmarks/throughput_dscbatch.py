@@ -130,10 +130,11 @@ class Cluster:
         job_id = stdout.strip().splitlines()[-1]
         self._check_workers()
         (folder / "results.jsonl").replace(output)
+        # The first shard's arrival in a worker (Celery logs each task it receives).
         received = self.logged_since(logs, " received")
         return measurement(seconds, read_totals(output, dscbatch_usage), job_id=job_id, output=str(output),
                            preemptions=self.preemptions() - preempted,
-                           before_engine_s=round(min(received) - started_at, 3))
+                           **({"before_engine_s": round(min(received) - started_at, 3)} if received else {}))
 
     def log_sizes(self) -> list[int]:
         """Each worker log's size now: where ``logged_since`` starts reading."""
