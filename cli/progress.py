@@ -38,8 +38,10 @@ def progress_line(status: JobStatus, first: JobStatus, elapsed: float) -> str:
     filled = BAR_WIDTH * settled // status.total if status.total else BAR_WIDTH
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     percent = 100 * settled // status.total if status.total else 100
-    return (f"[{bar}] {settled}/{status.total} items {percent:3d}%  {_count(rate)} items/s  "
-            f"{_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {eta}  failed {status.failed}"
+    # A job that ended before this command first looked has no speed to show (not 0 items/s).
+    speed = (f"{_count(rate)} items/s  {_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {eta}  "
+             if items or not status.settled else "")
+    return (f"[{bar}] {settled}/{status.total} items {percent:3d}%  {speed}failed {status.failed}"
             + (f"  verified {status.verified}/{status.to_verify}" if status.to_verify else ""))
 
 

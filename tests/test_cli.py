@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from dscbatch.cli.progress import progress_line
 from dscbatch.jobs.errors import SettingsError
 from dscbatch.jobs.settings import Settings
-from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.store import JobStatus, JobStore
 from dscbatch.workers.app import make_app, require_json_only
 
 from .conftest import ROOT, worker_env
@@ -110,3 +112,15 @@ def test_submit_stores_compressed_shards_and_queues_them(settings: Settings, sto
 def test_bad_param_is_named(deepseek_dir: Path) -> None:
     result = cli("render", str(EXAMPLES), "--model", str(deepseek_dir), "-p", "max_tokenz=3")
     assert result.returncode == 2 and result.stderr.strip() == "error: --param max_tokenz: unknown parameter"
+
+
+def test_progress_line_shows_a_speed_only_for_what_it_watched() -> None:
+    first = JobStatus(id="j", model="m", queue="q", input="in.jsonl", sha256="", created=0.0, finished=None, total=10,
+                      done=4, failed=0, prompt_tokens=0, completion_tokens=40, cached_prompt_tokens=0, shards=1,
+                      cancelled=False)
+    later = dataclasses.replace(first, done=8, completion_tokens=120)
+    assert progress_line(later, first, 2.0) == ("[###################.....] 8/10 items  80%  2.0 items/s  40.0 tok/s  "
+                                                "ETA 0:00:01  failed 0")
+    # A job that ended before the command first looked (a small job under `dscbatch run`): no "0.0 items/s".
+    ended = dataclasses.replace(first, done=9, failed=1, finished=1.0)
+    assert progress_line(ended, ended, 0.5) == "[########################] 10/10 items 100%  failed 1"
