@@ -23,6 +23,7 @@ from typing import Any
 from tokenizers import Tokenizer, processors
 
 from dscbatch.jobs.errors import ModelFilesError
+from dscbatch.jobs.tokenizer import read_model_json
 
 FIXED_CLASS = "PreTrainedTokenizerFast"
 # Classes that transformers 5 rebuilds as SentencePiece-style tokenizers, ignoring tokenizer.json's pipeline.
@@ -36,18 +37,6 @@ COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.j
 FIX_VERSION = "1"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ModelFilesError(f"{path}: unreadable ({error})") from error
-    if not isinstance(value, dict):
-        raise ModelFilesError(f"{path}: expected a JSON object")
-    return value
-
-
 def _has_byte_level(component: Any) -> bool:
     """Whether a tokenizer.json pipeline component is, or contains, a ByteLevel step."""
     if isinstance(component, dict):
@@ -59,13 +48,13 @@ def _has_byte_level(component: Any) -> bool:
 
 def is_mislabelled(model_dir: Path) -> bool:
     """Whether transformers would load ``model_dir``'s byte-level BPE tokenizer as a SentencePiece one."""
-    tokenizer = _read_json(model_dir / "tokenizer.json")
+    tokenizer = read_model_json(model_dir / "tokenizer.json")
     if tokenizer.get("model", {}).get("type") != "BPE" or not _has_byte_level(tokenizer.get("decoder")):
         return False
-    declared = _read_json(model_dir / "tokenizer_config.json").get("tokenizer_class")
+    declared = read_model_json(model_dir / "tokenizer_config.json").get("tokenizer_class")
     if isinstance(declared, str):
         return declared.removesuffix("Fast") in SENTENCEPIECE_CLASSES
-    return _read_json(model_dir / "config.json").get("model_type") in SENTENCEPIECE_MODEL_TYPES
+    return read_model_json(model_dir / "config.json").get("model_type") in SENTENCEPIECE_MODEL_TYPES
 
 
 def _token_text(value: Any) -> str | None:
@@ -109,7 +98,7 @@ def _adds_special_tokens(tokenizer_json: str) -> bool:
 
 def _corrected_files(model_dir: Path) -> dict[str, bytes]:
     files = {name: (model_dir / name).read_bytes() for name in COPIED_FILES if (model_dir / name).is_file()}
-    config = _read_json(model_dir / "tokenizer_config.json")
+    config = read_model_json(model_dir / "tokenizer_config.json")
     config["tokenizer_class"] = FIXED_CLASS
     files["tokenizer_config.json"] = json.dumps(config, ensure_ascii=False, indent=2).encode("utf-8")
     tokenizer_json = files["tokenizer.json"].decode("utf-8")

@@ -51,7 +51,8 @@ def resolve_model_dir(model: str) -> Path:
                               f"from the hub ({type(error).__name__})") from error
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_model_json(path: Path) -> dict[str, Any]:
+    """A model file's JSON object; {} when the model has no such file."""
     if not path.is_file():
         return {}
     try:
@@ -107,9 +108,9 @@ class ModelTokenizer:
             self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         except Exception as error:  # tokenizers raises a bare Exception on malformed files
             raise ModelFilesError(f"{model_dir / 'tokenizer.json'}: cannot be loaded ({error})") from error
-        self.config = _read_json(model_dir / "tokenizer_config.json")
-        self.generation_config = _read_json(model_dir / "generation_config.json")
-        self.model_config = _read_json(model_dir / "config.json")
+        self.config = read_model_json(model_dir / "tokenizer_config.json")
+        self.generation_config = read_model_json(model_dir / "generation_config.json")
+        self.model_config = read_model_json(model_dir / "config.json")
         self.vocab: dict[str, int] = self.tokenizer.get_vocab(with_added_tokens=True)
 
     @classmethod
@@ -157,7 +158,7 @@ class ModelTokenizer:
         if (self.model_dir / "chat_template.jinja").is_file():
             source = (self.model_dir / "chat_template.jinja").read_text(encoding="utf-8")
         elif (self.model_dir / "chat_template.json").is_file():
-            source = _read_json(self.model_dir / "chat_template.json").get("chat_template")
+            source = read_model_json(self.model_dir / "chat_template.json").get("chat_template")
         if isinstance(source, list):  # named templates: the one called "default"
             source = next((item.get("template") for item in source if item.get("name") == "default"), None)
         if not isinstance(source, str):
