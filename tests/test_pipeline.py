@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 
-from .conftest import ROOT, claimants, engine_core, engines_paused, wait_until, worker_env
+from .conftest import ROOT, claimants, engine_core, engines_paused, step_until, wait_until, worker_env
 
 pytestmark = pytest.mark.engine
 EXAMPLES = ROOT / "examples" / "prompts.jsonl"
@@ -223,6 +223,27 @@ def test_cancel_drops_pending_shards_and_counts_add_up(settings: Settings, store
     assert [r["id"] for r in results] == [str(i) for i in range(1, items + 1)]
     assert sum(1 for r in results if r["error"] and r["error"]["code"] == "cancelled") == after.pending
     assert store.status(job_id).done == after.done  # nothing ran after the held shards
+
+
+def test_results_are_stored_while_their_shard_still_runs(settings: Settings, store: JobStore,
+                                                         worker: subprocess.Popen[bytes], tiny_model: Path,
+                                                         tmp_path: Path) -> None:
+    # One shard: three short requests and a long one. The engine runs a few steps at a time from the moment the
+    # shard is claimed, so the short ones finish at once and the long one runs on; theirs must reach the job
+    # (its progress, and what a worker that dies keeps) without waiting for the long one or any other result.
+    lines = [{"id": f"short{i}", "prompt": f"# short {i}\n", "params": {"max_tokens": 2}} for i in range(3)]
+    lines.append({"id": "long", "prompt": "# long\n", "params": {"max_tokens": 2048, "ignore_eos": True}})
+    path = tmp_path / "tail.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    core = engine_core(worker)
+    with engines_paused(core):
+        job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1]
+        wait_until(lambda: claimants(store, settings.key_prefix), 120, "the shard to start")
+        step_until(core, lambda: store.status(job_id).done >= 3, 120, "the short requests' results")
+        status = store.status(job_id)
+        assert (status.done, status.pending) == (3, 1)
+    wait_settled(store, job_id)
+    assert store.status(job_id).done == 4
 
 
 def test_retry_runs_failed_items_again(settings: Settings, store: JobStore, worker: Any, tiny_model: Path,

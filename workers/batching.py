@@ -63,10 +63,11 @@ class EngineLoop(threading.Thread):
         self._streams = 0
         self._alone: int | None = None  # the thread that runs alone
 
-    def stream(self, requests: Sequence[EngineRequest],
-               should_stop: Callable[[], bool]) -> Generator[EngineResult, None, None]:
+    def stream(self, requests: Sequence[EngineRequest], should_stop: Callable[[], bool],
+               idle: Callable[[], None] | None = None) -> Generator[EngineResult, None, None]:
         """Each request's result as it finishes; stopping (also while waiting for room) or closing early
-        aborts the rest."""
+        aborts the rest. ``idle`` runs in the caller's thread whenever ``STOP_CHECK_SECONDS`` pass without a
+        result: its periodic work while the engine is busy with long requests."""
         with self._admitted(len(requests), should_stop) as admitted:
             if not admitted:
                 return
@@ -78,6 +79,8 @@ class EngineLoop(threading.Thread):
                     try:
                         result = batch.results.get(timeout=STOP_CHECK_SECONDS)
                     except queue.Empty:
+                        if idle is not None:
+                            idle()
                         continue
                     remaining -= 1
                     yield result

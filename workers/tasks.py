@@ -57,13 +57,33 @@ def _entries(payload: dict[str, Any], item: dict[str, Any], result: EngineResult
 # cannot stop a job for ever.
 MAX_SHARD_ATTEMPTS = 3
 MAX_ITEM_CRASHES = 2
-# Results reach Redis at least this often while a shard runs, so a stopped worker loses little work.
+# Results reach Redis at least this often while a shard runs (see _Unstored).
 RECORD_EVERY_SECONDS = 1.0
 
 Requeue = Callable[[str, str], None]  # (job id, shard key): put the shard back on its queue
 # (job id, item indices): queue the verification of results just stored. A worker that dies between storing
 # and queueing leaves them in the store's waiting set, which the executor pool sweeps (executor/worker.py).
 QueueVerification = Callable[[str, list[int]], None]
+
+
+class _Unstored:
+    """A running shard's result entries not yet in the store. They are stored at least every
+    ``RECORD_EVERY_SECONDS``, also while no new result comes (the engine busy with the shard's long requests):
+    the job's progress shows them, and a worker that dies loses little."""
+
+    def __init__(self, record: Callable[[list[ResultEntry]], int]) -> None:
+        self._record = record
+        self.entries: list[ResultEntry] = []
+        self.stored = 0  # entries that were new in the store (an item's first result)
+        self._recorded_at = time.monotonic()
+
+    def store_if_due(self) -> None:
+        if self.entries and time.monotonic() - self._recorded_at >= RECORD_EVERY_SECONDS:
+            self.store()
+
+    def store(self) -> None:
+        self.stored += self._record(self.entries)
+        self.entries, self._recorded_at = [], time.monotonic()
 
 
 class ShardRunner:
@@ -129,23 +149,23 @@ class ShardRunner:
         if isolating:
             log.warning("%s: started %d times; running its items one at a time", shard_key, attempts)
         results: list[EngineResult] = []
-        entries: list[ResultEntry] = []
-        stored = 0
-        recorded_at = time.monotonic()
-        stream = (self._one_at_a_time(job_id, requests) if isolating
-                  else self.loop.stream(requests, should_stop=self._must_stop))
+        unstored = _Unstored(lambda entries: self._record(job_id, entries, shard_key))
+        stream = (self._one_at_a_time(job_id, requests, unstored.store_if_due) if isolating
+                  else self.loop.stream(requests, should_stop=self._must_stop, idle=unstored.store_if_due))
         try:
             for answer in stream:
                 if (result := gather.add(answer)) is None:
                     continue  # a prompt of an item with several, whose others have not all finished
                 results.append(result)
-                entries += _entries(payload, todo[result.key], result)
-                if isolating or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
-                    stored += self._record(job_id, entries, shard_key)
-                    entries, recorded_at = [], time.monotonic()
+                unstored.entries += _entries(payload, todo[result.key], result)
+                if isolating:
+                    unstored.store()
+                else:
+                    unstored.store_if_due()
         finally:
             stream.close()
-            stored += self._record(job_id, entries, shard_key)
+            unstored.store()
+        stored = unstored.stored
         self.observer.shard_finished(job_id, results, len(settled), time.monotonic() - started)
         if len(results) < len(todo):
             self.requeue(job_id, shard_key)
@@ -175,7 +195,8 @@ class ShardRunner:
             self.verify(job_id, verify)
         return stored
 
-    def _one_at_a_time(self, job_id: str, requests: list[EngineRequest]) -> Generator[EngineResult, None, None]:
+    def _one_at_a_time(self, job_id: str, requests: list[EngineRequest],
+                       idle: Callable[[], None]) -> Generator[EngineResult, None, None]:
         """Run each request alone, so that a request which kills the engine is the only one in flight when
         it does; one that did so ``MAX_ITEM_CRASHES`` times becomes an error record instead of running."""
         with self.loop.alone():
@@ -188,7 +209,7 @@ class ShardRunner:
                                                          "is not run again (`dscbatch retry` runs it once more)")
                     yield EngineResult.failed(request, error)
                     continue
-                yield from self.loop.stream([request], should_stop=self._must_stop)
+                yield from self.loop.stream([request], should_stop=self._must_stop, idle=idle)
 
 
 def register_tasks(app: Celery, runner: ShardRunner) -> None:
