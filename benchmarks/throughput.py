@@ -349,7 +349,8 @@ def main() -> None:
                 "c: wall time of `dscbatch submit --wait -o OUT`, warm workers, "
                 "DSCBATCH_SHARD_MAX_REQUESTS = shard_size for submit and workers (DSCBATCH_SHARDS_IN_FLIGHT auto); "
                 "tokens as the results file reports them",
-                "sanity: per-request prompt and generated token counts of every system against a's",
+                "sanity: per-request prompt and generated token counts of every system against the first measured "
+                "plain-vLLM system's (a, else a-sorted, else a-per-shard)",
                 "ideal_hit_rate: for each prompt in sorted order, the longest prefix in whole KV blocks "
                 "(config.block_size, vLLM's own) it shares with an earlier one, at most its length less one, "
                 "summed, over all prompt tokens; preemptions: vLLM's num_preemptions counter over the run",
