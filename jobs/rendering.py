@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jinja2
+
 from dscbatch.jobs.errors import RequestError
 from dscbatch.jobs.repo import repo_context
 from dscbatch.jobs.requests import (
@@ -29,6 +31,8 @@ class FimFormat:
     suffix_token: str
     middle_token: str
     marker: str  # a token only this family has
+    # The tokens this family's FIM (and repo-level) answers end with, as its model cards and reference code stop.
+    end_tokens: tuple[str, ...]
 
     def render(self, prefix: str, suffix: str) -> str:
         return f"{self.prefix_token}{prefix}{self.suffix_token}{suffix}{self.middle_token}"
@@ -42,11 +46,18 @@ class CodeLlamaFim(FimFormat):
 
 
 FIM_FORMATS = (
-    FimFormat("deepseek-coder", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜fim▁begin｜>"),
-    FimFormat("qwen2.5-coder", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_sep|>"),
-    FimFormat("codegemma", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_separator|>"),
-    FimFormat("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_prefix>"),
-    CodeLlamaFim("codellama", "<PRE>", "<SUF>", "<MID>", "▁<PRE>"),
+    # DeepSeek Coder's FIM is its base models' task: the answer ends with the base models' EOS.
+    FimFormat("deepseek-coder", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜fim▁begin｜>",
+              ("<｜end▁of▁sentence｜>",)),
+    # Qwen2.5-Coder's FIM (its base models') ends with <|endoftext|>; Qwen's own examples also stop at the padding
+    # and file-separator tokens, which a repo-level answer runs on into.
+    FimFormat("qwen2.5-coder", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_sep|>",
+              ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>")),
+    FimFormat("codegemma", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_separator|>",
+              ("<|file_separator|>", "<eos>")),
+    FimFormat("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_prefix>",
+              ("<|endoftext|>", "<file_sep>")),
+    CodeLlamaFim("codellama", "<PRE>", "<SUF>", "<MID>", "▁<PRE>", ("▁<EOT>", "</s>")),
 )
 
 
@@ -57,6 +68,31 @@ def detect_fim_format(tokenizer: ModelTokenizer) -> FimFormat | None:
                 fmt.prefix_token in tokenizer.vocab or fmt.marker.startswith("▁")):
             return fmt
     return None
+
+
+def chat_end_token(tokenizer: ModelTokenizer) -> str | None:
+    """The special token the chat template closes an assistant turn with (``<|im_end|>``, ``<|EOT|>``)."""
+    template = tokenizer.chat_template
+    if template is None:
+        return None
+    mark = "\x00answer\x00"
+    try:
+        text = template.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": mark}])
+    except jinja2.TemplateError:
+        return None
+    after = text[text.find(mark) + len(mark):] if mark in text else ""
+    found = [(after.find(token), token) for token in tokenizer.added_tokens if token in after]
+    return min(found)[1] if found else None
+
+
+def stop_token_ids(tokenizer: ModelTokenizer) -> list[int]:
+    """Every token a generation for this model ends at: generation_config's EOS list and the tokenizer's EOS
+    (ModelTokenizer.stop_token_ids), the chat template's end-of-turn token, and the end tokens of the model's
+    FIM family."""
+    fim = detect_fim_format(tokenizer)
+    texts = [chat_end_token(tokenizer), *(fim.end_tokens if fim is not None else ())]
+    ids = {tokenizer.token_id(text) for text in texts}
+    return sorted(set(tokenizer.stop_token_ids) | {token for token in ids if token is not None})
 
 
 @dataclass(frozen=True)
@@ -75,6 +111,7 @@ class Renderer:
         self.tokenizer = tokenizer
         self.defaults = defaults.over(DEFAULT_PARAMS)
         self.fim = detect_fim_format(tokenizer)
+        self.stop_token_ids = stop_token_ids(tokenizer)
         self.max_model_len = max_model_len or tokenizer.context_length
         self.vocab_size = max(tokenizer.vocab.values()) + 1
 
@@ -145,4 +182,4 @@ class Renderer:
             raise RequestError("prompt_too_long", f"the prompt has {len(ids)} tokens and max_tokens is "
                                f"{max_tokens}: {len(ids) + max_tokens} exceeds the model's context of "
                                f"{self.max_model_len} tokens")
-        return RenderedRequest(prompt, ids, self.tokenizer.stop_token_ids, params)
+        return RenderedRequest(prompt, ids, self.stop_token_ids, params)

@@ -117,7 +117,7 @@ class _Rendering:
         self.renderer = Renderer(self.tokenizer, options.defaults, options.max_model_len)
         self.id = new_job_id()
         self.header: dict[str, Any] = {"job": self.id, "model": model_name(options.model),
-                                       "stop": self.tokenizer.stop_token_ids, "created": int(time.time())}
+                                       "stop": self.renderer.stop_token_ids, "created": int(time.time())}
         self.errors: list[ResultEntry] = []  # error records not yet stored (skip-invalid mode)
         self.refused: list[str] = []  # strict mode: lines the model cannot serve refuse the job
         self.total = 0

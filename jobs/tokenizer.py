@@ -121,6 +121,12 @@ class ModelTokenizer:
         return self.vocab.get(text) if text is not None else None
 
     @cached_property
+    def added_tokens(self) -> frozenset[str]:
+        """The texts of the tokenizer's added tokens (its special tokens, marked special or not: DeepSeek's
+        ``<|EOT|>`` is not)."""
+        return frozenset(token.content for token in self.tokenizer.get_added_tokens_decoder().values())
+
+    @cached_property
     def bos_text(self) -> str | None:
         return _token_text(self.config.get("bos_token"))
 

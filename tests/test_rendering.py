@@ -54,7 +54,8 @@ def test_completion_ids_are_the_official_ones(tokenizer: ModelTokenizer) -> None
     rendered = Renderer(tokenizer).render(CompletionRequest(id="a", prompt="def f():"))
     assert rendered.prompt_token_ids == [BOS, 1551, 267, 10942]
     assert rendered.prompt == "<｜begin▁of▁sentence｜>def f():"
-    assert rendered.stop_token_ids == [EOT]
+    # The instruct model's EOS (its chat turns' end) and the base models' EOS, which its FIM answers end with.
+    assert rendered.stop_token_ids == [EOS_BASE, EOT]
 
 
 @official
