@@ -110,7 +110,7 @@ def _judge_here(settings: Settings, problems: dict[str, Problem], samples_path: 
 def _generate(settings: Settings, problems: dict[str, Problem], model: str, samples: int, params: Sequence[str],
               prompt_style: PromptStyle | None, local: bool, engine_args: Sequence[str],
               output: str | None) -> Report:
-    from dscbatch.cli.main import _params, _submit
+    from dscbatch.cli.main import _params, _submit, local_context
     from dscbatch.cli.progress import wait_for_job
     from dscbatch.workers.embedded import EmbeddedCluster
 
@@ -122,7 +122,8 @@ def _generate(settings: Settings, problems: dict[str, Problem], model: str, samp
     click.echo(f"HumanEval: {len(problems)} problems, {each} sample{'s' if each != 1 else ''} each, {style} prompts, "
                f"max_tokens {defaults.max_tokens}, temperature {defaults.temperature}", err=True)
     options = SubmitOptions(model=model, defaults=defaults, shard_max_requests=settings.shard_max_requests,
-                            shard_max_tokens=settings.shard_max_tokens)
+                            shard_max_tokens=settings.shard_max_tokens,
+                            max_model_len=local_context(model, engine_args, None) if local else None)
     with tempfile.TemporaryDirectory(prefix="dscbatch-eval-") as directory, contextlib.ExitStack() as stack:
         path = os.path.join(directory, "humaneval.jsonl")
         _write_lines(path, list(job_lines(problems.values(), style, samples)))

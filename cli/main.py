@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from dscbatch.cli.progress import ReadingProgress, wait_for_finalized, wait_for_job
+from dscbatch.cli.progress import ReadingProgress, wait_for_engine, wait_for_finalized, wait_for_job
 from dscbatch.jobs.errors import DscbatchError, InvalidInputError, RequestError, SettingsError
 from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_input, require_valid
 from dscbatch.jobs.rendering import Renderer
@@ -401,7 +401,7 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
 
     settings = _settings(ctx)
     options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
-                                   max_model_len, order, no_dedup)
+                                   local_context(model, engine_args, max_model_len), order, no_dedup)
     check = check_file(input_path, max_line_bytes=max_line_bytes)
     if not skip_invalid:
         require_valid(check)  # refuse bad input before starting anything
@@ -412,13 +412,24 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
         store = JobStore.connect(local)
         job_id = _submit(local, store, input_path, options)
         click.echo(f"job {job_id}", err=True)
-        click.echo("waiting for the local worker's engine to start ...", err=True)
-        while not store.workers():
-            cluster.check_worker()
-            time.sleep(0.5)
+        wait_for_engine(store, cluster.check_worker)
         status = wait_for_job(store, job_id, check=cluster.check_worker)
         _write_results(store, status, output)
     sys.exit(_summary(status))
+
+
+def local_context(model: str, engine_args: Sequence[str], max_model_len: int | None) -> int:
+    """The context a local worker's engine will have (the one prompts are checked against), at most
+    ``max_model_len``; says so where the model's own does not fit the KV cache, and raises ContextFitError where an
+    asked-for ``max_model_len`` engine argument does not (before anything starts)."""
+    from dscbatch.workers.context_fit import cpu_build_installed, fit_context
+
+    tokenizer = ModelTokenizer.load(model)
+    fit = fit_context(tokenizer.context_length, tokenizer.model_config, _key_values(engine_args, "--engine-arg"),
+                      cpu_build_installed())
+    if fit.note is not None:
+        click.echo(f"note: {fit.note}", err=True)
+    return min(fit.max_model_len, max_model_len or fit.max_model_len)
 
 
 def _add_commands() -> None:

@@ -69,6 +69,33 @@ class ReadingProgress:
         self.stream.flush()
 
 
+def _progressed(status: JobStatus, first: JobStatus) -> bool:
+    return (status.done + status.failed, status.completion_tokens) != (first.done + first.failed,
+                                                                       first.completion_tokens)
+
+
+def wait_for_engine(store: JobStore, check: Callable[[], None], *, stream: TextIO = sys.stderr) -> None:
+    """Wait until a worker's heartbeat says its engine is up, showing the seconds waited (redrawn in place on a
+    terminal, elsewhere a line every ``PLAIN_EVERY_SECONDS``); ``check`` raises if the worker died."""
+    started = last_plain = time.monotonic()
+    tty = stream.isatty()
+    stream.write("waiting for the local worker's engine to start ..." + ("" if tty else "\n"))
+    stream.flush()
+    while not store.workers():
+        check()
+        now = time.monotonic()
+        if tty:
+            stream.write(f"\rwaiting for the local worker's engine to start ... {now - started:.0f} s")
+        elif now - last_plain >= PLAIN_EVERY_SECONDS:
+            stream.write(f"waiting for the local worker's engine to start ... {now - started:.0f} s\n")
+            last_plain = now
+        stream.flush()
+        time.sleep(0.5)
+    line = f"the local worker's engine started in {time.monotonic() - started:.0f} s"
+    stream.write(("\r" + line.ljust(60) if tty else line) + "\n")
+    stream.flush()
+
+
 def wait_for_finalized(store: JobStore, job_id: str, *, interval: float = POLL_SECONDS) -> JobStatus:
     """Poll a settled job until a worker has written its results file."""
     while True:
@@ -87,6 +114,9 @@ def wait_for_job(store: JobStore, job_id: str, *, interval: float = POLL_SECONDS
     tty = stream.isatty()
     while True:
         now = time.monotonic()
+        if not _progressed(status, first):
+            # Speeds count from the first result in: not the engine's start, nor a queue's wait.
+            first, started = status, now
         line = progress_line(status, first, now - started)
         finished = status.settled
         if tty:

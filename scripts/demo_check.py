@@ -57,6 +57,8 @@ def main() -> None:
         code = python_program(line, record["outputs"][0]["text"])
         if code is not None:
             verdict = "parses as Python" if parses(code) else "does NOT parse as Python"
+            if record["outputs"][0]["finish_reason"] == "length":
+                verdict += " (it ran to its max_tokens: no end token came)"
             print(f"demo: {record['id']}: the {record['type']} answer {verdict}")
     source = args.model / "dscbatch-source.json"
     if source.is_file():

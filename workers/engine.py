@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import logging
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,16 +23,15 @@ from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir
 from dscbatch.jobs.requests import DEFAULT_PARAMS, Params, ResponseFormat
 from dscbatch.jobs.results import TokenLogprob
 from dscbatch.jobs.tokenizer import ModelTokenizer, resolve_model_dir
+from dscbatch.workers.context_fit import CPU_KV_CACHE_BYTES, fit_context
 from dscbatch.workers.stderr_tail import SYMPTOM, StderrTail
 
-# The CPU build fails with the default GPU memory fraction; 256 MiB of KV cache holds 262k tokens of the
-# tiny test model (a 6.7B model needs 512 KiB a token: pass more, and a smaller max_model_len).
-CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
 # Params fields that are SamplingParams arguments of the same name.
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "logprobs", "ignore_eos",
                    "min_tokens", "presence_penalty", "frequency_penalty")
 # Arguments Engine sets itself.
 RESERVED_ARGS = frozenset({"model", "skip_tokenizer_init"})
+log = logging.getLogger(__name__)
 
 
 def _structured_outputs(response_format: ResponseFormat | None) -> Any:
@@ -126,9 +126,14 @@ class Engine:
         _check_engine_args(user_args)
         tokenizer_source = str(user_args.get("tokenizer", model))
         self.tokenizer = ModelTokenizer(resolve_model_dir(tokenizer_source))
-        args = default_engine_args(model, running_on_cpu())
+        on_cpu = running_on_cpu()
+        args = default_engine_args(model, on_cpu)
         args["tokenizer"] = str(faithful_tokenizer_dir(self.tokenizer.model_dir))
         args.update(user_args)
+        fit = fit_context(self.tokenizer.context_length, self.tokenizer.model_config, args, on_cpu)
+        if fit.note is not None:
+            log.warning("%s", fit.note)
+            args["max_model_len"] = fit.max_model_len
         self.engine_args = args
         from vllm import LLM
 
