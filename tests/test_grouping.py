@@ -12,6 +12,7 @@ import pytest
 
 from dscbatch.jobs import grouping
 from dscbatch.jobs.grouping import PrefixSorter, common_prefix_length, cut_shards, folded_items, item_indices
+from dscbatch.jobs.rendering import stop_token_ids
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer
@@ -170,6 +171,6 @@ def test_a_submitted_job_record_is_a_compact_hash_that_rebuilds_the_shard_header
     assert store.client.object("encoding", store.job_key(job_id)) == b"listpack"
     status = store.status(job_id)
     assert (status.options["dedup"], status.options["echo_prompt"], status.options["defaults"]) == (False, False, {})
-    stop = ModelTokenizer.load(str(deepseek_dir)).stop_token_ids
+    stop = stop_token_ids(ModelTokenizer.load(str(deepseek_dir)))
     assert stop and store.shard_header(job_id) == {"job": job_id, "model": "deepseek-coder-6.7b-instruct",
                                                    "stop": stop, "created": int(status.created)}
