@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from dscbatch.jobs.rendering import Renderer, chat_end_token, detect_fim_format
 from dscbatch.jobs.requests import ChatMessage, ChatRequest, FimRequest
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
 from .conftest import OFFICIAL, REAL_MODEL, REAL_MODEL_ABSENT
+from .test_rendering import _tokenizer_with
 
 
 def _ids(tokenizer: ModelTokenizer, *texts: str) -> list[int]:
@@ -45,18 +44,6 @@ def test_qwen_stops_at_im_end_endoftext_and_its_fim_padding_and_file_separator()
         tokenizer, "<|endoftext|>", "<|im_end|>", "<|fim_pad|>", "<|file_sep|>")
 
 
-def _family_tokenizer(tmp_path: Path, special: list[str], eos: str) -> ModelTokenizer:
-    """A small byte-level tokenizer with one family's special tokens and ``eos`` as its EOS."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_tokens(list(pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer.add_special_tokens(special)
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
-    return ModelTokenizer(tmp_path)
-
-
 @pytest.mark.parametrize(("family", "special", "eos", "ends"), [
     ("starcoder", ["<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>", "<|endoftext|>"], "<|endoftext|>",
      ["<file_sep>", "<|endoftext|>"]),
@@ -66,7 +53,7 @@ def _family_tokenizer(tmp_path: Path, special: list[str], eos: str) -> ModelToke
 ])
 def test_each_fim_family_stops_at_its_end_tokens(tmp_path: Path, family: str, special: list[str], eos: str,
                                                  ends: list[str]) -> None:
-    tokenizer = _family_tokenizer(tmp_path, special, eos)
+    tokenizer = _tokenizer_with(tmp_path, special, {"eos_token": eos})
     renderer = Renderer(tokenizer)
     assert renderer.fim is not None and renderer.fim.family == family
     assert renderer.render(FimRequest(id="f", prefix="P", suffix="S")).stop_token_ids == _ids(tokenizer, *ends)
