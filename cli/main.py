@@ -63,8 +63,8 @@ def _store(ctx: click.Context) -> JobStore:
 
 
 param_option = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
-                            help="Job-level sampling default (max_tokens, temperature, top_p, top_k, n, stop, "
-                                 "seed, logprobs, ignore_eos, min_tokens); lines override it.")
+                            help=f"Job-level sampling default ({', '.join(Params.model_fields)}; VALUE is JSON "
+                                 "where it parses as JSON, else a string); lines' params override it.")
 engine_arg_option = click.option("--engine-arg", "engine_args", multiple=True, metavar="KEY=VALUE",
                                  help="vLLM engine argument, e.g. max_model_len=4096 (repeatable).")
 model_option = click.option("--model", "-m", required=True, help="Model directory or hub id (owner/name).")

@@ -30,7 +30,7 @@ from .test_pipeline import dscbatch, read_jsonl
 
 # Each test has workers of its own, started by the ``started`` fixture before it runs (engines start side by
 # side, 30-90 s here, bounded by conftest's WORKER_START_SECONDS); the test's own work, a fault and a job, takes
-# under a minute here, and 600 s leaves 3x margin on a machine twice as slow (README, Development).
+# under a minute here, and 600 s leaves 3x margin on a machine twice as slow (docs/development.md).
 pytestmark = [pytest.mark.faults, pytest.mark.engine, pytest.mark.timeout(600)]
 ITEMS = 48
 

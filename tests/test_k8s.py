@@ -1035,18 +1035,15 @@ def test_the_example_job_submits_a_file_from_a_pvc_and_waits() -> None:
     assert queue_name(settings_of(env).key_prefix, submit["model"]) == list_name
 
 
-# -- the README --------------------------------------------------------------------------------------------------------
+# -- the documentation (docs/kubernetes.md) ----------------------------------------------------------------------------
 
 
-def _readme_section() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^## Kubernetes\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
-    assert match, "README.md has no '## Kubernetes' section"
-    return match.group(1)
+def _kubernetes_page() -> str:
+    return (ROOT / "docs" / "kubernetes.md").read_text(encoding="utf-8")
 
 
-def test_the_readme_table_matches_the_overlays() -> None:
-    section = _readme_section()
+def test_the_kubernetes_page_table_matches_the_overlays() -> None:
+    section = _kubernetes_page()
     rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")]
             for line in section.splitlines() if line.startswith("| `")]
     assert sorted(row[0] for row in rows) == OVERLAYS
@@ -1059,8 +1056,8 @@ def test_the_readme_table_matches_the_overlays() -> None:
         assert node_selector.get("nvidia.com/gpu.product", "-") == product
 
 
-def test_the_readme_commands_match_the_manifests() -> None:
-    section = _readme_section()
+def test_the_kubernetes_page_commands_match_the_manifests() -> None:
+    section = _kubernetes_page()
     applied = set(re.findall(r"kubectl apply -k k8s/overlays/([\w.-]+)", section))
     assert applied and applied <= set(OVERLAYS)
     for path in set(re.findall(r"\bk8s/[\w./-]*[\w/]", section)):
@@ -1068,7 +1065,7 @@ def test_the_readme_commands_match_the_manifests() -> None:
     docs = list(_built(OVERLAYS[0]))
     namespace = one(docs, "Namespace")["metadata"]["name"]
     secret = re.search(r"kubectl -n (\S+) create secret generic (\S+) --from-literal=(\w+)=", section)
-    assert secret, "the README says how to create the Redis password Secret"
+    assert secret, "docs/kubernetes.md says how to create the Redis password Secret"
     redis_env = only_container(one(docs, "StatefulSet", "dscbatch-redis"))["env"][0]["valueFrom"]["secretKeyRef"]
     assert secret.groups() == (namespace, redis_env["name"], redis_env["key"])
     settings = one(docs, "ConfigMap", "dscbatch-settings")["data"]

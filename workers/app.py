@@ -1,4 +1,8 @@
-"""The Celery app: Redis broker, JSON only, late acks, one task in flight per worker.
+"""The Celery app: Redis broker, JSON only, late acks, prefetch 1 per pool thread.
+
+A process consumes with several threads (``serve``'s ``concurrency``): a worker holds ``DSCBATCH_SHARDS_IN_FLIGHT``
+shards at once, an executor runs ``DSCBATCH_EXECUTOR_CONCURRENCY`` programs; each thread takes one message at a
+time and acknowledges it only once its work is stored.
 
 There is no result backend: results go to the job store in Redis, exactly once per item.
 """
