@@ -19,8 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dscbatch.core.errors import InputFormatError, StorageError
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import InputFormatError, StorageError
 
 ROWS_PER_BATCH = 1024
 ROWS_PER_WRITE = 8192

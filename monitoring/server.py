@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from dscbatch.jobs.errors import SettingsError
+from dscbatch.core.errors import SettingsError
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from dscbatch.jobs.errors import ApiError
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.errors import ApiError
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.tokenizer import model_name
 from dscbatch.server.batches import BatchService
@@ -86,7 +86,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings, models: Sequence[str]) -> FastAPI:
     """The API for ``models`` (directories or hub ids whose tokenizers render the batches' requests)."""
-    from dscbatch.workers.app import make_app, shard_enqueuer
+    from dscbatch.core.celery_app import make_app, shard_enqueuer
 
     store = JobStore.connect(settings)
     keys = ApiKeys(store.client, store.prefix)

@@ -21,10 +21,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dscbatch.core.errors import ApiError, ConflictApiError, DscbatchError, InvalidInputError
+from dscbatch.core.settings import Settings
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import ApiError, ConflictApiError, DscbatchError, InvalidInputError
 from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS, FileCheck, Line, check_file
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import Enqueue, SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name

@@ -15,7 +15,8 @@ from typing import cast
 import redis
 from redis.typing import EncodableT, FieldT
 
-from dscbatch.jobs.errors import ApiError, NotFoundApiError
+from dscbatch.core.errors import ApiError, NotFoundApiError
+from dscbatch.core.keys import Keys
 
 Fields = Mapping[str, str | int | float]
 
@@ -27,14 +28,14 @@ def _mapping(fields: Fields) -> dict[FieldT, EncodableT]:
 class OwnedRecords:
     def __init__(self, client: redis.Redis, prefix: str, kind: str) -> None:
         self.client = client
-        self.prefix = prefix
+        self.keys = Keys(prefix)
         self.kind = kind
 
     def key(self, record_id: str) -> str:
-        return f"{self.prefix}:{self.kind}:{record_id}"
+        return self.keys.record(self.kind, record_id)
 
     def _index(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}:{self.kind}s"
+        return self.keys.owned(owner, self.kind)
 
     def create(self, record_id: str, owner: str, created: int, fields: Fields) -> None:
         pipe = self.client.pipeline(transaction=True)

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from tokenizers import Tokenizer
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from dscbatch.cli.progress import progress_line
-from dscbatch.jobs.errors import SettingsError
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import make_app, require_json_only
+from dscbatch.core.errors import SettingsError
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStatus, JobStore
-from dscbatch.workers.app import make_app, require_json_only
 
 from .conftest import ROOT, worker_env
 

@@ -11,9 +11,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from dscbatch.core.errors import SettingsError
+from dscbatch.core.settings import Settings
 from dscbatch.jobs import finalize, retention
-from dscbatch.jobs.errors import SettingsError
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 

@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 
 from .conftest import start_executor
 
 STUCK = """
 import logging, threading
-from dscbatch.workers.process_exit import exit_process
+from dscbatch.core.process_exit import exit_process
 logging.basicConfig(level=logging.INFO)
 threading.Thread(target=threading.Event().wait, name="stuck-pool-thread").start()  # never returns
 exit_process(3)

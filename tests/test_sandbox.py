@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from dscbatch.core.errors import SandboxError
 from dscbatch.executor.sandbox import SLOT_UID_BASE, SLOT_UIDS, Limits, Sandbox, Verdict
-from dscbatch.jobs.errors import SandboxError
 
 LIMITS = Limits(wall_seconds=8, cpu_seconds=4, memory_bytes=512 << 20, processes=24, output_bytes=1 << 20)
 # Budget for one hostile run: its limit plus bwrap's start and the kill, on a loaded machine.

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import RUN_SHARD, make_app
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.app import RUN_SHARD, make_app
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
 from .conftest import ROOT, start_worker

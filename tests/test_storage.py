@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dscbatch.core.settings import Settings
 from dscbatch.jobs import finalize
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 

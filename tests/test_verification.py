@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from dscbatch.executor.tasks import enqueue_verifications
+from dscbatch.core.celery_app import enqueue_verifications, make_app
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.requests import Verify
 from dscbatch.jobs.results import ItemInfo, Output, result_line
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStatus, JobStore, ResultEntry
-from dscbatch.workers.app import make_app
 from dscbatch.workers.embedded import stop_process
 
 from .conftest import start_executor

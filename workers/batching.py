@@ -18,8 +18,8 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from dscbatch.jobs.errors import EngineError
-from dscbatch.jobs.settings import MAX_SHARDS_IN_FLIGHT
+from dscbatch.core.errors import EngineError
+from dscbatch.core.settings import MAX_SHARDS_IN_FLIGHT
 from dscbatch.workers.engine import Engine, EngineRequest, EngineResult
 
 log = logging.getLogger(__name__)

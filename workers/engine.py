@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from dscbatch.jobs.errors import EngineError, RequestError
+from dscbatch.core.errors import EngineError, RequestError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir
 from dscbatch.jobs.requests import DEFAULT_PARAMS, Params, ResponseFormat
 from dscbatch.jobs.results import TokenLogprob

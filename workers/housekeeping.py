@@ -15,8 +15,8 @@ import time
 
 import redis
 
+from dscbatch.core.errors import DscbatchError
 from dscbatch.jobs import finalize, retention
-from dscbatch.jobs.errors import DscbatchError
 from dscbatch.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Housekeeper(threading.Thread):
                 log.error("job %s: cannot write its results file (retried in %d s): %s", job_id,
                           FINALIZE_RETRY_SECONDS, error)
                 self._retry_at[job_id] = now + FINALIZE_RETRY_SECONDS
-        if self.store.client.set(f"{self.store.prefix}:retention_sweep", self.hostname, nx=True,
+        if self.store.client.set(self.store.keys.retention_sweep, self.hostname, nx=True,
                                  ex=RETENTION_SWEEP_SECONDS):
             removed = retention.sweep(self.store, self.job_retention)
             if removed:

@@ -15,12 +15,12 @@ import os
 import time
 from typing import Any
 
+from dscbatch.core.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
 from dscbatch.jobs.finalize import reap_finalizers
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers import reaper
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.engine import Engine
-from dscbatch.workers.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
 from dscbatch.workers.observer import WorkerObserver
 from dscbatch.workers.tasks import Requeue
 

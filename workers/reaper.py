@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from dscbatch.core.celery_app import RUN_SHARD
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.app import RUN_SHARD
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def deliveries(store: JobStore) -> list[Delivery]:
         if entry is None:
             continue
         message, _, queue = json.loads(entry)
-        if not str(queue).startswith(f"{store.prefix}."):
+        if not str(queue).startswith(store.keys.queues_prefix):
             continue  # another deployment's queue on the same Redis
         shard_key = _shard_key(message)
         if shard_key is not None:

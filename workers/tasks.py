@@ -12,12 +12,12 @@ from typing import Any
 
 from celery import Celery
 
-from dscbatch.jobs.errors import DscbatchError, RequestError
+from dscbatch.core.celery_app import RUN_SHARD
+from dscbatch.core.errors import DscbatchError, RequestError
 from dscbatch.jobs.finalize import finalize
 from dscbatch.jobs.grouping import folded_items, item_indices
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
-from dscbatch.workers.app import RUN_SHARD
 from dscbatch.workers.batching import EngineLoop
 from dscbatch.workers.engine import EngineRequest, EngineResult
 from dscbatch.workers.observer import WorkerObserver

@@ -16,12 +16,11 @@ from typing import Any
 
 from celery import signals
 
-from dscbatch.executor.tasks import enqueue_verifications
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import enqueue_shard, enqueue_verifications, make_app, require_json_only, serve
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import queue_name
 from dscbatch.jobs.tokenizer import model_name
-from dscbatch.workers.app import enqueue_shard, make_app, require_json_only, serve
 from dscbatch.workers.batching import EngineLoop, default_shards_in_flight
 from dscbatch.workers.engine import Engine
 from dscbatch.workers.housekeeping import Housekeeper
