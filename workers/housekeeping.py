@@ -10,12 +10,10 @@ beside the heartbeat, not in it, so a long write never delays a heartbeat.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
-import redis
-
 from dscbatch.core.errors import DscbatchError
+from dscbatch.core.threads import LoopThread
 from dscbatch.jobs import finalize, retention
 from dscbatch.jobs.store import JobStore
 
@@ -27,23 +25,18 @@ FINALIZE_RETRY_SECONDS = 60
 RETENTION_SWEEP_SECONDS = 60
 
 
-class Housekeeper(threading.Thread):
+class Housekeeper(LoopThread):
+    interval = HOUSEKEEPING_SECONDS
+    delay_first = True
+
     def __init__(self, store: JobStore, hostname: str, job_retention: int) -> None:
-        super().__init__(name="dscbatch-housekeeping", daemon=True)
+        super().__init__(name="dscbatch-housekeeping")
         self.store = store
         self.hostname = hostname
         self.job_retention = job_retention
-        self.stopping = threading.Event()
         self._retry_at: dict[str, float] = {}  # job id -> when to try its failed write again
 
-    def run(self) -> None:
-        while not self.stopping.wait(HOUSEKEEPING_SECONDS):
-            try:
-                self.tick()
-            except redis.RedisError:
-                log.warning("housekeeping: Redis failed; retrying", exc_info=True)
-
-    def tick(self) -> None:
+    def round(self) -> None:
         now = time.monotonic()
         for job_id in finalize.awaiting(self.store):
             if self._retry_at.get(job_id, 0) > now:
@@ -60,6 +53,3 @@ class Housekeeper(threading.Thread):
             removed = retention.sweep(self.store, self.job_retention)
             if removed:
                 log.info("retention: removed %d jobs finished over %d s ago", len(removed), self.job_retention)
-
-    def stop(self) -> None:
-        self.stopping.set()
