@@ -16,7 +16,8 @@ Jobs (``jobs/store.py``)::
     P:finalize                  set: settled jobs with an output folder whose results file is not written yet
     P:finalizing                hash: job id -> the worker writing its results file
     P:claims                    hash: [worker, shard key] -> job id, the shards workers are running
-    P:repair:ID                 string: a worker is repairing the job (``jobs.repair``), expires
+    P:repair:QUEUE              string: the worker looking for its queue's stranded shards (``workers/repair.py``)
+    P:repair:QUEUE:suspects     hash: shard key -> when it was first seen stranded
 
 Processes::
 
@@ -85,8 +86,11 @@ class Keys:
     def claims(self) -> str:
         return f"{self.prefix}:claims"
 
-    def repair(self, job_id: str) -> str:
-        return f"{self.prefix}:repair:{job_id}"
+    def repair_lock(self, queue: str) -> str:
+        return f"{self.prefix}:repair:{queue}"
+
+    def repair_suspects(self, queue: str) -> str:
+        return f"{self.repair_lock(queue)}:suspects"
 
     # Processes
 

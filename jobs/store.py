@@ -13,8 +13,10 @@ Counters move only inside Lua scripts, in the same step that stores a result, so
 equals the number of stored results, whatever crashes or redeliveries happen around it.
 
 A shard's payload lives only while some of its items have no result: the worker that finishes it deletes it
-(``drop_shard``), and results are stored for a shard only while its payload exists, so a late copy of a
-finished shard can never add a result after the job's results have left Redis (``jobs.finalize``).
+(``drop_shard``, which checks in the same step that every item has its result, so results that Redis lost in a
+crash run again rather than go missing for good), and results are stored for a shard only while its payload
+exists, so a late copy of a finished shard can never add a result after the job's results have left Redis
+(``jobs.finalize``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,20 @@ redis.call('HINCRBY', KEYS[2], 'verified_samples', ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'passed_samples', ARGV[4])
 settle(KEYS[4], ARGV[6])
 return 1
+"""
+
+# KEYS: shard, attempts, results. ARGV: shard key, then the shard's item indices. The shard is deleted only when
+# every item has a result; else the indices without one are returned and nothing changes.
+_DROP = """
+local missing = {}
+for i = 2, #ARGV do
+  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0 then missing[#missing + 1] = ARGV[i] end
+end
+if #missing == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return missing
 """
 
 # KEYS: waiting. ARGV: cutoff, now, limit. Members queued before the cutoff are stamped now and returned, so that
@@ -233,6 +249,7 @@ class JobStore:
         self._take_failed = client.register_script(_TAKE_FAILED)
         self._verdict = client.register_script(_VERDICT)
         self._take_stale = client.register_script(_TAKE_STALE)
+        self._drop = client.register_script(_DROP)
 
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
@@ -295,12 +312,12 @@ class JobStore:
         data = self.client.get(key)
         return None if data is None else shard_codec.decode(cast(bytes, data))
 
-    def drop_shard(self, job_id: str, shard_key: str) -> None:
-        """Delete a shard whose every item has a result: Redis keeps the payload of unfinished work only."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(shard_key)
-        pipe.hdel(self.keys.job_part(job_id, "attempts"), shard_key)
-        pipe.execute()
+    def drop_shard(self, job_id: str, shard_key: str, indices: Sequence[int]) -> list[int]:
+        """Delete a shard if every one of its items (``indices``) has a result, checked in the same step: Redis
+        keeps the payload of unfinished work only. Returns the indices without a result (nothing is dropped
+        then): results the worker stored and Redis lost (a crash that cost the tail of its append-only file)."""
+        keys = [shard_key, self.keys.job_part(job_id, "attempts"), self.keys.job_part(job_id, "results")]
+        return [int(index) for index in cast(list[bytes], self._drop(keys=keys, args=[shard_key, *indices]))]
 
     def shard_header(self, job_id: str) -> dict[str, Any]:
         """What every shard of the job repeats besides its items (model, stop ids, creation time)."""
@@ -464,6 +481,10 @@ class JobStore:
             pipe.exists(self.keys.worker(worker))
         return [(worker, job_id, shard_key, bool(alive)) for (worker, shard_key, job_id), alive in
                 zip(claims, pipe.execute(), strict=True)]
+
+    def claimed_shards(self) -> set[str]:
+        """The shard keys of every claim, the worker alive or not (a dead one's is requeued by heartbeats)."""
+        return {json.loads(field)[1] for field in cast(list[bytes], self.client.hkeys(self.keys.claims))}
 
     def orphaned_claims(self) -> list[tuple[str, str, str]]:
         """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""

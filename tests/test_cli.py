@@ -94,7 +94,7 @@ def test_submit_stores_compressed_shards_and_queues_them(settings: Settings, sto
                                                         tmp_path: Path) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"def f{i}():"}) + "\n" for i in range(10)))
-    queue = "dsctest.deepseek-coder-6.7b-instruct"
+    queue = f"{settings.key_prefix}.{deepseek_dir.name}"  # the model is named by its folder
     store.client.delete(queue)
     result = cli("submit", str(prompts), "--model", str(deepseek_dir), "-p", "max_tokens=8", env=worker_env(settings))
     assert result.returncode == 0, result.stderr

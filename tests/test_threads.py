@@ -24,6 +24,7 @@ from dscbatch.jobs import finalize
 from dscbatch.jobs.store import JobStore
 from dscbatch.monitoring.server import MetricsServer
 from dscbatch.workers.housekeeping import Housekeeper
+from dscbatch.workers.repair import Repairer
 
 ROUND_SECONDS = 0.02
 WAIT_SECONDS = 30
@@ -80,9 +81,13 @@ def test_housekeeping_survives_an_unexpected_error_and_sweeps_on(store: JobStore
             raise KeyError("a bug in one round")
         return real_awaiting(store)
 
+    def requeue(job_id: str, shard_key: str) -> None:
+        raise AssertionError(f"nothing is stranded here, yet {shard_key} was requeued")
+
     monkeypatch.setattr(finalize, "awaiting", awaiting_that_fails_once)
     store.client.delete(store.keys.retention_sweep)
-    housekeeper = Housekeeper(store, "test-housekeeper", job_retention=7 * 86400)
+    repairer = Repairer(store, "test-housekeeper", "dsctest.no-such-model", requeue)
+    housekeeper = Housekeeper(store, "test-housekeeper", 7 * 86400, repairer)
     housekeeper.interval = ROUND_SECONDS
     housekeeper.start()
     try:

@@ -1,4 +1,5 @@
-"""The worker's housekeeping thread: writes the results files no shard's worker wrote, and applies retention.
+"""The worker's housekeeping thread: queues stranded shards again (``workers/repair.py``), writes the results files
+no shard's worker wrote, and applies retention.
 
 The worker that finishes a job's last shard writes its results file itself, before acknowledging the shard
 (so a SIGTERM's warm shutdown waits for it). This thread catches the rest, every ``HOUSEKEEPING_SECONDS``:
@@ -16,6 +17,7 @@ from dscbatch.core.errors import DscbatchError
 from dscbatch.core.threads import LoopThread
 from dscbatch.jobs import finalize, retention
 from dscbatch.jobs.store import JobStore
+from dscbatch.workers.repair import Repairer
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,16 @@ class Housekeeper(LoopThread):
     interval = HOUSEKEEPING_SECONDS
     delay_first = True
 
-    def __init__(self, store: JobStore, hostname: str, job_retention: int) -> None:
+    def __init__(self, store: JobStore, hostname: str, job_retention: int, repairer: Repairer) -> None:
         super().__init__(name="dscbatch-housekeeping")
         self.store = store
         self.hostname = hostname
         self.job_retention = job_retention
+        self.repairer = repairer
         self._retry_at: dict[str, float] = {}  # job id -> when to try its failed write again
 
     def round(self) -> None:
+        self.repairer.repair()
         now = time.monotonic()
         for job_id in finalize.awaiting(self.store):
             if self._retry_at.get(job_id, 0) > now:

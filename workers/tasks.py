@@ -134,7 +134,7 @@ class ShardRunner:
         payload = self.store.load_shard(shard_key)
         if payload is None:
             log.info("skipping %s: finished, or its job deleted", shard_key)
-            self.store.drop_shard(job_id, shard_key)  # the attempt counted by the claim
+            self.store.drop_shard(job_id, shard_key, [])  # the attempt counted by the claim
             return ShardReport(0, 0, 0)
         if self.store.is_cancelled(job_id):
             log.info("skipping %s: job cancelled", shard_key)
@@ -172,20 +172,25 @@ class ShardRunner:
             log.warning("%s: stopping; %d items stored, the other %d handed back to the queue", shard_key,
                         len(results), len(todo) - len(results))
         else:
-            self._finished(job_id, shard_key)
+            self._finished(job_id, shard_key, [index for item in items for index in item_indices(item)])
         log.info("%s: %d items, %d already done, %d stored", shard_key, len(items), len(settled), stored)
         return ShardReport(len(items), len(settled), stored)
 
-    def _finished(self, job_id: str, shard_key: str) -> None:
+    def _finished(self, job_id: str, shard_key: str, indices: list[int]) -> None:
         """Every item of the shard has its result: finalize the job if that settled it, then drop the shard
         (before its message is acknowledged, so a worker killed in between leaves the shard to run again,
-        which finds nothing to do and finishes here)."""
+        which finds nothing to do and finishes here). Results Redis has lost since they were stored (a crash
+        that cost the tail of its append-only file) keep the shard: it is queued again and runs them."""
         if self.store.settlement(job_id) is not None:
             try:
                 finalize(self.store, job_id, self.name)
             except DscbatchError as error:
                 log.error("job %s: cannot write its results file (retried later): %s", job_id, error)
-        self.store.drop_shard(job_id, shard_key)
+        missing = self.store.drop_shard(job_id, shard_key, indices)
+        if missing:
+            log.warning("%s: %d stored results are no longer in Redis (did it restart from an older state?); "
+                        "queueing the shard again", shard_key, len(missing))
+            self.requeue(job_id, shard_key)
 
     def _record(self, job_id: str, entries: list[ResultEntry], shard_key: str) -> int:
         """Store the entries, then queue the verification of those that need one."""

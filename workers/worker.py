@@ -26,6 +26,7 @@ from dscbatch.workers.engine import Engine
 from dscbatch.workers.housekeeping import Housekeeper
 from dscbatch.workers.liveness import Heartbeat
 from dscbatch.workers.observer import WorkerObserver
+from dscbatch.workers.repair import Repairer
 from dscbatch.workers.tasks import ShardRunner, register_tasks
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     info = {"model": model_name(model), "queue": queue, "pid": os.getpid(), "started": time.time()}
     heartbeat = Heartbeat(store, hostname, info, engine, observer, requeue)
     heartbeat.start()
-    housekeeper = Housekeeper(store, hostname, settings.job_retention)
+    housekeeper = Housekeeper(store, hostname, settings.job_retention, Repairer(store, hostname, queue, requeue))
     housekeeper.start()
     try:
         register_tasks(app, runner)
