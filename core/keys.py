@@ -30,7 +30,8 @@ Batch API (``server/``)::
     P:apikeys                   hash: key name -> its record; P:apikey_hashes: key hash -> name
     P:KIND:ID                   hash: a file's or batch's record (KIND is ``file`` or ``batch``)
     P:owner:NAME:KINDs          sorted set: the ids one API key owns
-    P:batches:advance           string: the server advancing batches (expires)
+    P:batches:active            sorted set: the batches that have not ended (in_progress, cancelling), by creation
+    P:batches:advance           string: the server advancing batches now (``server/advancer.py``), expires
 
 Celery's own keys are its queues (``P.MODEL``, ``P.executor``) and kombu's ``unacked`` hashes.
 """
@@ -127,6 +128,10 @@ class Keys:
 
     def owned(self, owner: str, kind: str) -> str:
         return f"{self.prefix}:owner:{owner}:{kind}s"
+
+    @property
+    def batches_active(self) -> str:
+        return f"{self.prefix}:batches:active"
 
     @property
     def batches_advance(self) -> str:

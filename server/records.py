@@ -52,6 +52,11 @@ class OwnedRecords:
                                    code=f"{self.kind}_not_found")
         return record
 
+    def read(self, record_id: str) -> dict[str, str]:
+        """The record whoever owns it (empty if there is none): for the server's own background work."""
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.key(record_id)))
+        return {key.decode(): value.decode() for key, value in raw.items()}
+
     def update(self, record_id: str, fields: Fields) -> None:
         self.client.hset(self.key(record_id), mapping=_mapping(fields))
 
