@@ -486,6 +486,10 @@ class JobStore:
         """The shard keys of every claim, the worker alive or not (a dead one's is requeued by heartbeats)."""
         return {json.loads(field)[1] for field in cast(list[bytes], self.client.hkeys(self.keys.claims))}
 
+    def claims_of(self, worker: str) -> list[tuple[str, str]]:
+        """(job id, shard key) of the claims held in ``worker``'s name."""
+        return [(job_id, shard_key) for holder, job_id, shard_key, _ in self._claims() if holder == worker]
+
     def orphaned_claims(self) -> list[tuple[str, str, str]]:
         """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""
         return [(worker, job_id, shard_key) for worker, job_id, shard_key, alive in self._claims() if not alive]

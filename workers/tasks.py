@@ -102,6 +102,11 @@ class ShardRunner:
         self._running: set[str] = set()  # shard keys this worker runs now
         self._running_lock = threading.Lock()
 
+    def running(self) -> set[str]:
+        """The shard keys this worker runs now (each from before its claim until after its release)."""
+        with self._running_lock:
+            return set(self._running)
+
     def stop_within(self, seconds: float) -> None:
         """Finish the running shard if it ends within ``seconds``; else store what is done and requeue it."""
         self.stop_at = time.monotonic() + seconds

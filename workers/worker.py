@@ -60,7 +60,7 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     # SIGTERM starts Celery's warm shutdown, which would wait for the running shard without a bound.
     signals.worker_shutting_down.connect(lambda **_: runner.stop_within(settings.shutdown_timeout), weak=False)
     info = {"model": model_name(model), "queue": queue, "pid": os.getpid(), "started": time.time()}
-    heartbeat = Heartbeat(store, hostname, info, engine, observer, requeue)
+    heartbeat = Heartbeat(store, hostname, info, engine, observer, requeue, runner.running)
     heartbeat.start()
     housekeeper = Housekeeper(store, hostname, settings.job_retention, Repairer(store, hostname, queue, requeue))
     housekeeper.start()
