@@ -258,8 +258,12 @@ def retry(ctx: click.Context, job_id: str) -> None:
 @engine_arg_option
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus /metrics (and /healthz) on this port.")
+@click.option("--engine", "engine_kind", type=click.Choice(["vllm", "sim"]), default="vllm", show_default=True,
+              help="sim: a SIMULATED engine (no model runs; deterministic token ids at a GPU's pace), for "
+                   "control-plane scale benchmarks only.")
 @click.pass_context
-def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None) -> None:
+def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None,
+           engine_kind: str) -> None:
     """Start one vLLM engine and serve the model's queue."""
     from dscbatch.core.process_exit import exit_process
     from dscbatch.monitoring.worker_metrics import serve_worker_metrics
@@ -267,7 +271,8 @@ def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_p
 
     logging.getLogger().setLevel(logging.INFO)
     metrics = None if metrics_port is None else serve_worker_metrics(metrics_port, _settings(ctx), model)
-    exit_process(run_worker(_settings(ctx), model, key_values(engine_args, "--engine-arg"), observer=metrics))
+    exit_process(run_worker(_settings(ctx), model, key_values(engine_args, "--engine-arg"), observer=metrics,
+                            engine_kind=engine_kind))
 
 
 @cli.command()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from dscbatch.core import threads
 from dscbatch.core.errors import EngineError
 from dscbatch.core.settings import MAX_SHARDS_IN_FLIGHT
-from dscbatch.workers.engine import Engine, EngineRequest, EngineResult
+from dscbatch.workers.engine import EngineRequest, EngineResult, Serving
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def default_shards_in_flight(max_num_seqs: int, shard_max_requests: int) -> int:
 class EngineLoop(threading.Thread):
     """Drives the engine from one thread; ``stream`` may be called from any number of threads."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Serving) -> None:
         super().__init__(name="dscbatch-engine", daemon=True)
         self.engine = engine
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: stop

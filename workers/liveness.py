@@ -21,7 +21,7 @@ from dscbatch.jobs.finalize import reap_finalizers
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers import reaper
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
-from dscbatch.workers.engine import Engine
+from dscbatch.workers.engine import Serving
 from dscbatch.workers.observer import WorkerObserver
 from dscbatch.workers.tasks import Requeue
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(HeartbeatLoop):
-    def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Engine,
+    def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Serving,
                  observer: WorkerObserver, requeue: Requeue, running: Callable[[], set[str]]) -> None:
         super().__init__(name="dscbatch-heartbeat", what="heartbeat")
         self.store = store
