@@ -55,8 +55,8 @@ def die(what: str, code: int = THREAD_DIED_EXIT) -> NoReturn:
 
 
 class LoopThread(threading.Thread, ABC):
-    """Runs :meth:`round` every ``interval`` seconds until :meth:`stop`; a round that raises is logged and the
-    loop goes on. ``delay_first``: wait one interval before the first round."""
+    """Runs :meth:`round` every ``interval`` seconds (or at once when woken) until :meth:`stop`; a round that
+    raises is logged and the loop goes on. ``delay_first``: wait one interval before the first round."""
 
     interval: float = 10.0
     delay_first = False
@@ -64,6 +64,7 @@ class LoopThread(threading.Thread, ABC):
     def __init__(self, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self.stopping = threading.Event()
+        self._woken = threading.Event()
 
     @abstractmethod
     def round(self) -> None:
@@ -74,14 +75,24 @@ class LoopThread(threading.Thread, ABC):
         super().start()
 
     def run(self) -> None:
-        if self.delay_first and self.stopping.wait(self.interval):
+        if self.delay_first and self._pause():
             return
         while not self.stopping.is_set():
             try:
                 self.round()
             except Exception as error:  # the thread must outlive any one round
                 self.failed(error)
-            self.stopping.wait(self.interval)
+            self._pause()
+
+    def _pause(self) -> bool:
+        """Wait ``interval`` seconds, or until woken; whether the thread is stopping."""
+        self._woken.wait(self.interval)
+        self._woken.clear()
+        return self.stopping.is_set()
+
+    def wake(self) -> None:
+        """Run the next round now rather than at the end of the interval."""
+        self._woken.set()
 
     def failed(self, error: Exception) -> None:
         """A round raised ``error``: log it with its traceback (subclasses may say more)."""
@@ -90,3 +101,4 @@ class LoopThread(threading.Thread, ABC):
     def stop(self) -> None:
         unwatch(self)
         self.stopping.set()
+        self._woken.set()

@@ -13,8 +13,7 @@ from typing import Any
 from celery import Celery
 
 from dscbatch.core.celery_app import RUN_SHARD
-from dscbatch.core.errors import DscbatchError, RequestError
-from dscbatch.jobs.finalize import finalize
+from dscbatch.core.errors import RequestError
 from dscbatch.jobs.grouping import folded_items, item_indices
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
@@ -91,13 +90,14 @@ class ShardRunner:
     the rest of each long shard back within a bound."""
 
     def __init__(self, store: JobStore, loop: EngineLoop, observer: WorkerObserver, requeue: Requeue,
-                 name: str, verify: QueueVerification) -> None:
+                 name: str, verify: QueueVerification, finalize_soon: Callable[[], None]) -> None:
         self.name = name  # the worker's hostname, under which it claims the shards it runs
         self.store = store
         self.loop = loop
         self.observer = observer
         self.requeue = requeue
         self.verify = verify
+        self.finalize_soon = finalize_soon
         self.stop_at: float | None = None
         self._running: set[str] = set()  # shard keys this worker runs now
         self._running_lock = threading.Lock()
@@ -182,15 +182,13 @@ class ShardRunner:
         return ShardReport(len(items), len(settled), stored)
 
     def _finished(self, job_id: str, shard_key: str, indices: list[int]) -> None:
-        """Every item of the shard has its result: finalize the job if that settled it, then drop the shard
-        (before its message is acknowledged, so a worker killed in between leaves the shard to run again,
-        which finds nothing to do and finishes here). Results Redis has lost since they were stored (a crash
-        that cost the tail of its append-only file) keep the shard: it is queued again and runs them."""
+        """Every item of the shard has its result: drop the shard (before its message is acknowledged, so a
+        worker killed in between leaves the shard to run again, which finds nothing to do and finishes here),
+        and when that settled the job have the housekeeping thread write its results file at once, off this
+        shard slot. Results Redis has lost since they were stored (a crash that cost the tail of its
+        append-only file) keep the shard: it is queued again and runs them."""
         if self.store.settlement(job_id) is not None:
-            try:
-                finalize(self.store, job_id, self.name)
-            except DscbatchError as error:
-                log.error("job %s: cannot write its results file (retried later): %s", job_id, error)
+            self.finalize_soon()
         missing = self.store.drop_shard(job_id, shard_key, indices)
         if missing:
             log.warning("%s: %d stored results are no longer in Redis (did it restart from an older state?); "

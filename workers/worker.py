@@ -63,13 +63,13 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     def verify(job_id: str, indices: list[int]) -> None:
         enqueue_verifications(app, settings.key_prefix, job_id, indices)
 
-    runner = ShardRunner(store, loop, observer, requeue, hostname, verify)
+    housekeeper = Housekeeper(store, hostname, settings.job_retention, Repairer(store, hostname, queue, requeue))
+    runner = ShardRunner(store, loop, observer, requeue, hostname, verify, housekeeper.wake)
     # SIGTERM starts Celery's warm shutdown, which would wait for the running shard without a bound.
     signals.worker_shutting_down.connect(lambda **_: runner.stop_within(settings.shutdown_timeout), weak=False)
     info = {"model": model_name(model), "queue": queue, "pid": os.getpid(), "started": time.time()}
     heartbeat = Heartbeat(store, hostname, info, engine, observer, requeue, runner.running)
     heartbeat.start()
-    housekeeper = Housekeeper(store, hostname, settings.job_retention, Repairer(store, hostname, queue, requeue))
     housekeeper.start()
     try:
         register_tasks(app, runner)
