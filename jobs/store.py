@@ -103,9 +103,14 @@ return 1
 """
 
 # KEYS: shard, attempts, results. ARGV: shard key, then the shard's item indices. The shard is deleted only when
-# every item has a result; else the indices without one are returned and nothing changes.
+# every item has a result; else the indices without one are returned and nothing changes. A shard already gone
+# (another copy finished it; the job's results file took its results out of Redis) has nothing missing.
 _DROP = """
 local missing = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return missing
+end
 for i = 2, #ARGV do
   if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0 then missing[#missing + 1] = ARGV[i] end
 end

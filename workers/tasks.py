@@ -187,13 +187,13 @@ class ShardRunner:
         and when that settled the job have the housekeeping thread write its results file at once, off this
         shard slot. Results Redis has lost since they were stored (a crash that cost the tail of its
         append-only file) keep the shard: it is queued again and runs them."""
-        if self.store.settlement(job_id) is not None:
-            self.finalize_soon()
         missing = self.store.drop_shard(job_id, shard_key, indices)
         if missing:
             log.warning("%s: %d stored results are no longer in Redis (did it restart from an older state?); "
                         "queueing the shard again", shard_key, len(missing))
             self.requeue(job_id, shard_key)
+        elif self.store.settlement(job_id) is not None:
+            self.finalize_soon()
 
     def _record(self, job_id: str, entries: list[ResultEntry], shard_key: str) -> int:
         """Store the entries, then queue the verification of those that need one."""
