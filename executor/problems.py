@@ -17,7 +17,7 @@ from typing import IO, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dscbatch.jobs.errors import DscbatchError, InvalidInputError
+from dscbatch.core.errors import DscbatchError, InvalidInputError
 from dscbatch.jobs.objectstore import open_read
 
 MAX_REPORTED_PROBLEMS = 20

@@ -9,8 +9,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from dscbatch.cli.main import cli
+from dscbatch.core.settings import ENV_PREFIX, Settings
 from dscbatch.jobs.requests import Params
-from dscbatch.jobs.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -32,7 +32,7 @@ def test_the_settings_table_lists_every_setting() -> None:
     documented = set(_settings_table())
     fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     assert documented == fields, (f"docs/settings.md misses {sorted(fields - documented)} and lists "
-                                  f"{sorted(documented - fields)}, which Settings (jobs/settings.py) does not have")
+                                  f"{sorted(documented - fields)}, which Settings (core/settings.py) does not have")
 
 
 def test_the_settings_table_gives_each_default() -> None:
