@@ -55,7 +55,7 @@ class Decontaminate(_Step):
 
     benchmark: list[str] = ["humaneval"]
     ngram: Annotated[int, Field(ge=3)] = 10
-    threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.3
 
 
 class Exact(_Step):
@@ -65,12 +65,13 @@ class Exact(_Step):
 
 
 class Near(_Step):
-    """MinHash LSH: word ``shingle``-grams, ``num_perm`` hashes in ``bands`` bands; candidates whose estimated
-    Jaccard similarity is at least ``threshold`` are one cluster."""
+    """MinHash LSH: word ``shingle``-grams, ``num_perm`` hashes in ``bands`` bands of ``num_perm / bands`` rows;
+    a candidate joins a cluster when its estimated Jaccard similarity with the cluster's first sample is at
+    least ``threshold``."""
 
     shingle: Annotated[int, Field(ge=1)] = 5
-    num_perm: Annotated[int, Field(ge=2)] = 112
-    bands: Annotated[int, Field(ge=1)] = 14
+    num_perm: Annotated[int, Field(ge=2)] = 256
+    bands: Annotated[int, Field(ge=1)] = 32
     threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
     scope: Scope = "all"
     seed: int = 1

@@ -1,7 +1,8 @@
 """Benchmark decontamination by n-gram overlap, as StarCoder2's self-align and Magicoder do.
 
 Each benchmark problem gives up to two documents: its text with its reference solution (``prompt`` +
-``canonical_solution`` in HumanEval, HumanEval-X and MultiPL-E files; ``text`` + ``code`` in MBPP's), and the
+``canonical_solution`` in HumanEval, HumanEval-X and MultiPL-E files, with HumanEval-X's ``declaration`` where
+the prompt lacks it, as its Rust prompts do; ``text`` + ``code`` in MBPP's), and the
 solution alone when it is long enough to be told apart from common code (at least ``MIN_SOLUTION_NGRAMS``
 distinct n-grams). A sample is contaminated when it holds at least ``threshold`` of one document's distinct
 token n-grams (tokens: words and single punctuation characters).
@@ -49,6 +50,9 @@ def _problems(url: str) -> list[tuple[str, str, str]]:
         except (ValueError, StopIteration, TypeError, AttributeError):
             raise CurateError(f"decontaminate: {url}: line {number} is not a benchmark problem (JSON with a "
                               f"prompt or text field)") from None
+        declaration = record.get("declaration")
+        if isinstance(declaration, str) and declaration.strip() not in text:  # HumanEval-X's Rust prompts
+            text += declaration
         solution = next((record[field] for field in SOLUTION_FIELDS if isinstance(record.get(field), str)), "")
         name = next((str(record[field]) for field in ID_FIELDS if field in record), f"{url}:{number}")
         problems.append((name, text, solution))

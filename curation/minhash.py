@@ -3,8 +3,10 @@
 Signatures come from ``rensa`` (Rust; 30-40 times faster than ``datasketch`` on the same shingles here, see
 docs/curation.md) over a sample's word ``shingle``-grams. Each of ``bands`` bands of ``rows`` hashes is hashed to
 one 64-bit key; samples that share a key in any band (within one scope: the whole set, or one prompt's
-outputs) are candidates, and a candidate joins a group when its estimated Jaccard similarity (the share of
-equal signature hashes) with a member of that bucket is at least ``threshold``. The buckets are found by
+outputs) are candidates. Two candidates' groups join when the estimated Jaccard similarity (the share of equal
+signature hashes) of the groups' first samples is at least ``threshold``: every sample is like its group's
+first one, not only like some other member (a chain of pairs just above the threshold would otherwise join
+samples far below it). The buckets are found by
 sorting each band's keys once all signatures are in, so memory is the signature matrix (4 bytes
 for each of ``num_perm`` hashes of each sample) and one key per band.
 """
@@ -60,35 +62,38 @@ class Signatures:
             return np.zeros((0, self.step.num_perm), dtype=np.uint32)
         return np.concatenate(self.chunks)
 
-    def cluster(self, groups: Groups) -> int:
-        """Join near-duplicates in ``groups``; returns how many candidate pairs were checked."""
+    def cluster(self, groups: Groups) -> list[tuple[int, int]]:
+        """Join near-duplicates in ``groups``; returns the pairs (earlier, later sample) that joined them."""
         sigs = self.matrix()
         numbers = np.asarray(self.numbers, dtype=np.int64)
         scopes = np.asarray(self.scopes, dtype=np.uint64)
-        rows = self.step.rows
-        multipliers = np.random.default_rng(self.step.seed).integers(1, 2**63, size=rows, dtype=np.uint64) | 1
-        checked = 0
+        width = self.step.rows
+        multipliers = np.random.default_rng(self.step.seed).integers(1, 2**63, size=width, dtype=np.uint64) | 1
+        joined: list[tuple[int, int]] = []
+        positions = {int(number): row for row, number in enumerate(self.numbers)}
         with np.errstate(over="ignore"):
             for band in range(self.step.bands):
-                part = sigs[:, band * rows:(band + 1) * rows].astype(np.uint64)
+                part = sigs[:, band * width:(band + 1) * width].astype(np.uint64)
                 keys = (part * multipliers).sum(axis=1, dtype=np.uint64) ^ (scopes * np.uint64(0x9E3779B97F4A7C15))
-                checked += self._buckets(groups, sigs, numbers, keys)
-        return checked
+                self._buckets(groups, sigs, numbers, keys, joined, positions)
+        return joined
 
-    def _buckets(self, groups: Groups, sigs: np.ndarray, numbers: np.ndarray, keys: np.ndarray) -> int:
+    def _buckets(self, groups: Groups, sigs: np.ndarray, numbers: np.ndarray, keys: np.ndarray,
+                 joined: list[tuple[int, int]], rows: dict[int, int]) -> None:
         order = np.argsort(keys, kind="stable")  # stable: each bucket's members stay in input order
         ordered = keys[order]
         starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
         ends = np.r_[starts[1:], len(ordered)]
-        checked = 0
         for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
             members = order[start:end]
             for position, member in enumerate(members[1:], start=1):
                 for earlier in members[max(0, position - MAX_BUCKET_CHECKS):position]:
-                    if groups.find(int(numbers[member])) == groups.find(int(numbers[earlier])):
+                    first, second = groups.find(int(numbers[earlier])), groups.find(int(numbers[member]))
+                    if first == second:
                         break
-                    checked += 1
-                    if np.count_nonzero(sigs[member] == sigs[earlier]) >= self.step.threshold * self.step.num_perm:
-                        groups.union(int(numbers[member]), int(numbers[earlier]))
+                    # groups join through their first samples, so that each sample is like its group's first
+                    a, b = rows[first], rows[second]
+                    if np.count_nonzero(sigs[a] == sigs[b]) >= self.step.threshold * self.step.num_perm:
+                        groups.union(first, second)
+                        joined.append((min(first, second), max(first, second)))
                         break
-        return checked

@@ -2,6 +2,9 @@
 
 The grammars come from ``tree-sitter-language-pack`` 0.x, whose wheels ship them compiled (its 1.x releases
 download each grammar on first use, which a cluster without internet access cannot do).
+
+tree-sitter-cpp (up to 0.23.4, the newest) cannot parse ``typeid(TYPE)``: C++ code is parsed with each
+``typeid(`` read as ``sizeof(``, which takes the same operands (a type or an expression) and is as long.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 
 from dscbatch.curation.config import CurateError
 
+# Rewrites of valid code that a grammar does not parse into code of the same shape that it does.
+GRAMMAR_GAPS = {"cpp": (("typeid(", "sizeof("),)}
 ALIASES = {"py": "python", "js": "javascript", "c++": "cpp", "rs": "rust", "ts": "typescript", "golang": "go",
            "sh": "bash", "cs": "csharp", "c#": "csharp"}
 
@@ -48,5 +53,7 @@ def parses(code: str, language: str) -> bool:
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return False
         return True
+    for gap, same_shape in GRAMMAR_GAPS.get(language, ()):
+        code = code.replace(gap, same_shape)
     tree = _parser(language).parse(code.encode("utf-8", "surrogatepass"))
     return not tree.root_node.has_error
