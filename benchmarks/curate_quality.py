@@ -4,14 +4,15 @@ Usage: ``python benchmarks/curate_quality.py [--files 10000] [--planted 2000] [-
 
 - near-dup: ``--files`` real Python files (stdlib and the virtual environment's packages) and ``--planted``
   near-copies of some of them (renamed identifiers, reordered top-level blocks, reworded comments and changed
-  whitespace); the pairs the step puts in one cluster against every pair whose exact Jaccard similarity of
-  word 5-gram sets is at or above the threshold.
+  whitespace), scored against every pair whose exact Jaccard similarity of word 5-gram sets is at or above
+  the threshold: precision over every pair of samples in one cluster (and over the pairs the step joined
+  clusters by), recall over those pairs (caught when both ended in one cluster).
 - decontamination: HumanEval's 164 problems (prompt and canonical solution, and the same with the function's
   variables renamed) and HumanEval-X's other five languages planted among ``--real`` real files.
 - syntax: every HumanEval-X canonical solution (cpp, go, java, js, python, rust) must parse, and none with
   its last closing bracket deleted.
 
-The evaluation files are read from ``../shared/eval`` beside the checkout (or ``$DSCBATCH_EVAL_DIR``).
+The evaluation files are read from ``../shared/eval`` beside the checkout (or ``$DSCBATCH_TEST_EVAL_DIR``).
 """
 
 from __future__ import annotations
@@ -28,17 +29,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from curate_corpus import cluster_pairs, exact_pairs, near_copy, read_corpus, rename_variables  # noqa: E402
+from curate_corpus import cluster_pairs, exact_pairs, near_copy, read_corpus, rename_variables
 
-from dscbatch.curation.clusters import Groups  # noqa: E402
-from dscbatch.curation.config import Decontaminate, Near  # noqa: E402
-from dscbatch.curation.decontaminate import Index  # noqa: E402
-from dscbatch.curation.minhash import Signatures  # noqa: E402
-from dscbatch.curation.syntax import parses  # noqa: E402
-from dscbatch.jobs.humaneval_data import humaneval_path  # noqa: E402
+from dscbatch.curation.clusters import Groups
+from dscbatch.curation.config import Decontaminate, Near
+from dscbatch.curation.decontaminate import Index
+from dscbatch.curation.minhash import Signatures
+from dscbatch.curation.syntax import parses
+from dscbatch.jobs.humaneval_data import humaneval_path
 
 ROOT = Path(__file__).resolve().parent.parent
-EVAL_DIR = Path(os.environ.get("DSCBATCH_EVAL_DIR", ROOT.parent / "shared" / "eval"))
+EVAL_DIR = Path(os.environ.get("DSCBATCH_TEST_EVAL_DIR", ROOT.parent / "shared" / "eval"))
 HUMANEVAL_X = {"cpp": "cpp", "go": "go", "java": "java", "js": "javascript", "python": "python", "rust": "rust"}
 
 
@@ -55,15 +56,22 @@ def near_dup(files: int, planted: int, step: Near, seed: int = 0) -> dict[str, A
     for number, text in enumerate(texts):
         signatures.add(number, 0, text)
     groups = Groups(len(texts))
-    signatures.cluster(groups)
+    joined = set(signatures.cluster(groups))
     seconds = time.perf_counter() - started
-    predicted = cluster_pairs(groups.members(range(len(texts))).values())
+    clustered = cluster_pairs(groups.members(range(len(texts))).values())
     truth = exact_pairs(texts, step.shingle, step.threshold)
-    hits = len(predicted & truth)
+    caught = sum(groups.find(a) == groups.find(b) for a, b in truth)
     return {"documents": len(texts), "real_files": files, "planted": planted, "edits": edits,
-            "params": step.model_dump(), "pairs_above_threshold": len(truth), "pairs_found": len(predicted),
-            "precision": round(hits / len(predicted), 4) if predicted else 1.0,
-            "recall": round(hits / len(truth), 4) if truth else 1.0, "seconds": round(seconds, 2)}
+            "params": step.model_dump(), "pairs_above_threshold": len(truth),
+            # every pair of samples the step put in one cluster, and the pairs it joined clusters by
+            "pairs_in_clusters": len(clustered), "pairs_joined": len(joined),
+            "precision": _share(len(clustered & truth), len(clustered)),
+            "precision_joined": _share(len(joined & truth), len(joined)),
+            "recall": _share(caught, len(truth)), "seconds": round(seconds, 2)}
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 1.0
 
 
 def _jsonl(path: Path | str) -> list[dict[str, Any]]:

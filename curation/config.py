@@ -72,7 +72,7 @@ class Near(_Step):
     shingle: Annotated[int, Field(ge=1)] = 5
     num_perm: Annotated[int, Field(ge=2)] = 256
     bands: Annotated[int, Field(ge=1)] = 32
-    threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.8  # 0: every candidate joins (LSH alone)
     scope: Scope = "all"
     seed: int = 1
 
@@ -118,7 +118,8 @@ def parse_step(spec: str) -> _Step:
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(map(str, first["loc"]))
-        reason = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
+        reason = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"].removeprefix(
+            "Value error, ")
         raise CurateError(f"--step {spec}: {where + ': ' if where else ''}{reason}") from None
 
 
