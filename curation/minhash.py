@@ -51,6 +51,17 @@ class Signatures:
         if len(self.pending) >= CHUNK:
             self._flush()
 
+    def extend(self, other: Signatures, offset: int) -> None:
+        """Append ``other``'s signatures, its sample positions moved by ``offset``."""
+        self._flush()
+        self.chunks.append(other.matrix())
+        self.numbers += [number + offset for number in other.numbers]
+        self.scopes += other.scopes
+
+    def load(self, numbers: np.ndarray, scopes: np.ndarray, matrix: np.ndarray) -> None:
+        self.numbers, self.scopes = numbers.tolist(), scopes.tolist()
+        self.pending, self.chunks = [], [matrix.astype(np.uint32)]
+
     def _flush(self) -> None:
         if self.pending:
             self.chunks.append(np.asarray(self.pending, dtype=np.uint32))

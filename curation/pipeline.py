@@ -1,93 +1,32 @@
 """One curate run: read the samples twice, write the kept ones once, whole or not at all.
 
-Pass 1 streams the input through the per-sample filters (execution, syntax, quality, decontaminate), keeps a
-normalized-text digest (exact) and a MinHash signature (near) of each survivor, and counts what each step
-removed. The dedup groups are formed once every survivor is known, and each keeps one sample by the plan's
-rule. Pass 2 streams the input again and writes the kept samples, in input order, through
+Pass 1 (``screening.py``) streams the input through the per-sample filters (execution, syntax, quality,
+decontaminate), keeps a normalized-text digest (exact) and a MinHash signature (near) of each survivor, and
+counts what each step removed; it runs here, or in parts on the executor pool (``distributed.py``). The
+dedup groups are formed once every survivor is known, and each keeps one sample by the plan's rule. Pass 2 streams the input again and writes the kept samples, in input order, through
 ``objectstore.write_atomic``: a run that is killed leaves nothing at the output, and running it again writes
 the same file (every step is deterministic).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dscbatch.curation import syntax
 from dscbatch.curation.clusters import Groups, keepers
 from dscbatch.curation.config import CurateError, Plan
-from dscbatch.curation.decontaminate import Index
 from dscbatch.curation.export import Format, record, write_jsonl, write_parquet
-from dscbatch.curation.minhash import Signatures
-from dscbatch.curation.quality import rejection
+from dscbatch.curation.screening import EXAMPLES, Filters, Screening, StepReport
 from dscbatch.curation.source import Sample, Source
-from dscbatch.curation.text import code_of, normalized
+from dscbatch.curation.text import normalized
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.fileformat import is_parquet
 
-EXAMPLES = 5
-EXAMPLE_CHARS = 300
 PROGRESS_EVERY = 5000
 
 Progress = Callable[[str, int], None]
-
-
-@dataclass
-class StepReport:
-    step: str
-    params: dict[str, Any]
-    samples_in: int = 0
-    samples_out: int = 0
-    clusters: int | None = None
-    examples: list[dict[str, Any]] = field(default_factory=list)
-
-    def removed(self, sample: Sample, reason: str, kept: Sample | None = None) -> None:
-        if len(self.examples) < EXAMPLES:
-            example = {"id": sample.id, "output": sample.output, "reason": reason,
-                       "text": sample.text[:EXAMPLE_CHARS]}
-            if kept is not None:
-                example["kept"] = {"id": kept.id, "output": kept.output}
-            self.examples.append(example)
-
-    def as_dict(self) -> dict[str, Any]:
-        found = {"step": self.step, "params": self.params, "in": self.samples_in, "out": self.samples_out,
-                 "removed": self.samples_in - self.samples_out, "examples": self.examples}
-        if self.clusters is not None:
-            found["clusters"] = self.clusters
-        return found
-
-
-class _Filters:
-    """The per-sample steps of a plan, in their fixed order."""
-
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.language = syntax.canonical(plan.syntax.language) if plan.syntax is not None else ""
-        self.index = Index(plan.decontaminate) if plan.decontaminate is not None else None
-
-    def steps(self) -> list[str]:
-        return [name for name in ("execution", "syntax", "quality", "decontaminate") if getattr(self.plan, name)]
-
-    def rejection(self, step: str, sample: Sample) -> str | None:
-        plan = self.plan
-        if step == "execution":
-            return None if sample.verdict == "passed" else f"verdict {sample.verdict or 'missing (not verified)'}"
-        if step == "syntax":
-            assert plan.syntax is not None
-            ok = syntax.parses(code_of(sample.text, plan.syntax.target), self.language)
-            return None if ok else f"does not parse as {self.language}"
-        if step == "quality":
-            assert plan.quality is not None
-            return rejection(code_of(sample.text, plan.quality.target), plan.quality)
-        assert self.index is not None
-        return self.index.match(sample.text)
-
-
-def _scope_key(scope: str, sample: Sample) -> bytes:
-    return sample.id.encode("utf-8", "surrogatepass") + b"\0" if scope == "prompt" else b""
 
 
 @dataclass
@@ -111,64 +50,46 @@ class Outcome:
         return "\n".join(lines)
 
 
-def curate(source: Source, plan: Plan, output: str, form: Format, progress: Progress | None = None) -> Outcome:
-    """Apply ``plan`` to ``source`` and write the kept samples to ``output``."""
-    started = time.monotonic()
-    filters = _Filters(plan)  # refuses an unknown language or benchmark before anything is read
-    reports = {name: StepReport(name, getattr(plan, name).model_dump()) for name in plan.names()}
-    passed: list[bool] = []
-    survivors: list[int] = []
-    exact_first: dict[bytes, int] = {}
-    exact_pairs: list[tuple[int, int]] = []
-    signatures = Signatures(plan.near) if plan.near is not None else None
-    total = 0
+def screen(source: Source, plan: Plan, progress: Progress | None = None) -> Screening:
+    """Pass 1 over the whole input, here."""
+    screening = Screening(plan, Filters(plan))
     for sample in source.read():
-        total += 1
-        passed.append(sample.verdict == "passed")
-        if progress is not None and total % PROGRESS_EVERY == 0:
-            progress("read", total)
-        if not _survives(filters, reports, sample):
-            continue
-        survivors.append(sample.number)
-        if plan.exact is not None:
-            digest = hashlib.blake2b(_scope_key(plan.exact.scope, sample) + normalized(sample.text).encode(
-                "utf-8", "surrogatepass"), digest_size=16).digest()
-            first = exact_first.setdefault(digest, sample.number)
-            if first != sample.number:
-                exact_pairs.append((first, sample.number))
-        if signatures is not None:
-            scope = int.from_bytes(hashlib.blake2b(_scope_key(plan.near.scope, sample), digest_size=8).digest(),
-                                   "little") if plan.near is not None else 0
-            signatures.add(sample.number, scope, sample.text)
+        screening.add(sample)
+        if progress is not None and screening.total % PROGRESS_EVERY == 0:
+            progress("read", screening.total)
     if progress is not None:
-        progress("read", total)
-    groups = Groups(total)
+        progress("read", screening.total)
+    return screening
+
+
+def curate(source: Source, plan: Plan, output: str, form: Format, progress: Progress | None = None,
+           screening: Screening | None = None) -> Outcome:
+    """Apply ``plan`` to ``source`` and write the kept samples to ``output``; pass 1 runs here unless its
+    ``screening`` is given (merged from parts screened elsewhere)."""
+    started = time.monotonic()
+    if screening is None:
+        screening = screen(source, plan, progress)
+    reports: dict[str, StepReport] = dict(screening.reports)
+    reports.update({name: StepReport(name, getattr(plan, name).model_dump())
+                    for name in ("exact", "near") if getattr(plan, name) is not None})
+    survivors = screening.survivors
+    groups = Groups(screening.total)
     if plan.exact is not None:
-        for first, later in exact_pairs:
-            groups.union(first, later)
+        exact_first: dict[bytes, int] = {}
+        for number, digest in zip(survivors, screening.digests, strict=True):
+            groups.union(exact_first.setdefault(digest, number), number)
         _dedup_report(reports["exact"], groups, survivors, len(survivors))
-    if signatures is not None:
+    if screening.signatures is not None:
         exact_roots = {survivor: groups.find(survivor) for survivor in survivors} if plan.exact else None
-        signatures.cluster(groups)
+        screening.signatures.cluster(groups)
         before = reports["exact"].samples_out if "exact" in reports else len(survivors)
         _dedup_report(reports["near"], groups, survivors, before, exact_roots)
+    passed = [bool(flag) for flag in screening.passed]
     kept = keepers(groups, survivors, passed, plan.keep) if plan.exact or plan.near else set(survivors)
     removals = _Removals(groups, reports, set(survivors) - kept)
     written = _write(source, output, form, kept, removals, progress)
     steps = [reports[name] for name in plan.names()]
-    return Outcome(total, written, steps, time.monotonic() - started, output)
-
-
-def _survives(filters: _Filters, reports: dict[str, StepReport], sample: Sample) -> bool:
-    for step in filters.steps():
-        report = reports[step]
-        report.samples_in += 1
-        reason = filters.rejection(step, sample)
-        if reason is not None:
-            report.removed(sample, reason)
-            return False
-        report.samples_out += 1
-    return True
+    return Outcome(screening.total, written, steps, time.monotonic() - started, output)
 
 
 def _dedup_report(report: StepReport, groups: Groups, survivors: list[int], samples_in: int,
