@@ -3,7 +3,8 @@
 Pass 1 (``screening.py``) streams the input through the per-sample filters (execution, syntax, quality,
 decontaminate), keeps a normalized-text digest (exact) and a MinHash signature (near) of each survivor, and
 counts what each step removed; it runs here, or in parts on the executor pool (``distributed.py``). The
-dedup groups are formed once every survivor is known, and each keeps one sample by the plan's rule. Pass 2 streams the input again and writes the kept samples, in input order, through
+dedup groups are formed once every survivor is known, and each keeps one sample by the plan's rule. Pass 2
+streams the input again and writes the kept samples, in input order, through
 ``objectstore.write_atomic``: a run that is killed leaves nothing at the output, and running it again writes
 the same file (every step is deterministic).
 """

@@ -20,8 +20,12 @@ from typing import Any
 import pytest
 
 from dscbatch.curation.config import Decontaminate, Near
+from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.embedded import stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ROOT, start_executor, wait_until, worker_env
+
 EVAL_DIR = Path(os.environ.get("DSCBATCH_TEST_EVAL_DIR", ROOT.parent / "shared" / "eval"))
 needs_eval = pytest.mark.skipif(not (EVAL_DIR / "humaneval-x").is_dir(),
                                 reason=f"no HumanEval-X files at {EVAL_DIR} (set DSCBATCH_TEST_EVAL_DIR)")
@@ -40,6 +44,12 @@ def _benchmark(name: str) -> ModuleType:
 def quality() -> ModuleType:
     os.environ.setdefault("DSCBATCH_TEST_EVAL_DIR", str(EVAL_DIR))
     return _benchmark("curate_quality")
+
+
+def _kept(path: Path) -> list[tuple[str, int]]:
+    """(result line id, output number) of each record of a curated JSONL file."""
+    return [(line["provenance"]["id"], line["provenance"]["output"])
+            for line in map(json.loads, path.read_text().splitlines())]
 
 
 def curate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -117,7 +127,7 @@ def test_execution_filter_and_dedup_within_one_prompt(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     done = curate(str(source), "-o", str(out), "-s", "execution", "-s", "exact:scope=prompt")
     assert done.returncode == 0, done.stderr
-    kept = [(line["provenance"]["id"], line["provenance"]["output"]) for line in map(json.loads, out.read_text().splitlines())]
+    kept = _kept(out)
     assert kept == [("1", 0), ("2", 0)]
 
 
@@ -183,8 +193,7 @@ def test_a_file_that_is_not_results_is_refused(tmp_path: Path, content: str, mes
 
 
 def test_a_killed_run_leaves_nothing_and_its_rerun_writes_the_same_output(tmp_path: Path) -> None:
-    texts = _benchmark("curate_speed").chunks(records=6000, lines=20, shingle=5)
-    _benchmark("curate_corpus").write_results(tmp_path / "results.jsonl", texts + texts[:500], per_line=4)
+    _corpus_results(tmp_path / "results.jsonl")
     args = [str(tmp_path / "results.jsonl"), "-s", "exact", "-s", "near", "-s", "quality"]
     out = tmp_path / "out" / "curated.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "curate", *args, "-o", str(out)],
@@ -200,6 +209,46 @@ def test_a_killed_run_leaves_nothing_and_its_rerun_writes_the_same_output(tmp_pa
     assert again.returncode == 0, again.stderr
     reference = curate(*args, "-o", str(tmp_path / "reference.jsonl"))
     assert out.read_bytes() == (tmp_path / "reference.jsonl").read_bytes()
-    kept = [(line["provenance"]["id"], line["provenance"]["output"]) for line in map(json.loads, out.read_text().splitlines())]
+    kept = _kept(out)
     assert len(kept) == len(set(kept)) and len(kept) <= 6000
     assert f"wrote {len(kept)} of 6500 samples" in reference.stderr
+
+
+def _corpus_results(path: Path) -> list[str]:
+    """6,500 samples of real code (500 repeated) in 1,625 result lines of 4 outputs."""
+    texts = _benchmark("curate_speed").chunks(records=6000, lines=20, shingle=5)
+    _benchmark("curate_corpus").write_results(path, texts + texts[:500], per_line=4)
+    return texts
+
+
+@pytest.mark.faults
+def test_an_executor_killed_while_it_screens_loses_nothing(tmp_path: Path, settings: Settings,
+                                                          store: JobStore) -> None:
+    fast = settings.model_copy(update={"visibility_timeout": 10})  # a lost part is sent again after 10 s
+    _corpus_results(tmp_path / "results.jsonl")
+    args = [str(tmp_path / "results.jsonl"), "-s", "exact", "-s", "near", "-s", "quality"]
+    reference = curate(*args, "-o", str(tmp_path / "reference.jsonl"))
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "out" / "curated.jsonl"
+    out.parent.mkdir()
+    first = start_executor(fast, store, tmp_path / "executor-1.log", "--concurrency", "2")
+    coordinator = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "curate", *args, "-o", str(out),
+                                    "--executors", "--part-lines", "100"], env=worker_env(fast),
+                                   stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        wait_until(lambda: any(out.parent.glob(".curated.jsonl.curate-*.screening")), 120, "a screened part")
+        assert len(list(out.parent.glob(".curated.jsonl.curate-*.screening"))) < 17, "every part was screened"
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        second = start_executor(fast, store, tmp_path / "executor-2.log", "--concurrency", "2")
+        _, errors = coordinator.communicate(timeout=240)
+    finally:
+        for process in (coordinator, first, second):
+            if process is not None:
+                stop_process(process)  # type: ignore[arg-type]
+    assert coordinator.returncode == 0, errors
+    assert out.read_bytes() == (tmp_path / "reference.jsonl").read_bytes()
+    *table, wrote = reference.stderr.splitlines()
+    assert "\n".join(table) in errors and wrote.partition(" to ")[0] in errors  # the same counts
+    assert not list(out.parent.glob(".*")), "the screened parts are deleted once the output is written"
