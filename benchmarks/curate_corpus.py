@@ -134,3 +134,4 @@ def write_results(path: Path, texts: Sequence[str], per_line: int = 1) -> None:
                        for text in texts[start:start + per_line]]
             stream.write(json.dumps({"id": str(start // per_line), "type": "completion", "outputs": outputs,
                                      "usage": {}, "model": "corpus", "metadata": None, "error": None}) + "\n")
+

@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from curate_corpus import cluster_pairs, exact_pairs, near_copy, read_corpus, rename_variables
+from reader import print_report
 
 from dscbatch.curation.clusters import Groups
 from dscbatch.curation.config import Decontaminate, Near
@@ -154,10 +155,7 @@ def main() -> None:
     report = {"near_dup": near_dup(args.files, args.planted, Near()),
               "decontamination": decontamination(args.real, Decontaminate(benchmark=benchmark_files())),
               "syntax": syntax_check()}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from curate_corpus import cluster_pairs, corpus_files, write_results
+from reader import print_report
 
 from dscbatch.curation.clusters import Groups
 from dscbatch.curation.config import Near, Plan
@@ -208,10 +209,7 @@ def main() -> None:
               "removed_by_one_only": len(removed["dscbatch"] ^ removed["datatrove"]),
               "removed_differ_share": round(len(removed["dscbatch"] ^ removed["datatrove"]) / len(texts), 5),
               "signatures": signature_speed(texts, step, args.signature_records)}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 
 from dscbatch.curation.config import CurateError, Plan
 from dscbatch.curation.screening import Filters, Screening
-from dscbatch.curation.source import samples_of
+from dscbatch.curation.source import json_records, samples_of
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.errors import DscbatchError
 
@@ -54,14 +54,7 @@ def _records(url: str, start: int, end: int, first_line: int) -> Iterator[tuple[
     with objectstore.open_read(url) as stream:
         stream.seek(start)
         data = stream.read(end - start)
-    for line, raw in enumerate(data.split(b"\n"), start=first_line):
-        if not raw.strip():
-            continue
-        try:
-            yield line, json.loads(raw)
-        except ValueError:
-            raise CurateError(f"{url}: line {line} is not JSON: curate reads what `dscbatch results` "
-                              "writes") from None
+    yield from json_records(url, data.split(b"\n"), first_line)
 
 
 @functools.lru_cache(maxsize=2)

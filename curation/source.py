@@ -8,7 +8,7 @@ request failed has no outputs, so it yields none.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,16 +82,21 @@ def samples_of(records: Iterator[tuple[int, dict[str, Any]]], where: str) -> Ite
             number += 1
 
 
+def json_records(url: str, lines: Iterable[bytes], first_line: int = 1) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, parsed line) of each non-blank JSONL line of ``url``; a line that is not JSON refuses it."""
+    for line, raw in enumerate(lines, start=first_line):
+        if not raw.strip():
+            continue
+        try:
+            yield line, json.loads(raw)
+        except ValueError:
+            raise CurateError(f"{url}: line {line} is not JSON: curate reads what `dscbatch results` "
+                              "writes") from None
+
+
 def _jsonl_records(url: str) -> Iterator[tuple[int, dict[str, Any]]]:
     with objectstore.open_read(url) as stream:
-        for line, raw in enumerate(stream, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield line, json.loads(raw)
-            except ValueError:
-                raise CurateError(f"{url}: line {line} is not JSON: curate reads what `dscbatch results` "
-                                  "writes") from None
+        yield from json_records(url, stream)
 
 
 def _parquet_records(url: str) -> Iterator[tuple[int, dict[str, Any]]]:
