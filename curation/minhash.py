@@ -1,6 +1,6 @@
 """Near-duplicate detection with MinHash LSH.
 
-Signatures come from ``rensa`` (Rust; 30-40 times faster than ``datasketch`` on the same shingles here, see
+Signatures come from ``rensa`` (Rust; 35 times faster than ``datasketch`` on the same shingles here, see
 docs/curation.md) over a sample's word ``shingle``-grams. Each of ``bands`` bands of ``rows`` hashes is hashed to
 one 64-bit key; samples that share a key in any band (within one scope: the whole set, or one prompt's
 outputs) are candidates. Two candidates' groups join when the estimated Jaccard similarity (the share of equal
