@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -22,13 +21,12 @@ from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.settings import Settings
 
 DEFAULT_PART_LINES = 10000
-JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
 def _source(settings: Settings, input_ref: str) -> Source:
     if objectstore.exists(input_ref):
         return file_source(input_ref)
-    if JOB_ID.match(input_ref):
+    if "/" not in input_ref and "." not in input_ref:  # a job id (a file's name has a suffix)
         from dscbatch.jobs.store import JobStore
 
         return job_source(JobStore.connect(settings), input_ref)

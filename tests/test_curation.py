@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -190,6 +191,41 @@ def test_a_file_that_is_not_results_is_refused(tmp_path: Path, content: str, mes
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert message.replace("line 1", "line 2") in done.stderr, done.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_missing_input_or_unknown_job_is_one_line(tmp_path: Path, settings: Settings) -> None:
+    missing = curate(str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "out.jsonl"))
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nope.jsonl'}: no such " \
+        "results file (nor a job id)"
+    job = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "curate", "20261204-101500-ab12cd", "-o",
+                          str(tmp_path / "out.jsonl")], capture_output=True, text=True, timeout=120,
+                         env=worker_env(settings))
+    assert job.returncode == 2 and job.stderr.strip() == "error: no job '20261204-101500-ab12cd' in Redis (see " \
+        "`dscbatch list`)"
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_finished_job_is_curated_with_its_provenance(tmp_path: Path, settings: Settings, store: JobStore) -> None:
+    from dscbatch.jobs.results import ItemInfo, Output, result_line
+    from dscbatch.jobs.store import ResultEntry
+
+    job_id = f"curate-{uuid.uuid4().hex[:8]}"
+    store.create_job(job_id, {"model": "m", "queue": "q", "created": time.time(), "total": 2, "shards": 0,
+                              "options": {"defaults": {"temperature": 0.8, "n": 2}}})
+    store.record(job_id, [
+        ResultEntry(i, result_line(ItemInfo(i, f"item{i}", "completion", False, {"instruction": f"q{i}"}),
+                                   model="m", job_id=job_id, created=0,
+                                   outputs=[Output(GOOD, "stop", 1), Output(f"print({i})", "stop", 1)]), "done")
+        for i in range(2)])
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "curate", job_id, "-o", str(out), "-s",
+                           "exact"], capture_output=True, text=True, timeout=120, env=worker_env(settings))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(line["instruction"], line["output"]) for line in lines] == [("q0", GOOD), ("q0", "print(0)"),
+                                                                         ("q1", "print(1)")]
+    assert lines[0]["provenance"]["job"] == job_id and lines[0]["provenance"]["model"] == "m"
+    assert json.loads(lines[0]["provenance"]["params"]) == {"temperature": 0.8, "n": 2}
 
 
 def test_a_killed_run_leaves_nothing_and_its_rerun_writes_the_same_output(tmp_path: Path) -> None:
