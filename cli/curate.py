@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import click
 
+from dscbatch.core.settings import Settings
 from dscbatch.curation.config import CurateError, Plan
 from dscbatch.curation.distributed import Parts
 from dscbatch.curation.export import Format
@@ -18,7 +19,6 @@ from dscbatch.curation.screening import Filters
 from dscbatch.curation.source import Source, file_source, job_source
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.fileformat import is_parquet
-from dscbatch.jobs.settings import Settings
 
 DEFAULT_PART_LINES = 10000
 
@@ -46,8 +46,8 @@ def _parts(settings: Settings, source: Source, plan: Plan, output: str, part_lin
 
 
 def _part_enqueuer(settings: Settings) -> Callable[[dict[str, Any]], None]:
+    from dscbatch.core.celery_app import make_app
     from dscbatch.executor.curate_tasks import enqueue_part
-    from dscbatch.workers.app import make_app
 
     app = make_app(settings)
     return lambda spec: enqueue_part(app, settings.key_prefix, spec)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dscbatch.jobs.errors import DscbatchError
+from dscbatch.core.errors import DscbatchError
 
 Target = Literal["code_block", "text"]
 Scope = Literal["all", "prompt"]

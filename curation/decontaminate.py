@@ -15,10 +15,10 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
+from dscbatch.core.errors import StorageError
 from dscbatch.curation.config import CurateError, Decontaminate
 from dscbatch.curation.text import ngrams, tokens
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import StorageError
 from dscbatch.jobs.humaneval_data import humaneval_path
 
 MIN_SOLUTION_NGRAMS = 10

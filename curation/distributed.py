@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dscbatch.core.errors import DscbatchError
 from dscbatch.curation.config import CurateError, Plan
 from dscbatch.curation.screening import Filters, Screening
 from dscbatch.curation.source import json_records, samples_of
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import DscbatchError
 
 ERROR_MARK = b"error\n"
 POLL_SECONDS = 0.2

@@ -39,8 +39,6 @@ def _record_samples(record: dict[str, Any]) -> list[tuple[str, str | None, str]]
         prompt = record.get("prompt")
     elif "custom_id" in record and "response" in record:
         body = (record["response"] or {}).get("body") or {}
-        if isinstance(body, str):  # a Parquet row holds the body as JSON text
-            body = json.loads(body)
         texts = [choice["message"].get("content") if "message" in choice else choice.get("text")
                  for choice in body.get("choices", [])]
         model = body.get("model")
@@ -72,8 +70,6 @@ def samples_of(records: Iterator[tuple[int, dict[str, Any]]], where: str) -> Ite
             raise CurateError(f"{where}: line {line} is not a dscbatch result line (no outputs or response): "
                               "curate reads what `dscbatch results` writes")
         metadata = record.get("metadata")
-        if isinstance(metadata, str):  # Parquet results hold metadata as JSON text
-            metadata = json.loads(metadata)
         verdicts = _verdicts(record)
         for index, (text, model, instruction) in enumerate(outputs):
             verdict = verdicts[index] if index < len(verdicts) else None
@@ -101,18 +97,15 @@ def _jsonl_records(url: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _parquet_records(url: str) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    with objectstore.open_read(url) as stream:
-        try:
-            file = pq.ParquetFile(stream)
-        except (pa.ArrowException, OSError) as error:
-            raise CurateError(f"{url}: not a Parquet file: {error}") from None
-        line = 0
-        for batch in file.iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                line += 1
-                yield line, row
+    from dscbatch.jobs import parquet
+
+    try:
+        yield from enumerate(parquet.read_records(url), start=1)
+    except (pa.ArrowException, OSError) as error:
+        raise CurateError(f"{url}: not a Parquet results file: {error}") from None
+    except KeyError as error:
+        raise CurateError(f"{url}: not a dscbatch results file (no column {error})") from None
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ from typing import Any
 
 from celery import Celery
 
+from dscbatch.core.celery_app import ENQUEUED_HEADER, executor_queue
 from dscbatch.curation.distributed import screen_part
-from dscbatch.executor.tasks import executor_queue
-from dscbatch.workers.app import ENQUEUED_HEADER
 
 SCREEN_PART = "dscbatch.curate_screen"
 

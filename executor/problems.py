@@ -16,7 +16,7 @@ from typing import IO, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dscbatch.jobs.errors import DscbatchError, InvalidInputError
+from dscbatch.core.errors import DscbatchError, InvalidInputError
 from dscbatch.jobs.humaneval_data import humaneval_path
 from dscbatch.jobs.objectstore import open_read
 

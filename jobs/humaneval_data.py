@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from dscbatch.jobs.errors import DscbatchError
+from dscbatch.core.errors import DscbatchError
 
 
 def humaneval_path(instead: str) -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from dscbatch.core.settings import Settings
 from dscbatch.curation.config import Decontaminate, Near
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import stop_process
 
@@ -154,14 +154,25 @@ def test_export_loads_with_datasets(tmp_path: Path, form: str, suffix: str) -> N
 
 
 def test_parquet_results_are_read(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from dscbatch.jobs.parquet import write_lines
 
     source = tmp_path / "results.parquet"
-    write_lines([json.dumps(_result(str(i), [f"print({i})"])) for i in range(3)], str(source))
+    write_lines([json.dumps(_result(str(i), [f"print({i})", "print("], ["passed", "passed"])) for i in range(3)],
+                str(source))
     out = tmp_path / "out.jsonl"
-    done = curate(str(source), "-o", str(out), "-s", "syntax")
+    done = curate(str(source), "-o", str(out), "-s", "syntax", "-s", "execution")
     assert done.returncode == 0, done.stderr
-    assert [json.loads(line)["output"] for line in out.read_text().splitlines()] == ["print(0)", "print(1)", "print(2)"]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["output"] for line in lines] == ["print(0)", "print(1)", "print(2)"]
+    assert lines[0]["provenance"]["verdict"] == "passed"
+    assert json.loads(lines[0]["provenance"]["metadata"]) == {"instruction": "task 0"}
+    not_results = tmp_path / "requests.parquet"
+    pq.write_table(pa.table({"id": ["1"], "prompt": ["def f():"]}), str(not_results))
+    refused = curate(str(not_results), "-o", str(out.with_suffix(".2.jsonl")))
+    assert refused.returncode == 2 and "not a dscbatch results file" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
-from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS
 
 from .conftest import claimants, engine_core, engines_paused, start_worker, start_workers, step_until, wait_until
 from .test_pipeline import dscbatch, read_jsonl

@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from dscbatch.cli.main import cli
-from dscbatch.executor.tasks import executor_queue
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import executor_queue
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.submission import queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -528,7 +528,7 @@ def test_the_executor_stays_off_the_gpu_nodes(docs: list[Doc]) -> None:
 
 
 def test_the_executor_probes_its_heartbeat(docs: list[Doc]) -> None:
-    from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
+    from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 
     _, container, _, params = executor_view(docs)
     # /healthz is 503 until the first heartbeat, which follows the sandbox check at start: seconds.
