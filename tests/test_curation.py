@@ -299,3 +299,22 @@ def test_an_executor_killed_while_it_screens_loses_nothing(tmp_path: Path, setti
     *table, wrote = reference.stderr.splitlines()
     assert "\n".join(table) in errors and wrote.partition(" to ")[0] in errors  # the same counts
     assert not list(out.parent.glob(".*")), "the screened parts are deleted once the output is written"
+
+
+def test_a_part_that_is_not_results_is_one_line_from_the_executors(tmp_path: Path, settings: Settings,
+                                                                   store: JobStore) -> None:
+    lines = [json.dumps(_result(str(i), [f"print({i})"])) for i in range(250)]
+    lines[149] = json.dumps({"id": "150", "prompt": "def f():"})
+    source = tmp_path / "results.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    executor = start_executor(settings, store, tmp_path / "executor.log")
+    try:
+        done = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "curate", str(source), "-o",
+                               str(tmp_path / "out" / "curated.jsonl"), "--executors", "--part-lines", "100"],
+                              capture_output=True, text=True, timeout=120, env=worker_env(settings))
+    finally:
+        stop_process(executor)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: {source}: line 150 is not a dscbatch result line (no outputs or " \
+        "response): curate reads what `dscbatch results` writes"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
