@@ -393,9 +393,11 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
 
 
 def _add_commands() -> None:
+    from dscbatch.cli.curate import curate
     from dscbatch.cli.evaluation import eval_group
 
     cli.add_command(eval_group)
+    cli.add_command(curate)
 
 
 _add_commands()
