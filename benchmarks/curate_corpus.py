@@ -1,7 +1,7 @@
 """The real code corpus the curation benchmarks and tests measure on, and the edits that plant near-duplicates.
 
-The corpus is the Python files of the standard library and of the virtual environment's packages (tens of
-thousands here), read in a fixed order. ``exact_pairs`` finds every pair of documents whose shingle sets have
+The corpus is the Python files of the standard library (13,353 on CPython 3.11.7), read in a fixed order.
+``exact_pairs`` finds every pair of documents whose shingle sets have
 an exact Jaccard similarity at or above a threshold (prefix filtering: a pair that similar shares a shingle
 among the rarest ``|A| - ceil(t|A|) + 1`` of each), the ground truth the near-dedup step is scored against.
 """
@@ -15,7 +15,6 @@ import keyword
 import math
 import random
 import re
-import site
 import sysconfig
 import tokenize
 from collections import Counter
@@ -29,8 +28,11 @@ NAME = re.compile(r"\b[A-Za-z_]\w*\b")
 
 
 def corpus_files() -> list[Path]:
-    roots = [Path(sysconfig.get_paths()["stdlib"]), *map(Path, site.getsitepackages())]
-    found = sorted({path for root in roots for path in root.rglob("*.py") if path.is_file()})
+    # The standard library only (13,353 files on CPython 3.11.7): the same on every machine with that Python.
+    # A virtual environment's packages differ by what was installed when; they also vendor one another's files,
+    # so its real near-duplicates form large clusters that the planted pairs never measure.
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found = sorted(path for path in root.rglob("*.py") if path.is_file())
     return [path for path in found if 200 < path.stat().st_size <= MAX_FILE_BYTES]
 
 

@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/curate_quality.py [--files 10000] [--planted 2000] [--real 5000] [--json out.json]``.
 
-- near-dup: ``--files`` real Python files (stdlib and the virtual environment's packages) and ``--planted``
+- near-dup: ``--files`` real Python files (the standard library's) and ``--planted``
   near-copies of some of them (renamed identifiers, reordered top-level blocks, reworded comments and changed
   whitespace), scored against every pair whose exact Jaccard similarity of word 5-gram sets is at or above
   the threshold: precision over every pair of samples in one cluster (and over the pairs the step joined
