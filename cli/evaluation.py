@@ -11,13 +11,13 @@ from typing import Any
 
 import click
 
+from dscbatch.core.settings import Settings
 from dscbatch.executor.evaluation import Report, run_programs
 from dscbatch.executor.humaneval import PromptStyle, default_params, job_lines, report_from_results
 from dscbatch.executor.problems import Problem, load_problems, load_samples, sample_program
 from dscbatch.executor.sandbox import Sandbox
 from dscbatch.jobs.objectstore import write_atomic
 from dscbatch.jobs.output import result_lines, write_results
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions
 from dscbatch.jobs.tokenizer import ModelTokenizer
@@ -110,13 +110,14 @@ def _judge_here(settings: Settings, problems: dict[str, Problem], samples_path: 
 def _generate(settings: Settings, problems: dict[str, Problem], model: str, samples: int, params: Sequence[str],
               prompt_style: PromptStyle | None, local: bool, engine_args: Sequence[str],
               output: str | None) -> Report:
-    from dscbatch.cli.main import _params, _submit, local_context
+    from dscbatch.cli.engine_context import local_context
     from dscbatch.cli.progress import wait_for_job
+    from dscbatch.cli.submitting import parse_params, submit_file
     from dscbatch.workers.embedded import EmbeddedCluster
 
     tokenizer = ModelTokenizer.load(model)
     style: PromptStyle = prompt_style or ("instruct" if tokenizer.chat_template is not None else "base")
-    defaults = default_params(style, _params(params))
+    defaults = default_params(style, parse_params(params))
     outputs = defaults.n or 1
     each = samples * outputs
     click.echo(f"HumanEval: {len(problems)} problems, {each} sample{'s' if each != 1 else ''} each, {style} prompts, "
@@ -138,7 +139,7 @@ def _generate(settings: Settings, problems: dict[str, Problem], model: str, samp
         store = JobStore.connect(settings)
         if not local and not store.executors():
             click.echo("no executor is running: the verdicts wait for `dscbatch executor`", err=True)
-        job_id = _submit(settings, store, path, options)
+        job_id = submit_file(settings, store, path, options)
         click.echo(f"job {job_id}", err=True)
         status = wait_for_job(store, job_id, check=check)
         if output is not None:

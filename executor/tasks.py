@@ -10,36 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
 
+from dscbatch.core.celery_app import VERIFY
+from dscbatch.core.errors import SandboxError
 from dscbatch.executor.extraction import program
 from dscbatch.executor.observer import ExecutorObserver
 from dscbatch.executor.sandbox import Sandbox
-from dscbatch.jobs.errors import SandboxError
 from dscbatch.jobs.requests import Verify
 from dscbatch.jobs.results import output_texts
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.app import ENQUEUED_HEADER
 
 log = logging.getLogger(__name__)
-
-VERIFY = "dscbatch.verify"
-
-
-def executor_queue(prefix: str) -> str:
-    """The executor pool's one queue (the model queues are ``PREFIX.MODEL``)."""
-    return f"{prefix}.executor"
-
-
-def enqueue_verifications(app: Celery, prefix: str, job_id: str, indices: Sequence[int], **options: Any) -> None:
-    for index in indices:
-        app.send_task(VERIFY, args=[job_id, index], queue=executor_queue(prefix),
-                      headers={ENQUEUED_HEADER: time.time()}, **options)
-
 
 class Verifier:
     def __init__(self, store: JobStore, sandbox: Sandbox, observer: ExecutorObserver) -> None:

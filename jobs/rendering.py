@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import jinja2
 
-from dscbatch.jobs.errors import RequestError
+from dscbatch.core.errors import RequestError
 from dscbatch.jobs.repo import repo_context
 from dscbatch.jobs.requests import (
     DEFAULT_PARAMS,

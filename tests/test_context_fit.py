@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dscbatch.cli.main import local_context
-from dscbatch.jobs.errors import EngineError
+from dscbatch.cli.engine_context import local_context
+from dscbatch.core.errors import EngineError
 from dscbatch.workers.context_fit import CPU_KV_CACHE_BYTES, fit_context
 
 # Qwen2.5-Coder-0.5B's shape: 24 layers, 2 KV heads of 64: 12 KiB of KV cache a token; 256 MiB hold 21,845.

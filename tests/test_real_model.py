@@ -17,10 +17,10 @@ from typing import Any
 import jsonschema
 import pytest
 
+from dscbatch.core.settings import Settings
 from dscbatch.executor.extraction import instruct_code
 from dscbatch.executor.humaneval import job_lines
 from dscbatch.executor.problems import load_problems
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import stop_process
 

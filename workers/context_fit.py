@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dscbatch.jobs.errors import EngineError
+from dscbatch.core.errors import EngineError
 
 # The CPU build fails with the default GPU memory fraction; 256 MiB of KV cache holds 262k tokens of the
 # tiny test model, 21k of Qwen2.5-Coder-0.5B (a 6.7B model needs 512 KiB a token: pass more).
