@@ -111,7 +111,7 @@ def _generate(settings: Settings, problems: dict[str, Problem], model: str, samp
               prompt_style: PromptStyle | None, local: bool, engine_args: Sequence[str],
               output: str | None) -> Report:
     from dscbatch.cli.engine_context import local_context
-    from dscbatch.cli.progress import wait_for_job
+    from dscbatch.cli.progress import wait_for_engine, wait_for_job
     from dscbatch.cli.submitting import parse_params, submit_file
     from dscbatch.workers.embedded import EmbeddedCluster
 
@@ -141,6 +141,8 @@ def _generate(settings: Settings, problems: dict[str, Problem], model: str, samp
             click.echo("no executor is running: the verdicts wait for `dscbatch executor`", err=True)
         job_id = submit_file(settings, store, path, options)
         click.echo(f"job {job_id}", err=True)
+        if check is not None:
+            wait_for_engine(store, check)
         status = wait_for_job(store, job_id, check=check)
         if output is not None:
             written = write_results(store, status, output)
