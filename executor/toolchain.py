@@ -1,0 +1,185 @@
+"""Run a program in any supported language in the sandbox: a small Python *driver* compiles and runs it there.
+
+The sandbox runs one Python program (executor/sandbox.py), with all its guarantees; for another language
+that program is a driver, generated here, that writes the source to ``/tmp``, runs the language's compile
+commands and then the program, all as its children under the same limits, namespaces and uid. A compile
+command that fails makes the run ``failed`` with the compiler's message (the driver prints it and exits 1);
+a command the sandbox killed (CPU limit, SIGKILL) is passed on as 128 + the signal, so that it reads as
+``timeout`` as a Python program's would. The run itself replaces the driver (``execvp``) unless its verdict
+needs its output (mono's ``Debug.Assert`` and node's ``console.assert`` only print): then the driver reads it.
+
+A run's limits are the sandbox's settings widened by the language's allowance (executor/languages.py), and
+its mounts add the toolchain's configuration under ``/etc`` and the test dependencies a user provides
+(:class:`Resources`): the jar the Java tests compile against and a Go module with vendored packages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dscbatch.executor.languages import ALTERNATIVES, CLASSPATH_DIR, GO_MODULE_DIR, PYTHON, Language
+from dscbatch.executor.sandbox import Limits, Sandbox, Setup, Verdict
+from dscbatch.jobs.errors import DscbatchError
+
+# Bytes of a failed compilation's output kept (its end holds the summary; the sandbox keeps 2000 characters).
+COMPILE_OUTPUT_BYTES = 64 << 10
+# A first compilation in a fresh tmpfs writes caches (Go's build cache holds the std packages' export data).
+TMPFS_BYTES = 512 << 20
+# Open files for a toolchain: a JVM opens its modules and jars, R refuses to start below 128.
+OPEN_FILES = 256
+DRIVER = '''import os, subprocess, sys
+os.chdir({workdir!r})
+with open({source!r}, "w") as f:
+    f.write({code!r})
+env = dict(os.environ, **{env!r})
+for argv in {compile!r}:
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=env)
+    except OSError as error:
+        print(f"compilation failed: cannot run {{argv[0]}}: {{error}}", flush=True)
+        sys.exit(1)
+    if done.returncode < 0:
+        sys.exit(128 - done.returncode)
+    if done.returncode != 0:
+        sys.stdout.write(done.stdout[-{keep}:].decode(errors="replace"))
+        print(f"\\ncompilation failed: {{argv[0]}} exited with status {{done.returncode}}", flush=True)
+        sys.exit(1)
+run = {run!r}
+if not {capture!r}:
+    os.execvpe(run[0], run, env)
+done = subprocess.run(run, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+output = done.stdout.decode(errors="replace")
+sys.stdout.write(output[-{keep}:])
+if done.returncode < 0:
+    sys.exit(128 - done.returncode)
+if done.returncode == 0 and {marker!r} is not None and {marker!r} in output:
+    sys.exit(1)
+if done.returncode == 0 and {any_output!r} and output:
+    sys.exit(1)
+sys.exit(done.returncode)
+'''
+JAVA_MAIN_CLASS = re.compile(r"(?:public\s+)?(?:final\s+)?class\s+(\w+)[^{]*\{(?:(?!\bclass\s).)*?"
+                             r"public\s+static\s+void\s+main", re.DOTALL)
+JAVA_PUBLIC_CLASS = re.compile(r"public\s+(?:final\s+)?class\s+(\w+)")
+# An import of a package outside Go's standard library (a domain in its path): needs the module.
+GO_MODULE_IMPORT = re.compile(r'"[\w-]+(?:\.[\w-]+)+/[^"]*"')
+
+
+class MissingResourceError(DscbatchError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Test dependencies on the host, mounted read-only: jars on the Java classpath (DeepSeek's
+    ``javatuples-1.2.jar``) and a Go module directory (``go.mod`` and ``vendor/``, HumanEval-X's)."""
+
+    jars: tuple[str, ...] = ()
+    go_module: str | None = None
+
+
+def limits_for(language: Language, base: Limits) -> Limits:
+    """``base`` (the sandbox's settings) widened by the language's allowance."""
+    if language is PYTHON:
+        return base
+    wall = base.wall_seconds + language.compile_seconds
+    return dataclasses.replace(base, wall_seconds=wall, cpu_seconds=max(base.cpu_seconds, int(wall + 0.999)),
+                               memory_bytes=max(base.memory_bytes, language.memory_mb << 20),
+                               processes=max(base.processes, language.processes),
+                               open_files=max(base.open_files, OPEN_FILES),
+                               tmpfs_bytes=max(base.tmpfs_bytes, TMPFS_BYTES))
+
+
+def java_class(code: str) -> str:
+    """The class whose ``main`` runs: the public class, else the class declaring ``main``, else ``Main``."""
+    public = JAVA_PUBLIC_CLASS.search(code)
+    if public:
+        return public.group(1)
+    found = JAVA_MAIN_CLASS.findall(code)
+    return str(found[-1]) if found else "Main"
+
+
+def driver(language: Language, code: str, go_module: bool = False) -> str:
+    """The Python program that compiles and runs ``code`` in the sandbox."""
+    source = language.source
+    names = {"source": source}
+    if language.class_named:
+        names["class"] = java_class(code)
+        source = names["source"] = f"{names['class']}.java"
+
+    def fill(argv: Sequence[str]) -> list[str]:
+        return [part.format(**names) if "{" in part and "}" in part else part for part in argv]
+
+    env = dict(language.env)
+    if language.code == "go" and not go_module:
+        env["GO111MODULE"], env["GOFLAGS"] = "off", ""
+    return DRIVER.format(workdir=GO_MODULE_DIR if go_module else "/tmp", source=source, code=code, env=env,
+                         compile=[fill(argv) for argv in language.compile], run=fill(language.run),
+                         capture=language.fail_marker is not None or language.fail_on_output,
+                         marker=language.fail_marker, any_output=language.fail_on_output,
+                         keep=COMPILE_OUTPUT_BYTES)
+
+
+def go_module_mounts(directory: str) -> tuple[tuple[str, str], ...]:
+    """A Go module's ``go.mod`` and ``vendor/`` mounted in the sandbox's module directory (``go.sum`` too)."""
+    mounts = []
+    for name in ("go.mod", "go.sum", "vendor"):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            mounts.append((path, f"{GO_MODULE_DIR}/{name}"))
+    if not mounts or mounts[0][0] != os.path.join(directory, "go.mod"):
+        raise MissingResourceError(f"{directory}: not a Go module (no go.mod)")
+    if not os.path.isdir(os.path.join(directory, "vendor")):
+        raise MissingResourceError(f"{directory}: the Go module has no vendor/ directory (run `go mod vendor`, or "
+                                   "unpack HumanEval-X's go-vendor.tar.gz there)")
+    return tuple(mounts)
+
+
+class Toolchains:
+    """Runs programs of every language in one :class:`Sandbox`; thread-safe as the sandbox is."""
+
+    def __init__(self, sandbox: Sandbox, resources: Resources = Resources()) -> None:
+        self.sandbox = sandbox
+        self.resources = resources
+        for jar in resources.jars:
+            if not os.path.isfile(jar):
+                raise MissingResourceError(f"{jar}: no such jar (the Java tests' classpath)")
+        self._go_mounts = go_module_mounts(resources.go_module) if resources.go_module else ()
+
+    def setup(self, language: Language, code: str) -> Setup:
+        mounts = [(path, path) for path in (ALTERNATIVES, *language.etc) if os.path.exists(path)]
+        if language.class_named or language.code == "scala":
+            mounts += [(jar, f"{CLASSPATH_DIR}/{os.path.basename(jar)}") for jar in self.resources.jars]
+        if language.code == "go" and self._uses_module(code):
+            mounts += self._go_mounts
+        return Setup(limits_for(language, self.sandbox.limits), tuple(mounts), ())
+
+    def _uses_module(self, code: str) -> bool:
+        return bool(self._go_mounts) and GO_MODULE_IMPORT.search(code) is not None
+
+    def run(self, language: Language, code: str) -> Verdict:
+        if language is PYTHON:
+            return self.sandbox.run(code)
+        program = driver(language, code, go_module=language.code == "go" and self._uses_module(code))
+        return self.sandbox.run(program, self.setup(language, code))
+
+    def check(self, language: Language) -> Verdict:
+        """The verdict of the language's trivial program: ``passed`` where its toolchain works here."""
+        return self.run(language, language.trivial)
+
+    def runnable(self, languages: Sequence[Language]) -> tuple[list[Language], dict[str, str]]:
+        """The languages whose trivial program passes here, and why each other one does not."""
+        ok, refused = [], {}
+        for language in languages:
+            verdict = self.check(language)
+            if verdict.passed:
+                ok.append(language)
+            else:
+                lines = verdict.error.strip().splitlines()
+                refused[language.code] = f"{verdict.status}: {lines[-1] if lines else ''}".rstrip(": ")
+        return ok, refused
