@@ -31,6 +31,8 @@ ALTERNATIVES = "/etc/alternatives"
 CLASSPATH_DIR = "/opt/dscbatch/classpath"
 # Where a Go module (go.mod and vendor/, HumanEval-X's Go tests import testify) is mounted.
 GO_MODULE_DIR = "/tmp/module"
+# A Go build cache warmed once with the module's packages (read-only; each run copies it into its GOCACHE).
+GO_CACHE_DIR = "/opt/dscbatch/go-build"
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,10 @@ _BUILT_IN = (
     Language("js", "JavaScript", "test.js", (), ("node", "--max-old-space-size=512", "test.js"), close_brace=True,
              memory_mb=8192, processes=64, fail_on_output=True, aliases=("javascript",),
              trivial="if (1 + 1 !== 2) { throw new Error('no'); }\n"),
-    Language("go", "Go", "main_test.go", (), ("go", "test", "main_test.go"), memory_mb=4096, compile_seconds=30,
-             processes=128, env={"GOCACHE": "/tmp/.cache/go-build", "GOPATH": "/tmp/go", "GOPROXY": "off",
-                                 "GOFLAGS": "-mod=vendor", "CGO_ENABLED": "0", "GO111MODULE": "auto"},
+    Language("go", "Go", "main_test.go", (), ("go", "test", "-count=1", "main_test.go"), memory_mb=4096,
+             compile_seconds=30, processes=128,
+             env={"GOCACHE": "/tmp/.cache/go-build", "GOPATH": "/tmp/go", "GOPROXY": "off",
+                  "GOFLAGS": "-mod=vendor", "CGO_ENABLED": "0", "GO111MODULE": "auto"},
              aliases=("golang",),
              trivial="package main\n\nimport \"testing\"\n\nfunc TestOne(t *testing.T) {\n\tif 1+1 != 2 {\n"
                      "\t\tt.Fail()\n\t}\n}\n"),
@@ -105,7 +108,8 @@ _BUILT_IN = (
              etc=("/etc/java-17-openjdk",),
              trivial="object Problem { def main(args: Array[String]) = { assert(1 + 1 == 2) } }\n"),
     Language("rkt", "Racket", "test.rkt", (), ("racket", "test.rkt"), memory_mb=2048, compile_seconds=10,
-             processes=64, etc=("/etc/racket",), aliases=("racket",), trivial="#lang racket\n(unless (= 2 (+ 1 1)) (exit 1))\n"),
+             processes=64, etc=("/etc/racket",), aliases=("racket",),
+             trivial="#lang racket\n(unless (= 2 (+ 1 1)) (exit 1))\n"),
     Language("d", "D", "test.d", (("gdc", "-funittest", "-o", "a.out", "test.d"),), ("./a.out",),
              compile_seconds=30, trivial="unittest { assert(1 + 1 == 2); }\nvoid main() {}\n"),
 )

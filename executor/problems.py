@@ -58,7 +58,7 @@ def _lines(url: str) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
-def _read(url: str, model: type[Record]) -> list[Record]:
+def read_records(url: str, model: type[Record]) -> list[Record]:
     records: list[Record] = []
     problems: list[str] = []
     total = 0
@@ -78,14 +78,14 @@ def _read(url: str, model: type[Record]) -> list[Record]:
 
 def load_problems(url: str | None = None) -> dict[str, Problem]:
     """The problems by task id, in file order (``None``: HumanEval's 164)."""
-    problems = _read(url or humaneval_path(), Problem)
+    problems = read_records(url or humaneval_path(), Problem)
     if not problems:
         raise DscbatchError(f"{url}: no problems in the file")
     return {problem.task_id: problem for problem in problems}
 
 
 def load_samples(url: str, problems: dict[str, Problem]) -> list[Sample]:
-    samples = _read(url, Sample)
+    samples = read_records(url, Sample)
     unknown = sorted({sample.task_id for sample in samples} - set(problems))
     if unknown:
         raise DscbatchError(f"{url}: {len(unknown)} task ids are not in the problem set, e.g. {unknown[0]!r}")

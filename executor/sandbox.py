@@ -90,6 +90,7 @@ class Setup:
 
     limits: Limits | None = None
     mounts: tuple[tuple[str, str], ...] = ()
+    writable: tuple[tuple[str, str], ...] = ()  # only for trusted programs (a toolchain cache's warm-up)
     env: tuple[tuple[str, str], ...] = ()
 
 
@@ -226,6 +227,7 @@ class Sandbox:
             *binds, "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp", "--file", str(program_fd), "/tmp/main.py",
             *(item for source, target in setup.mounts for item in ("--ro-bind", source, target)),
+            *(item for source, target in setup.writable for item in ("--bind", source, target)),
             "--remount-ro", "/", "--chdir", "/tmp", "--hostname", "sandbox",
             "--uid", str(INNER_ID), "--gid", str(INNER_ID), "--json-status-fd", str(status_fd), "--",
             self.prlimit, f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
