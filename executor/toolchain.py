@@ -20,6 +20,7 @@ import dataclasses
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from dscbatch.executor.languages import (
 )
 from dscbatch.executor.sandbox import Limits, Sandbox, Setup, Verdict
 from dscbatch.jobs.errors import DscbatchError
+from dscbatch.jobs.settings import Settings
 
 # Bytes of a failed compilation's output kept (its end holds the summary; the sandbox keeps 2000 characters).
 COMPILE_OUTPUT_BYTES = 64 << 10
@@ -90,6 +92,10 @@ class MissingResourceError(DscbatchError):
     pass
 
 
+class MissingToolchainError(DscbatchError):
+    pass
+
+
 @dataclass(frozen=True)
 class Resources:
     """Test dependencies on the host, mounted read-only: jars on the Java classpath (DeepSeek's
@@ -97,6 +103,11 @@ class Resources:
 
     jars: tuple[str, ...] = ()
     go_module: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Resources:
+        jars = tuple(path for path in settings.sandbox_java_classpath.split(":") if path)
+        return cls(jars, settings.sandbox_go_module)
 
 
 def limits_for(language: Language, base: Limits) -> Limits:
@@ -141,6 +152,21 @@ def driver(language: Language, code: str, go_module: bool = False, warm_cache: s
                          keep=COMPILE_OUTPUT_BYTES, warm_cache=warm_cache)
 
 
+def unpacked_go_module(directory: str) -> str:
+    """``directory``, or where its ``go-vendor.tar.gz`` (HumanEval-X's layout) is unpacked with its go.mod."""
+    archive = os.path.join(directory, "go-vendor.tar.gz")
+    if os.path.isdir(os.path.join(directory, "vendor")) or not os.path.isfile(archive):
+        return directory
+    unpacked = tempfile.mkdtemp(prefix="dscbatch-go-module-")
+    atexit.register(shutil.rmtree, unpacked, True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    for name in ("go.mod", "go.sum"):
+        if os.path.isfile(os.path.join(directory, name)):
+            shutil.copy(os.path.join(directory, name), unpacked)
+    return unpacked
+
+
 def go_module_mounts(directory: str) -> tuple[tuple[str, str], ...]:
     """A Go module's ``go.mod`` and ``vendor/`` mounted in the sandbox's module directory (``go.sum`` too)."""
     mounts = []
@@ -165,7 +191,7 @@ class Toolchains:
         for jar in resources.jars:
             if not os.path.isfile(jar):
                 raise MissingResourceError(f"{jar}: no such jar (the Java tests' classpath)")
-        self._go_mounts = go_module_mounts(resources.go_module) if resources.go_module else ()
+        self._go_mounts = go_module_mounts(unpacked_go_module(resources.go_module)) if resources.go_module else ()
         self._go_cache: str | None = None
         self._lock = threading.Lock()
 
@@ -220,3 +246,13 @@ class Toolchains:
                 lines = verdict.error.strip().splitlines()
                 refused[language.code] = f"{verdict.status}: {lines[-1] if lines else ''}".rstrip(": ")
         return ok, refused
+
+
+def require_runnable(toolchains: Toolchains, language: Language) -> None:
+    """Raise unless the language's trivial program passes here (its toolchain is installed and works)."""
+    verdict = toolchains.check(language)
+    if not verdict.passed:
+        lines = verdict.error.strip().splitlines()
+        raise MissingToolchainError(f"{language.full_name} does not run here ({verdict.status}: "
+                                    f"{lines[-1] if lines else 'no output'}); install its toolchain "
+                                    "(docs/evaluation-languages.md)")
