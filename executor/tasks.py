@@ -4,6 +4,7 @@ A GPU worker queues ``dscbatch.verify(job_id, index)`` on the executor queue rig
 that needs verification (workers/tasks.py); the store already holds the item in its waiting set, written in
 the same step as the result, so a worker that dies in between loses nothing (executor/worker.py sweeps it).
 Verdicts are stored first-wins, so a task delivered twice runs its programs twice but stores one record.
+Items in a language other than Python go on from that queue to their language's (:func:`executor_queue`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from celery import Celery
 
 from dscbatch.executor.extraction import program
+from dscbatch.executor.languages import LANGUAGES
 from dscbatch.executor.observer import ExecutorObserver
-from dscbatch.executor.sandbox import Sandbox
+from dscbatch.executor.toolchain import Toolchains
 from dscbatch.jobs.errors import SandboxError
 from dscbatch.jobs.requests import Verify
 from dscbatch.jobs.results import output_texts
@@ -30,22 +32,31 @@ log = logging.getLogger(__name__)
 VERIFY = "dscbatch.verify"
 
 
-def executor_queue(prefix: str) -> str:
-    """The executor pool's one queue (the model queues are ``PREFIX.MODEL``)."""
-    return f"{prefix}.executor"
+def executor_queue(prefix: str, language: str = "python") -> str:
+    """The executor pool's queue: ``PREFIX.executor``, which every executor serves (workers queue every
+    verification there; Python runs everywhere), and ``PREFIX.executor.LANG`` for another language, served by
+    the executors whose start-up check ran that language (the model queues are ``PREFIX.MODEL``)."""
+    return f"{prefix}.executor" if language == "python" else f"{prefix}.executor.{language}"
 
 
-def enqueue_verifications(app: Celery, prefix: str, job_id: str, indices: Sequence[int], **options: Any) -> None:
+def enqueue_verifications(app: Celery, prefix: str, job_id: str, indices: Sequence[int], language: str = "python",
+                          **options: Any) -> None:
     for index in indices:
-        app.send_task(VERIFY, args=[job_id, index], queue=executor_queue(prefix),
+        app.send_task(VERIFY, args=[job_id, index], queue=executor_queue(prefix, language),
                       headers={ENQUEUED_HEADER: time.time()}, **options)
 
 
 class Verifier:
-    def __init__(self, store: JobStore, sandbox: Sandbox, observer: ExecutorObserver) -> None:
+    """Judges on this executor the items in the languages it runs (``languages``); an item in another
+    language, taken from the shared queue, is routed to that language's queue."""
+
+    def __init__(self, store: JobStore, toolchains: Toolchains, observer: ExecutorObserver,
+                 languages: Collection[str] = ("python",), app: Celery | None = None) -> None:
         self.store = store
-        self.sandbox = sandbox
+        self.toolchains = toolchains
         self.observer = observer
+        self.languages = frozenset(languages)
+        self.app = app
 
     def verify(self, job_id: str, index: int) -> bool:
         """Judge the item's outputs; True when this call stored its verification record."""
@@ -57,11 +68,18 @@ class Verifier:
             self.store.forget_waiting(job_id, index)
             return False
         verify = Verify.model_validate_json(spec)
+        if verify.language not in self.languages:
+            if self.app is None:
+                raise SandboxError(f"{job_id}/{index}: {verify.language} does not run on this executor")
+            log.info("%s/%d: %s does not run here; routed to its queue", job_id, index, verify.language)
+            enqueue_verifications(self.app, self.store.prefix, job_id, [index], verify.language)
+            return False
+        language = LANGUAGES[verify.language]
         verdicts: list[dict[str, Any]] = []
         for text in output_texts(json.loads(line)):
             code = program(verify, text)
-            verdict = self.sandbox.run(code)
-            self.observer.executed(verdict)
+            verdict = self.toolchains.run(language, code)
+            self.observer.executed(verdict, language.code)
             if verdict.status == "sandbox_error":
                 # The host's fault, not the sample's: leave the task unacknowledged for another executor.
                 raise SandboxError(f"{job_id}/{index}: the sandbox failed: {verdict.error}")

@@ -79,10 +79,11 @@ def require_json_only(app: Celery) -> None:
                             "messages; only json is safe")
 
 
-def serve(app: Celery, hostname: str, queue: str, concurrency: int, loglevel: str) -> int:
-    """Consume ``queue`` with ``concurrency`` threads until Celery stops (SIGTERM, or an unrecoverable error);
-    returns Celery's exit status."""
-    worker = app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency, queues=[queue],
+def serve(app: Celery, hostname: str, queue: str | list[str], concurrency: int, loglevel: str) -> int:
+    """Consume ``queue`` (or each of a list) with ``concurrency`` threads until Celery stops (SIGTERM, or an
+    unrecoverable error); returns Celery's exit status."""
+    worker = app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency,
+                        queues=[queue] if isinstance(queue, str) else queue,
                         loglevel=loglevel, without_gossip=True, without_mingle=True, optimization="fair")
     # `kill -USR1 PID` writes every thread's stack to stderr from the signal itself; Celery's own handler for it
     # (set as the worker starts, replaced once it is ready) waits for the main thread, which may be the stuck one.
