@@ -14,7 +14,8 @@ settings (``DSCBATCH_SANDBOX_TIMEOUT``, ``DSCBATCH_SANDBOX_MEMORY_MB``):
 - ``processes`` counts threads too (``RLIMIT_NPROC``): a JVM, Go's compiler and V8 start a thread per core for
   their compilers and collectors.
 
-Julia and Swift have no Debian bookworm package: they are refused with that reason (``REFUSED``).
+Julia and Swift have no Debian bookworm package, and MultiPL-E's Lua tests need luaunit, which has none:
+they are refused with that reason (``REFUSED``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Language:
     processes: int = 32
     env: dict[str, str] = field(default_factory=dict)
     etc: tuple[str, ...] = ()  # configuration the toolchain reads, bound read-only
-    fail_marker: str | None = None  # output containing this fails a run that exits 0 (mono's Debug.Assert)
+    # Output containing this fails a run that exits 0 (mono's Debug.Assert, rackunit's checks only print).
+    fail_marker: str | None = None
     fail_on_output: bool = False  # any output fails a run that exits 0 (node's console.assert only prints)
     stop: tuple[str, ...] = ()  # base-style stop words when a problem file gives none
     class_named: bool = False  # the source file is named after the program's public class (Java)
@@ -98,7 +100,6 @@ _BUILT_IN = (
     Language("rs", "Rust", "test.rs", (("rustc", "--edition", "2021", "-o", "a.out", "test.rs"),), ("./a.out",),
              compile_seconds=30, processes=64, aliases=("rust",), trivial="fn main() { assert_eq!(1 + 1, 2); }\n"),
     Language("rb", "Ruby", "test.rb", (), ("ruby", "test.rb"), aliases=("ruby",), trivial="raise 'no' if 1 + 1 != 2\n"),
-    Language("lua", "Lua", "test.lua", (), ("lua5.3", "test.lua"), trivial="assert(1 + 1 == 2)\n"),
     Language("r", "R", "test.r", (), ("Rscript", "test.r"), memory_mb=2048, etc=("/etc/R",),
              trivial="stopifnot(1 + 1 == 2)\n"),
     Language("pl", "Perl", "test.pl", (), ("perl", "test.pl"), aliases=("perl",), trivial="die if 1 + 1 != 2;\n"),
@@ -108,7 +109,7 @@ _BUILT_IN = (
              etc=("/etc/java-17-openjdk",),
              trivial="object Problem { def main(args: Array[String]) = { assert(1 + 1 == 2) } }\n"),
     Language("rkt", "Racket", "test.rkt", (), ("racket", "test.rkt"), memory_mb=2048, compile_seconds=10,
-             processes=64, etc=("/etc/racket",), aliases=("racket",),
+             processes=64, etc=("/etc/racket",), aliases=("racket",), fail_marker="FAILURE",
              trivial="#lang racket\n(unless (= 2 (+ 1 1)) (exit 1))\n"),
     Language("d", "D", "test.d", (("gdc", "-funittest", "-o", "a.out", "test.d"),), ("./a.out",),
              compile_seconds=30, trivial="unittest { assert(1 + 1 == 2); }\nvoid main() {}\n"),
@@ -121,6 +122,7 @@ DEEPSEEK_TABLE = ("python", "cpp", "java", "php", "ts", "cs", "sh", "js")
 REFUSED = {
     "jl": "Julia has no Debian bookworm package (julia left Debian after bullseye); its toolchain is not in the "
           "executor image",
+    "lua": "MultiPL-E's Lua tests require luaunit, which Debian bookworm does not package (lua5.3 itself runs)",
     "swift": "Swift has no Debian package (bookworm ships no swiftlang); its toolchain is not in the executor image",
 }
 # `--language multiple`: every language of MultiPL-E's HumanEval that runs here.
@@ -138,6 +140,6 @@ def language(name: str) -> Language:
         if key in (candidate.code, candidate.full_name.lower(), *candidate.aliases):
             return candidate
     for code, reason in REFUSED.items():
-        if key in (code, {"jl": "julia"}.get(code)):
+        if key in (code, {"jl": "julia", "lua": "lua5.3"}.get(code)):
             raise UnknownLanguageError(f"language {name!r} is not supported: {reason}")
     raise UnknownLanguageError(f"unknown language {name!r}; supported: {', '.join(LANGUAGES)}")

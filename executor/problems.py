@@ -53,9 +53,10 @@ def humaneval_path() -> str:
 def _lines(url: str) -> Iterator[tuple[int, str]]:
     with open_read(url) as raw:
         stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw)) if url.endswith(".gz") else raw
-        for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), 1):
-            if line.strip():
-                yield number, line
+        with io.TextIOWrapper(stream, encoding="utf-8") as text:
+            for number, line in enumerate(text, 1):
+                if line.strip():
+                    yield number, line
 
 
 def read_records(url: str, model: type[Record]) -> list[Record]:
