@@ -131,8 +131,10 @@ def java_class(code: str) -> str:
     return str(found[-1]) if found else "Main"
 
 
-def driver(language: Language, code: str, go_module: bool = False, warm_cache: str = "") -> str:
-    """The Python program that compiles and runs ``code`` in the sandbox."""
+def driver(language: Language, code: str, go_module: bool = False, warm_cache: str = "",
+           workdir: str | None = None) -> str:
+    """The Python program that compiles and runs ``code`` in the sandbox (in ``workdir``: benchmarks run it
+    bare, without the sandbox, to measure what the sandbox costs)."""
     source = language.source
     names = {"source": source}
     if language.class_named:
@@ -145,7 +147,7 @@ def driver(language: Language, code: str, go_module: bool = False, warm_cache: s
     env = dict(language.env)
     if language.code == "go" and not go_module:
         env["GO111MODULE"], env["GOFLAGS"] = "off", ""
-    return DRIVER.format(workdir=GO_MODULE_DIR if go_module else "/tmp", source=source, code=code, env=env,
+    return DRIVER.format(workdir=workdir or (GO_MODULE_DIR if go_module else "/tmp"), source=source, code=code, env=env,
                          compile=[fill(argv) for argv in language.compile], run=fill(language.run),
                          capture=language.fail_marker is not None or language.fail_on_output,
                          marker=language.fail_marker, any_output=language.fail_on_output,

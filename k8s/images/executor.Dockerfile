@@ -6,9 +6,12 @@ FROM python:3.11-slim-bookworm
 # sandbox (prlimit comes with util-linux). Generated code runs under Debian's own /usr/bin/python3, the default
 # DSCBATCH_SANDBOX_PYTHON, not dscbatch's interpreter in /usr/local; numpy because DeepSeek's HumanEval import
 # helper imports it, as their evaluation environment has it.
+# The other languages' toolchains (scripts/toolchains.txt, docs/evaluation-languages.md) run in the same sandbox.
+COPY scripts/toolchains.txt /tmp/toolchains.txt
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini bubblewrap python3 python3-numpy \
-    && rm -rf /var/lib/apt/lists/*
+    && grep -v '^#' /tmp/toolchains.txt | xargs apt-get install -y --no-install-recommends \
+    && rm -rf /var/lib/apt/lists/* /tmp/toolchains.txt
 
 # The same user as the pods' securityContext (runAsUser 10001).
 RUN groupadd --gid 10001 dscbatch \
