@@ -160,6 +160,7 @@ def unpacked_go_module(directory: str) -> str:
     if os.path.isdir(os.path.join(directory, "vendor")) or not os.path.isfile(archive):
         return directory
     unpacked = tempfile.mkdtemp(prefix="dscbatch-go-module-")
+    os.chmod(unpacked, 0o755)  # read by the sandbox's slot uid
     atexit.register(shutil.rmtree, unpacked, True)
     with tarfile.open(archive) as tar:
         tar.extractall(unpacked, filter="data")
