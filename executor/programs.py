@@ -12,10 +12,13 @@ A program is ``setup + code + "\\n" + tests``, where ``code`` is the prompt with
 ``--samples``) or the code extracted from an instruct answer, after DeepSeek's ``process_humaneval_test``:
 C++ gets the ``#include`` lines of their helper that the prompt lacks, C# their ``using`` lines, PHP an
 opening ``<?php`` when the code has none and a closing ``?>``, Go (HumanEval-X) the test file's package and
-imports plus the helper packages the code uses, Rust (HumanEval-X) an empty ``main`` and the declaration.
+imports plus the helper packages the code uses (outside comments), Rust (HumanEval-X) an empty ``main``
+and the declaration.
 """
 
 from __future__ import annotations
+
+import re
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
@@ -37,6 +40,7 @@ CS_HELPER = ("using System.Numerics;", "using System.Diagnostics;", "using Syste
              "using System.Linq;", "using System.Text;", "using System.Security.Cryptography;",
              "using System.Collections.Generic;")
 GO_HELPER = ("math", "strings", "fmt", "strconv", "time", "bytes", "regexp", "sort", "math/rand", "crypto/md5")
+GO_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 RUST_MAIN = "\nfn main(){ \n } \n"
 
 
@@ -93,8 +97,11 @@ def assemble(language: Language, setup: str, code: str, tests: str) -> str:
     if language.code == "php" and code[:5] != "<?php":
         code = "<?php\n" + code
     if language.code == "go" and "package " in setup:
+        # DeepSeek looks for "name." in the generation alone; here the prompt is part of the code, so comments
+        # ("a list of strings.") are left out and the name must start a word ("operand." is not rand).
+        body = GO_COMMENT.sub("", code)
         used = [f'"{package}"' for package in GO_HELPER
-                if f'"{package}"' not in setup and package.split("/")[-1] + "." in code]
+                if f'"{package}"' not in setup and re.search(rf"\b{package.split('/')[-1]}\.", body)]
         if used:
             setup += "\nimport (\n" + "    ".join(f"{package}\n" for package in used) + ")"
         setup += "\n"
