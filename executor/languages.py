@@ -66,7 +66,7 @@ def _jvm(prefix: str = "") -> tuple[str, ...]:
 
 _BUILT_IN = (
     Language("cpp", "cpp", "test.cpp", (("g++", "-std=c++17", "test.cpp", "-o", "a.out", "-lcrypto", "-lssl"),),
-             ("./a.out",), main="int main()", compile_seconds=20, aliases=("c++",),
+             ("./a.out",), main="int main()", memory_mb=1024, compile_seconds=20, aliases=("c++",),
              trivial="#include<cassert>\nint main() { assert(1 + 1 == 2); }\n"),
     Language("java", "Java", "Main.java",
              (("javac", *_jvm("-J"), "-cp", f".:{CLASSPATH_DIR}/*", "{source}"),),
@@ -91,14 +91,15 @@ _BUILT_IN = (
              memory_mb=8192, processes=64, fail_on_output=True, aliases=("javascript",),
              trivial="if (1 + 1 !== 2) { throw new Error('no'); }\n"),
     Language("go", "Go", "main_test.go", (), ("go", "test", "-count=1", "main_test.go"), memory_mb=4096,
-             compile_seconds=30, processes=128,
+             compile_seconds=10, processes=128,
              env={"GOCACHE": "/tmp/.cache/go-build", "GOPATH": "/tmp/go", "GOPROXY": "off",
                   "GOFLAGS": "-mod=vendor", "CGO_ENABLED": "0", "GO111MODULE": "auto"},
              aliases=("golang",),
              trivial="package main\n\nimport \"testing\"\n\nfunc TestOne(t *testing.T) {\n\tif 1+1 != 2 {\n"
                      "\t\tt.Fail()\n\t}\n}\n"),
     Language("rs", "Rust", "test.rs", (("rustc", "--edition", "2021", "-o", "a.out", "test.rs"),), ("./a.out",),
-             compile_seconds=30, processes=64, aliases=("rust",), trivial="fn main() { assert_eq!(1 + 1, 2); }\n"),
+             memory_mb=2048, compile_seconds=30, processes=64, aliases=("rust",),
+             trivial="fn main() { assert_eq!(1 + 1, 2); }\n"),
     Language("rb", "Ruby", "test.rb", (), ("ruby", "test.rb"), aliases=("ruby",), trivial="raise 'no' if 1 + 1 != 2\n"),
     Language("r", "R", "test.r", (), ("Rscript", "test.r"), memory_mb=2048, etc=("/etc/R",),
              trivial="stopifnot(1 + 1 == 2)\n"),
@@ -112,7 +113,7 @@ _BUILT_IN = (
              processes=64, etc=("/etc/racket",), aliases=("racket",), fail_marker="FAILURE",
              trivial="#lang racket\n(unless (= 2 (+ 1 1)) (exit 1))\n"),
     Language("d", "D", "test.d", (("gdc", "-funittest", "-o", "a.out", "test.d"),), ("./a.out",),
-             compile_seconds=30, trivial="unittest { assert(1 + 1 == 2); }\nvoid main() {}\n"),
+             memory_mb=1024, compile_seconds=30, trivial="unittest { assert(1 + 1 == 2); }\nvoid main() {}\n"),
 )
 # Python runs as the sandbox's own program, as it always has (executor/sandbox.py).
 PYTHON = Language("python", "Python", "main.py", indent=4, stop=("\ndef", "\nclass", "\nif", "\n#", "\nprint"),

@@ -330,6 +330,8 @@ def _verdict(stopped: str | None, tail: bytes, status: dict[str, Any], program_s
         return Verdict("passed", "", seconds)
     if code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
         return Verdict("timeout", f"killed at the CPU time limit of {limits.cpu_seconds} s", seconds)
+    if code == 128 + signal.SIGALRM:  # a compiled program's own limit (executor/toolchain.py)
+        return Verdict("timeout", "killed at the run's time limit (after its compilation)", seconds)
     last_lines = "\n".join(error.strip().splitlines()[-3:])
     if any(marker in last_lines for marker in MEMORY_MARKERS):
         return Verdict("memory", error, seconds)

@@ -1,15 +1,17 @@
 """Run a program in any supported language in the sandbox: a small Python *driver* compiles and runs it there.
 
-The sandbox runs one Python program (executor/sandbox.py), with all its guarantees; for another language
-that program is a driver, generated here, that writes the source to ``/tmp``, runs the language's compile
-commands and then the program, all as its children under the same limits, namespaces and uid. A compile
-command that fails makes the run ``failed`` with the compiler's message (the driver prints it and exits 1);
-a command the sandbox killed (CPU limit, SIGKILL) is passed on as 128 + the signal, so that it reads as
-``timeout`` as a Python program's would. The run itself replaces the driver (``execvp``) unless its verdict
-needs its output (mono's ``Debug.Assert`` and node's ``console.assert`` only print): then the driver reads it.
+The sandbox runs one Python program (executor/sandbox.py), with all its guarantees; for another language that
+program is a driver, generated here, that writes the source to ``/tmp``, runs the language's compile commands and
+then the program, all as its children under the same limits, namespaces and uid. A compile command that fails
+makes the run ``failed`` with the compiler's message (the driver prints it and exits 1); a command the sandbox
+killed (CPU limit, SIGKILL) is passed on as 128 + the signal, so that it reads as ``timeout`` as a Python
+program's would. The compilation has the language's allowance; the compiled program then gets the sandbox's own
+seconds (CPU and wall clock, a SIGALRM), as a Python program does. The run itself replaces the driver
+(``execvp``) unless its verdict needs its output (mono's ``Debug.Assert`` and node's ``console.assert`` only
+print): then the driver reads it.
 
-A run's limits are the sandbox's settings widened by the language's allowance (executor/languages.py), and
-its mounts add the toolchain's configuration under ``/etc`` and the test dependencies a user provides
+A run's limits are the sandbox's settings widened by the language's allowance (executor/languages.py), and its
+mounts add the toolchain's configuration under ``/etc`` and the test dependencies a user provides
 (:class:`Resources`): the jar the Java tests compile against and a Go module with vendored packages.
 """
 
@@ -45,7 +47,7 @@ COMPILE_OUTPUT_BYTES = 64 << 10
 TMPFS_BYTES = 512 << 20
 # Open files for a toolchain: a JVM opens its modules and jars, R refuses to start below 128.
 OPEN_FILES = 256
-DRIVER = '''import os, shutil, subprocess, sys
+DRIVER = '''import os, resource, shutil, signal, subprocess, sys
 os.chdir({workdir!r})
 if {warm_cache!r} and os.path.isdir({warm_cache!r}):
     shutil.copytree({warm_cache!r}, os.environ.get("GOCACHE", "/tmp/.cache/go-build"))
@@ -59,16 +61,27 @@ for argv in {compile!r}:
     except OSError as error:
         print(f"compilation failed: cannot run {{argv[0]}}: {{error}}", flush=True)
         sys.exit(1)
-    if done.returncode < 0:
-        sys.exit(128 - done.returncode)
     if done.returncode != 0:
         sys.stdout.write(done.stdout[-{keep}:].decode(errors="replace"))
+    if done.returncode < 0:
+        print(f"\\n{{argv[0]}} was killed by signal {{-done.returncode}}", flush=True)
+        sys.exit(128 - done.returncode)
+    if done.returncode != 0:
         print(f"\\ncompilation failed: {{argv[0]}} exited with status {{done.returncode}}", flush=True)
         sys.exit(1)
 run = {run!r}
+if {seconds!r}:
+    cpu = int(resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu + {seconds!r}, cpu + {seconds!r}))
 if not {capture!r}:
+    if {seconds!r}:
+        signal.alarm({seconds!r})
     os.execvpe(run[0], run, env)
-done = subprocess.run(run, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+try:
+    done = subprocess.run(run, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                          timeout={seconds!r} or None)
+except subprocess.TimeoutExpired:
+    sys.exit(128 + signal.SIGALRM)
 output = done.stdout.decode(errors="replace")
 sys.stdout.write(output[-{keep}:])
 if done.returncode < 0:
@@ -132,9 +145,10 @@ def java_class(code: str) -> str:
 
 
 def driver(language: Language, code: str, go_module: bool = False, warm_cache: str = "",
-           workdir: str | None = None) -> str:
+           workdir: str | None = None, seconds: int = 0) -> str:
     """The Python program that compiles and runs ``code`` in the sandbox (in ``workdir``: benchmarks run it
-    bare, without the sandbox, to measure what the sandbox costs)."""
+    bare, without the sandbox, to measure what the sandbox costs). ``seconds``: the run step's own CPU and
+    wall-clock limit (a SIGALRM, which the sandbox reads as ``timeout``), after the compilation's allowance."""
     source = language.source
     names = {"source": source}
     if language.class_named:
@@ -151,7 +165,7 @@ def driver(language: Language, code: str, go_module: bool = False, warm_cache: s
                          compile=[fill(argv) for argv in language.compile], run=fill(language.run),
                          capture=language.fail_marker is not None or language.fail_on_output,
                          marker=language.fail_marker, any_output=language.fail_on_output,
-                         keep=COMPILE_OUTPUT_BYTES, warm_cache=warm_cache)
+                         keep=COMPILE_OUTPUT_BYTES, warm_cache=warm_cache, seconds=seconds)
 
 
 def unpacked_go_module(directory: str) -> str:
@@ -231,7 +245,9 @@ class Toolchains:
         if language is PYTHON:
             return self.sandbox.run(code)
         module = language.code == "go" and self._uses_module(code)
-        program = driver(language, code, go_module=module, warm_cache=GO_CACHE_DIR if module else "")
+        seconds = max(1, int(min(self.sandbox.limits.wall_seconds, self.sandbox.limits.cpu_seconds) + 0.999))
+        program = driver(language, code, go_module=module, warm_cache=GO_CACHE_DIR if module else "",
+                         seconds=seconds if language.compile else 0)
         return self.sandbox.run(program, self.setup(language, code))
 
     def check(self, language: Language) -> Verdict:
