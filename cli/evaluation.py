@@ -182,6 +182,7 @@ def generate(run: Run, lang: Language, problems: dict[str, Problem] | dict[str, 
         _write_lines(path, list(job_lines(problems.values(), style, samples, lang, run.extract)))
         check: Callable[[], None] | None = None
         if local:
+            os.environ["DSCBATCH_EXECUTOR_LANGUAGES"] = lang.code  # its executor checks only this language
             cluster = stack.enter_context(EmbeddedCluster(model, [f"--engine-arg={a}" for a in engine_args],
                                                           executor=True))
             click.echo(f"started redis-server on 127.0.0.1:{cluster.port}, a local worker and an executor",

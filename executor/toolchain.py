@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from dscbatch.executor.languages import (
@@ -257,8 +258,9 @@ class Toolchains:
     def runnable(self, languages: Sequence[Language]) -> tuple[list[Language], dict[str, str]]:
         """The languages whose trivial program passes here, and why each other one does not."""
         ok, refused = [], {}
-        for language in languages:
-            verdict = self.check(language)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dscbatch-check") as pool:
+            verdicts = list(pool.map(self.check, languages))
+        for language, verdict in zip(languages, verdicts, strict=True):
             if verdict.passed:
                 ok.append(language)
             else:

@@ -2,7 +2,8 @@
 
 At start it runs each language's trivial program (executor/languages.py) and serves the queues of those that
 pass: the shared one (Python) and ``PREFIX.executor.LANG`` for each other language; the rest are logged with
-the reason.
+the reason. ``DSCBATCH_EXECUTOR_LANGUAGES`` narrows the languages checked (each check compiles a program: all
+of them take 10-20 s on two cores).
 
 Concurrency is bounded by the pool (``DSCBATCH_EXECUTOR_CONCURRENCY``, default one per core) and each
 program by the sandbox's limits. A sweeper thread beats the executor's heartbeat and queues again the
@@ -20,7 +21,8 @@ import time
 
 from celery import Celery
 
-from dscbatch.executor.languages import LANGUAGES
+from dscbatch.executor.languages import LANGUAGES, PYTHON
+from dscbatch.executor.languages import language as find_language
 from dscbatch.executor.observer import ExecutorObserver
 from dscbatch.executor.sandbox import Sandbox
 from dscbatch.executor.tasks import Verifier, enqueue_verifications, executor_queue, register_tasks
@@ -64,7 +66,9 @@ def run_executor(settings: Settings, observer: ExecutorObserver | None = None, l
     sandbox = Sandbox.from_settings(settings)
     sandbox.check()  # refuse to serve where the sandbox does not work
     toolchains = Toolchains(sandbox, Resources.from_settings(settings))
-    languages, missing = toolchains.runnable(list(LANGUAGES.values()))
+    wanted = [find_language(code) for code in settings.executor_languages.split(",") if code.strip()]
+    languages, missing = toolchains.runnable(list({lang.code: lang for lang in [PYTHON, *wanted]}.values()) if wanted
+                                             else list(LANGUAGES.values()))
     for code, reason in missing.items():
         log.warning("%s does not run here (its trivial program: %s); not serving its queue", code, reason)
     app = make_app(settings)

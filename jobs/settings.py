@@ -74,6 +74,9 @@ class Settings(BaseModel):
     sandbox_go_module: str | None = None
     # Programs one executor runs at once. None: one per CPU core.
     executor_concurrency: Annotated[int, Field(ge=1)] | None = None
+    # The languages an executor checks at start and serves (comma-separated codes, executor/languages.py);
+    # empty: every supported language. Python is always served.
+    executor_languages: str = ""
     # The Batch API server (`dscbatch serve`): where uploaded and result files live (a folder or fsspec URL),
     # the largest upload, and the most requests in one batch.
     files_url: Annotated[str, Field(min_length=1)] = "dscbatch-files"
