@@ -54,7 +54,7 @@ def measure(name: str, run: Any, programs: list[str], workers: int) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--languages", default="python,cpp,java,js,go")
+    parser.add_argument("--languages", default="python,cpp,java,js,go,rs")
     parser.add_argument("--problems", type=int, default=164)
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--json", type=Path)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from dscbatch.executor import rust_crates
 from dscbatch.executor.languages import (
     ALTERNATIVES,
     CLASSPATH_DIR,
@@ -46,6 +47,8 @@ from dscbatch.jobs.settings import Settings
 COMPILE_OUTPUT_BYTES = 64 << 10
 # A first compilation in a fresh tmpfs writes caches (Go's build cache holds the std packages' export data).
 TMPFS_BYTES = 512 << 20
+# Largest file a compiler may write: a Rust test binary linked with regex and its debug information is ~30 MB.
+BINARY_BYTES = 128 << 20
 # Open files for a toolchain: a JVM opens its modules and jars, R refuses to start below 128.
 OPEN_FILES = 256
 DRIVER = '''import os, resource, shutil, signal, subprocess, sys
@@ -97,6 +100,10 @@ JAVA_MAIN_CLASS = re.compile(r"(?:public\s+)?(?:final\s+)?class\s+(\w+)[^{]*\{(?
                              r"public\s+static\s+void\s+main", re.DOTALL)
 JAVA_PUBLIC_CLASS = re.compile(r"public\s+(?:final\s+)?class\s+(\w+)")
 # An import of a package outside Go's standard library (a domain in its path): needs the module.
+# A Rust program made of test functions (HumanEval-X's): compiled as a test harness with the crates it uses.
+RUST_TESTS = "#[cfg(test)]"
+# Building the Rust crates once (cargo, about 10 CPU seconds) or a Go module's cache.
+WARM_UP_SECONDS = 600
 GO_WARM_UP = ('package main\n\nimport (\n    "testing"\n    "github.com/stretchr/testify/assert"\n)\n\n'
               'func TestWarm(t *testing.T) {\n    assert.New(t).Equal(2, 1+1)\n}\n')
 GO_MODULE_IMPORT = re.compile(r'"[\w-]+(?:\.[\w-]+)+/[^"]*"')
@@ -133,6 +140,7 @@ def limits_for(language: Language, base: Limits) -> Limits:
                                memory_bytes=max(base.memory_bytes, language.memory_mb << 20),
                                processes=max(base.processes, language.processes),
                                open_files=max(base.open_files, OPEN_FILES),
+                               file_bytes=max(base.file_bytes, BINARY_BYTES if language.compile else 0),
                                tmpfs_bytes=max(base.tmpfs_bytes, TMPFS_BYTES))
 
 
@@ -211,6 +219,7 @@ class Toolchains:
                 raise MissingResourceError(f"{jar}: no such jar (the Java tests' classpath)")
         self._go_mounts = go_module_mounts(unpacked_go_module(resources.go_module)) if resources.go_module else ()
         self._go_cache: str | None = None
+        self._rust_deps: str | None = None
         self._lock = threading.Lock()
 
     def setup(self, language: Language, code: str) -> Setup:
@@ -226,18 +235,37 @@ class Toolchains:
         test that imports them (cold, each run would compile them again: about 6 s of 9 CPU seconds)."""
         with self._lock:
             if self._go_cache is None:
-                directory = tempfile.mkdtemp(prefix="dscbatch-go-build-")
-                os.chmod(directory, 0o777)  # written by the sandbox's slot uid
-                atexit.register(shutil.rmtree, directory, True)
                 program = driver(LANGUAGES["go"], GO_WARM_UP, go_module=True)
-                setup = Setup(limits_for(LANGUAGES["go"], self.sandbox.limits), self._go_mounts,
-                              writable=((directory, "/tmp/.cache/go-build"),))
-                verdict = self.sandbox.run(program, setup)
-                if not verdict.passed:
-                    raise MissingResourceError(f"the Go module does not build: {verdict.error.strip()[-500:]}")
-                os.chmod(directory, 0o755)
-                self._go_cache = directory
+                setup = Setup(limits_for(LANGUAGES["go"], self.sandbox.limits), self._go_mounts)
+                self._go_cache = self._build("go-build", program, setup, "/tmp/.cache/go-build",
+                                             "the Go module does not build")
             return self._go_cache
+
+    def _rust_crates(self) -> str:
+        """The libraries of the crates HumanEval-X's Rust tests use, built once (executor/rust_crates.py)."""
+        with self._lock:
+            if self._rust_deps is None:
+                if not rust_crates.packaged():
+                    raise MissingResourceError("HumanEval-X's Rust tests use the crates rand, regex and md5: "
+                                               "install librust-rand-dev librust-regex-dev librust-md5-dev")
+                limits = dataclasses.replace(limits_for(LANGUAGES["rs"], self.sandbox.limits),
+                                             wall_seconds=WARM_UP_SECONDS, cpu_seconds=WARM_UP_SECONDS)
+                setup = Setup(limits, ((ALTERNATIVES, ALTERNATIVES),))
+                self._rust_deps = self._build("rust-deps", rust_crates.BUILD, setup, "/tmp/out",
+                                              "the Rust crates do not build")
+            return self._rust_deps
+
+    def _build(self, name: str, program: str, setup: Setup, target: str, failure: str) -> str:
+        """A host folder that trusted ``program`` fills in the sandbox, bound writable at ``target``; read-only
+        once built."""
+        directory = tempfile.mkdtemp(prefix=f"dscbatch-{name}-")
+        os.chmod(directory, 0o777)  # written by the sandbox's slot uid
+        atexit.register(shutil.rmtree, directory, True)
+        verdict = self.sandbox.run(program, dataclasses.replace(setup, writable=((directory, target),)))
+        if not verdict.passed:
+            raise MissingResourceError(f"{failure}: {verdict.error.strip()[-500:]}")
+        os.chmod(directory, 0o755)
+        return directory
 
     def _uses_module(self, code: str) -> bool:
         return bool(self._go_mounts) and GO_MODULE_IMPORT.search(code) is not None
@@ -246,10 +274,15 @@ class Toolchains:
         if language is PYTHON:
             return self.sandbox.run(code)
         module = language.code == "go" and self._uses_module(code)
+        setup = self.setup(language, code)
+        if language.code == "rs" and RUST_TESTS in code:
+            built = self._rust_crates()
+            language = rust_crates.test_harness(language, built)
+            setup = dataclasses.replace(setup, mounts=(*setup.mounts, (built, rust_crates.DEPS_DIR)))
         seconds = max(1, int(min(self.sandbox.limits.wall_seconds, self.sandbox.limits.cpu_seconds) + 0.999))
         program = driver(language, code, go_module=module, warm_cache=GO_CACHE_DIR if module else "",
                          seconds=seconds if language.compile else 0)
-        return self.sandbox.run(program, self.setup(language, code))
+        return self.sandbox.run(program, setup)
 
     def check(self, language: Language) -> Verdict:
         """The verdict of the language's trivial program: ``passed`` where its toolchain works here."""
