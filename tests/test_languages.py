@@ -202,3 +202,30 @@ def test_an_executor_routes_a_language_it_cannot_run_to_one_that_can_and_counts_
             stop_process(with_cpp)
     finally:
         stop_process(python_only)
+
+
+@needs_data
+def test_multiple_judges_every_language_in_the_folder_and_prints_deepseeks_table(tmp_path: Path) -> None:
+    problems, samples = tmp_path / "problems", tmp_path / "samples"
+    problems.mkdir()
+    samples.mkdir()
+    answers = {"cpp": ADD["cpp"][0], "sh": ADD["sh"][1]}  # C++ right, Bash wrong
+    for code, completion in answers.items():
+        line = next(line for line in (MULTIPLE / f"humaneval-{code}.jsonl").read_text().splitlines()
+                    if f'"{TASK}"' in line)
+        (problems / f"humaneval-{code}.jsonl").write_text(line + "\n")
+        (samples / f"humaneval-{code}.jsonl").write_text(json.dumps({"task_id": TASK, "completion": completion})
+                                                         + "\n")
+    (problems / "humaneval-swift.jsonl").write_text("")
+    report = tmp_path / "report.json"
+    result = eval_cli("--language", "multiple", "--problems", str(problems), "--samples", str(samples),
+                      "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    assert "skipping swift: Swift has no Debian package" in result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split() == ["C++", "Bash", "Avg"]
+    assert row.split() == ["pass@1", "100.0", "0.0", "50.0"]
+    written = json.loads(report.read_text())
+    assert written["extract"] == "completion" and written["average"] == {"pass@1": 0.5}
+    assert {code: value["pass_at_k"]["pass@1"] for code, value in written["languages"].items()} == {
+        "cpp": 1.0, "sh": 0.0}
