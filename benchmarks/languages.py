@@ -4,8 +4,8 @@ the same driver run bare (no bwrap, no limits) in the same run, so that the sand
 Usage: ``python benchmarks/languages.py [--languages cpp,java] [--problems N] [--check] [--json out.json]``.
 The data is read in place from ``../shared/eval/humaneval-x`` (or ``--data DIR``). Programs run one per core
 at once. ``--check`` also asserts what the issue asks of every toolchain: all canonical solutions pass and
-every bare prompt fails (it prints the task ids that do not). Go's tests need its vendored module, which only
-the sandbox mounts: Go is measured in the sandbox only. The canonical programs are trusted code (the bare runs
+every bare prompt fails (it prints the task ids that do not). Go's tests need its vendored module and Rust's
+the crates built once in the sandbox, which only the sandbox mounts: Go and Rust are measured in it only. The canonical programs are trusted code (the bare runs
 execute nothing else).
 """
 
