@@ -2,7 +2,7 @@
 
 HumanEval-X's Rust programs are ``#[cfg(test)]`` modules under declarations that ``use rand::Rng``,
 ``regex::Regex`` and ``md5`` (CodeGeeX runs them with ``cargo test`` in a project that depends on them). Here
-the crates come from Debian's ``librust-rand-dev``, ``librust-regex-dev`` and ``librust-md5-dev`` (sources in
+the crates come from Debian's ``librust-rand-dev``, ``librust-regex+default-dev`` and ``librust-md5-dev`` (sources in
 ``/usr/share/cargo/registry``): a trusted program builds them once with cargo, offline, in the sandbox, and each
 test program is compiled by ``rustc --test`` against the resulting libraries, mounted read-only.
 """
@@ -18,14 +18,14 @@ REGISTRY = "/usr/share/cargo/registry"
 CRATES = ("rand", "regex", "md5")
 # Where the built libraries are mounted in the sandbox.
 DEPS_DIR = "/opt/dscbatch/rust-deps"
-# regex without its default features: their optional crates (aho-corasick, memchr) are separate Debian packages.
+# regex with its default features (Debian: librust-regex+default-dev), as HumanEval-X's tests parse \s and \w.
 MANIFEST = """[package]
 name = "dscbatch-deps"
 version = "0.0.0"
 edition = "2021"
 [dependencies]
 rand = "0.8"
-regex = { version = "1", default-features = false, features = ["std"] }
+regex = "1"
 md5 = "0.7"
 """
 CONFIG = f"""[source.crates-io]

@@ -247,7 +247,7 @@ class Toolchains:
             if self._rust_deps is None:
                 if not rust_crates.packaged():
                     raise MissingResourceError("HumanEval-X's Rust tests use the crates rand, regex and md5: "
-                                               "install librust-rand-dev librust-regex-dev librust-md5-dev")
+                                               "install librust-rand-dev librust-regex+default-dev librust-md5-dev")
                 limits = dataclasses.replace(limits_for(LANGUAGES["rs"], self.sandbox.limits),
                                              wall_seconds=WARM_UP_SECONDS, cpu_seconds=WARM_UP_SECONDS)
                 setup = Setup(limits, ((ALTERNATIVES, ALTERNATIVES),))
