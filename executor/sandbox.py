@@ -1,5 +1,9 @@
 """Run one untrusted Python program in a bubblewrap sandbox and say how it ended (a :class:`Verdict`).
 
+Other languages run as a Python *driver* that compiles and runs them under the same guarantees
+(executor/toolchain.py); a run's :class:`Setup` widens the limits for their compilers and mounts their
+configuration and test dependencies read-only.
+
 What a program gets: no network (its own empty network namespace), its own pid, ipc and uts namespaces (it
 sees no host process, and when it ends every process it started dies with its namespace), read-only system
 directories (``/usr`` and the ``/lib``-style links), a private size-capped tmpfs at ``/tmp`` as the only
@@ -85,13 +89,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class Setup:
-    """What one run adds to the sandbox: its limits, read-only mounts (host path, path inside; mounted after
-    the tmpfs, so they may lie under /tmp) and environment variables (a toolchain's caches)."""
+    """What one run adds to the sandbox: its limits and read-only mounts (host path, path inside; mounted after
+    the tmpfs, so they may lie under /tmp)."""
 
     limits: Limits | None = None
     mounts: tuple[tuple[str, str], ...] = ()
     writable: tuple[tuple[str, str], ...] = ()  # only for trusted programs (a toolchain cache's warm-up)
-    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,6 @@ class Sandbox:
         return [
             self.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-            *(item for name, value in setup.env for item in ("--setenv", name, value)),
             *binds, "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp", "--file", str(program_fd), "/tmp/main.py",
             *(item for source, target in setup.mounts for item in ("--ro-bind", source, target)),

@@ -228,7 +228,7 @@ class Toolchains:
             mounts += [(jar, f"{CLASSPATH_DIR}/{os.path.basename(jar)}") for jar in self.resources.jars]
         if language.code == "go" and self._uses_module(code):
             mounts += [*self._go_mounts, (self._warm_go_cache(), GO_CACHE_DIR)]
-        return Setup(limits_for(language, self.sandbox.limits), tuple(mounts), ())
+        return Setup(limits_for(language, self.sandbox.limits), tuple(mounts))
 
     def _warm_go_cache(self) -> str:
         """A build cache holding the Go module's vendored packages, built once in the sandbox by a trivial

@@ -6,6 +6,7 @@ The problems are DeepSeek's own MultiPL-E files (``../shared/eval/multipl-e-deep
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dscbatch.executor import rust_crates
 from dscbatch.executor.extraction import instruct_code, program
 from dscbatch.executor.humaneval import job_lines
 from dscbatch.executor.languages import DEEPSEEK_TABLE, LANGUAGES, REFUSED, UnknownLanguageError, language
@@ -229,3 +231,29 @@ def test_multiple_judges_every_language_in_the_folder_and_prints_deepseeks_table
     assert written["extract"] == "completion" and written["average"] == {"pass@1": 0.5}
     assert {code: value["pass_at_k"]["pass@1"] for code, value in written["languages"].items()} == {
         "cpp": 1.0, "sh": 0.0}
+
+
+HUMANEVAL_X = SHARED_EVAL / "humaneval-x"
+HUMANEVAL_X_FILES = {"python": "python", "cpp": "cpp", "java": "java", "js": "js", "go": "go", "rs": "rust"}
+# A representative few per language in CI; `make test-languages` checks all 164 (benchmarks/languages.py --check).
+SUBSET = 4
+
+
+@pytest.mark.skipif(not HUMANEVAL_X.is_dir(), reason=f"{HUMANEVAL_X} (HumanEval-X) is absent")
+@pytest.mark.parametrize("code", sorted(HUMANEVAL_X_FILES))
+def test_humaneval_x_canonical_solutions_pass_and_bare_prompts_fail_through_eval_samples(
+        code: str, tmp_path: Path) -> None:
+    if code == "rs" and not rust_crates.packaged():
+        pytest.skip("HumanEval-X's Rust tests need Debian's rand, regex and md5 crates (make test-languages)")
+    with gzip.open(HUMANEVAL_X / f"humaneval_{HUMANEVAL_X_FILES[code]}.jsonl.gz", "rt") as stream:
+        records = [json.loads(line) for line in stream][:SUBSET]
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(record) + "\n" for record in records))
+    for kind, expected in (("canonical_solution", "1.000"), ("bare", "0.000")):
+        samples = tmp_path / f"{kind}.jsonl"
+        samples.write_text("".join(json.dumps({"task_id": record["task_id"], "completion": record.get(kind, "")})
+                                   + "\n" for record in records))
+        result = eval_cli("--language", code, "--problems", str(problems), "--samples", str(samples),
+                          "--go-module", str(HUMANEVAL_X))
+        assert result.returncode == 0, result.stderr
+        assert f"pass@1           {expected}" in result.stdout, result.stdout
