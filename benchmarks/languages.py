@@ -1,12 +1,12 @@
-"""Languages benchmark: executions/s per language on HumanEval-X's canonical solutions, in the sandbox against
-the same driver run bare (no bwrap, no limits) in the same run, so that the sandbox's cost is a ratio.
+"""Languages benchmark: executions/s per language on HumanEval-X's canonical solutions, in the sandbox against the
+same driver run bare (no bwrap, no limits) in the same run, so that the sandbox's cost is a ratio.
 
-Usage: ``python benchmarks/languages.py [--languages cpp,java] [--problems N] [--check] [--json out.json]``.
-The data is read in place from ``../shared/eval/humaneval-x`` (or ``--data DIR``). Programs run one per core
-at once. ``--check`` also asserts what the issue asks of every toolchain: all canonical solutions pass and
-every bare prompt fails (it prints the task ids that do not). Go's tests need its vendored module and Rust's
-the crates built once in the sandbox, which only the sandbox mounts: Go and Rust are measured in it only. The canonical programs are trusted code (the bare runs
-execute nothing else).
+Usage: ``python benchmarks/languages.py [--languages cpp,java] [--problems N] [--check] [--json out.json]``. The
+data is read in place from ``../shared/eval/humaneval-x`` (or ``--data DIR``). Programs run one per core at once.
+``--check`` also asserts what the issue asks of every toolchain: all canonical solutions pass and every bare
+prompt fails (it prints the task ids that do not). Go's tests need its vendored module and Rust's the crates
+built once in the sandbox, which only the sandbox mounts: Go and Rust are measured in it only. The canonical
+programs are trusted code (the bare runs execute nothing else).
 """
 
 from __future__ import annotations
