@@ -21,6 +21,7 @@ from dscbatch.executor import rust_crates
 from dscbatch.executor.extraction import instruct_code, program
 from dscbatch.executor.humaneval import job_lines
 from dscbatch.executor.languages import DEEPSEEK_TABLE, LANGUAGES, REFUSED, UnknownLanguageError, language
+from dscbatch.executor.problems import load_problems
 from dscbatch.executor.programs import completion_program, load_language_problems
 from dscbatch.executor.sandbox import Sandbox
 from dscbatch.executor.tasks import enqueue_verifications, executor_queue
@@ -257,3 +258,16 @@ def test_humaneval_x_canonical_solutions_pass_and_bare_prompts_fail_through_eval
                           "--go-module", str(HUMANEVAL_X))
         assert result.returncode == 0, result.stderr
         assert f"pass@1           {expected}" in result.stdout, result.stdout
+
+
+def test_extract_block_keeps_the_helpers_deepseeks_extraction_drops() -> None:
+    """--extract block (issue 26): the whole first code block, so a helper the model wrote above the function
+    stays; DeepSeek's extraction starts at the function and loses it."""
+    problem = load_problems()["HumanEval/53"]
+    answer = "```python\ndef _plus(a, b):\n    return a + b\n\ndef add(x: int, y: int):\n    return _plus(x, y)\n```"
+    lines = {extract: next(job_lines([problem], "instruct", extract=extract)) for extract in ("deepseek", "block")}
+    specs = {extract: Verify.model_validate(line["verify"]) for extract, line in lines.items()}
+    assert (specs["deepseek"].extract, specs["block"].extract) == ("humaneval_instruct", "humaneval_block")
+    sandbox = Sandbox()
+    assert sandbox.run(program(specs["deepseek"], answer)).status == "failed"  # NameError: _plus
+    assert sandbox.run(program(specs["block"], answer)).passed
