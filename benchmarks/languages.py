@@ -36,11 +36,13 @@ FILES = {"cpp": "cpp", "go": "go", "java": "java", "js": "js", "python": "python
 def bare(lang: Language, program: str) -> bool:
     """Run the driver (or the Python program) without the sandbox, with the sandbox's Python and flags, in a
     private directory; True if it passed."""
-    with tempfile.TemporaryDirectory(prefix="dscbatch-bare-") as directory:
+    # In memory, as the sandbox's tmpfs is: a compiler's temporary files on a disk-backed /tmp cost more.
+    memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="dscbatch-bare-", dir=memory) as directory:
         code = program if lang is PYTHON else driver(lang, program, workdir=directory)
         done = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", code], cwd=directory, capture_output=True,
-                              timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": directory, **lang.env,
-                                   "GOCACHE": os.path.join(directory, "go-build")})
+                              timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": directory, "TMPDIR": directory,
+                                                **lang.env})
         return done.returncode == 0
 
 
