@@ -22,7 +22,7 @@ typecheck: setup
 bench-reader: setup
 	$(PY) benchmarks/reader.py
 
-# The throughput benchmark on the tiny model (about 25 minutes on 2 CPU cores; README, "Throughput").
+# The throughput benchmark on the tiny model (about 25 minutes on 2 CPU cores; docs/benchmarks.md).
 bench-throughput: setup
 	$(PY) scripts/make_tiny_model.py --tokenizer-dir $(SHARED_TOKENIZER) --out .cache/tiny-deepseek-coder
 	$(PY) benchmarks/throughput.py --json benchmarks/results/throughput-cpu.json

@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import openai
 from reader import print_report
 
+from dscbatch.core.celery_app import make_app, shard_enqueuer
+from dscbatch.core.settings import Settings
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import model_name
 from dscbatch.server.keys import ApiKeys
-from dscbatch.workers.app import make_app, shard_enqueuer
 from dscbatch.workers.embedded import EmbeddedCluster, free_port, stop_process
 
 POLL_SECONDS = 0.2

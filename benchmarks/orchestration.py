@@ -33,8 +33,8 @@ MiB = 1 << 20
 
 def imports_seconds() -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import dscbatch.cli.main, dscbatch.workers.app, dscbatch.jobs.submission"],
-                   check=True)
+    imports = "import dscbatch.cli.main, dscbatch.core.celery_app, dscbatch.jobs.submission"
+    subprocess.run([sys.executable, "-c", imports], check=True)
     return time.perf_counter() - started
 
 

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from reader import print_report
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import enqueue_shard, make_app
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer
-from dscbatch.workers.app import enqueue_shard, make_app
 from dscbatch.workers.embedded import EmbeddedCluster
 
 WORDS = ("def", "return", "self", "value", "items", "for", "in", "range", "if", "else", "import", "class", "data",

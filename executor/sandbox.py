@@ -51,8 +51,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dscbatch.jobs.errors import SandboxError
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.errors import SandboxError
+from dscbatch.core.settings import Settings
 
 VERDICTS = ("passed", "failed", "timeout", "memory", "sandbox_error")
 # Slot uids for a root executor: unused by Debian (its dynamic range ends at 59999, nobody is 65534).

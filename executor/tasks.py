@@ -11,39 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from typing import Any
 
 from celery import Celery
 
+from dscbatch.core.celery_app import VERIFY, enqueue_verifications
+from dscbatch.core.errors import SandboxError
 from dscbatch.executor.extraction import program
 from dscbatch.executor.languages import LANGUAGES
 from dscbatch.executor.observer import ExecutorObserver
 from dscbatch.executor.toolchain import Toolchains
-from dscbatch.jobs.errors import SandboxError
 from dscbatch.jobs.requests import Verify
 from dscbatch.jobs.results import output_texts
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.app import ENQUEUED_HEADER
 
 log = logging.getLogger(__name__)
-
-VERIFY = "dscbatch.verify"
-
-
-def executor_queue(prefix: str, language: str = "python") -> str:
-    """The executor pool's queue: ``PREFIX.executor``, which every executor serves (workers queue every
-    verification there; Python runs everywhere), and ``PREFIX.executor.LANG`` for another language, served by
-    the executors whose start-up check ran that language (the model queues are ``PREFIX.MODEL``)."""
-    return f"{prefix}.executor" if language == "python" else f"{prefix}.executor.{language}"
-
-
-def enqueue_verifications(app: Celery, prefix: str, job_id: str, indices: Sequence[int], language: str = "python",
-                          **options: Any) -> None:
-    for index in indices:
-        app.send_task(VERIFY, args=[job_id, index], queue=executor_queue(prefix, language),
-                      headers={ENQUEUED_HEADER: time.time()}, **options)
 
 
 class Verifier:

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from dscbatch.core.errors import DscbatchError
+from dscbatch.core.settings import Settings
 from dscbatch.executor import rust_crates
 from dscbatch.executor.languages import (
     ALTERNATIVES,
@@ -40,8 +42,6 @@ from dscbatch.executor.languages import (
     Language,
 )
 from dscbatch.executor.sandbox import Limits, Sandbox, Setup, Verdict
-from dscbatch.jobs.errors import DscbatchError
-from dscbatch.jobs.settings import Settings
 
 # Bytes of a failed compilation's output kept (its end holds the summary; the sandbox keeps 2000 characters).
 COMPILE_OUTPUT_BYTES = 64 << 10

@@ -21,16 +21,17 @@ import time
 
 from celery import Celery
 
+from dscbatch.core.celery_app import enqueue_verifications, executor_queue, make_app, require_json_only, serve
+from dscbatch.core.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
+from dscbatch.core.settings import Settings
+from dscbatch.executor.curate_tasks import register_curate_tasks
 from dscbatch.executor.languages import LANGUAGES, PYTHON
 from dscbatch.executor.languages import language as find_language
 from dscbatch.executor.observer import ExecutorObserver
 from dscbatch.executor.sandbox import Sandbox
-from dscbatch.executor.tasks import Verifier, enqueue_verifications, executor_queue, register_tasks
+from dscbatch.executor.tasks import Verifier, register_tasks
 from dscbatch.executor.toolchain import Resources, Toolchains
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.app import make_app, require_json_only, serve
-from dscbatch.workers.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def run_executor(settings: Settings, observer: ExecutorObserver | None = None, l
     log.info("executor serving %s with %d sandboxes at once (Redis %s)", ", ".join(queues), concurrency,
              settings.redacted_redis_url)
     register_tasks(app, Verifier(store, toolchains, observer, [language.code for language in languages], app))
+    register_curate_tasks(app)
     sweeper = Sweeper(store, app, hostname, settings.visibility_timeout, observer)
     sweeper.start()
     try:

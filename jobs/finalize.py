@@ -17,12 +17,13 @@ record keeps the counts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import cast
 
+from dscbatch.core.errors import DscbatchError
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import DscbatchError
 from dscbatch.jobs.output import result_lines, write_lines
 from dscbatch.jobs.store import JobStore
 
@@ -52,31 +53,23 @@ return 0
 """
 
 
-def finalizing_key(store: JobStore) -> str:
-    return f"{store.prefix}:finalizing"
-
-
-def finalize_key(store: JobStore) -> str:
-    return f"{store.prefix}:finalize"
-
-
 def awaiting(store: JobStore) -> list[str]:
     """Settled jobs whose results file is not written yet."""
-    return sorted(job_id.decode() for job_id in cast(set[bytes], store.client.smembers(finalize_key(store))))
+    return sorted(job_id.decode() for job_id in cast(set[bytes], store.client.smembers(store.keys.finalize)))
 
 
 def release(store: JobStore, job_id: str, worker: str) -> bool:
     """Drop ``worker``'s finalization claim of the job; True for the one caller that removed it."""
-    return bool(store.client.eval(_RELEASE, 1, finalizing_key(store), job_id, worker))
+    return bool(store.client.eval(_RELEASE, 1, store.keys.finalizing, job_id, worker))
 
 
 def reap_finalizers(store: JobStore) -> list[str]:
     """Drop the finalization claims of workers whose heartbeat has expired; returns those jobs' ids."""
     claims = {job.decode(): worker.decode() for job, worker in
-              cast(dict[bytes, bytes], store.client.hgetall(finalizing_key(store))).items()}
+              cast(dict[bytes, bytes], store.client.hgetall(store.keys.finalizing)).items()}
     reaped = []
     for job_id, worker in claims.items():
-        if not store.client.exists(f"{store.prefix}:worker:{worker}") and release(store, job_id, worker):
+        if not store.client.exists(store.keys.worker(worker)) and release(store, job_id, worker):
             log.warning("worker %s is gone while writing job %s's results; another worker writes them", worker,
                         job_id)
             reaped.append(job_id)
@@ -86,9 +79,9 @@ def reap_finalizers(store: JobStore) -> list[str]:
 def finalize(store: JobStore, job_id: str, worker: str) -> bool:
     """Write the job's results file if it awaits one and no other worker is writing it; True once written
     and committed here. A storage failure is recorded on the job (``finalize_error``) and raised."""
-    if not store.client.sismember(finalize_key(store), job_id):
+    if not store.client.sismember(store.keys.finalize, job_id):
         return False
-    if not store.client.hsetnx(finalizing_key(store), job_id, worker):
+    if not store.client.hsetnx(store.keys.finalizing, job_id, worker):
         return False
     try:
         settlement = store.settlement(job_id)
@@ -99,9 +92,9 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
         url = objectstore.join(status.output_url, RESULTS_FILE)
         started = time.monotonic()
         written = write_lines(result_lines(store, status), url)
-        job = store.job_key(job_id)
-        keys = [finalizing_key(store), job, finalize_key(store), f"{job}:results", f"{job}:attempts",
-                f"{job}:item_attempts", f"{job}:verdicts",
+        part = functools.partial(store.keys.job_part, job_id)
+        keys = [store.keys.finalizing, store.job_key(job_id), store.keys.finalize, part("results"), part("attempts"),
+                part("item_attempts"), part("verdicts"),
                 *(store.shard_key(job_id, number) for number in range(status.shards))]
         committed = bool(store.client.eval(
             _COMMIT, len(keys), *keys, job_id, worker, settlement, url, time.time()))

@@ -22,7 +22,7 @@ from typing import Any
 
 from tokenizers import Tokenizer, processors
 
-from dscbatch.jobs.errors import ModelFilesError
+from dscbatch.core.errors import ModelFilesError
 from dscbatch.jobs.tokenizer import read_model_json
 
 FIXED_CLASS = "PreTrainedTokenizerFast"

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import fsspec
 
-from dscbatch.jobs.errors import StorageError
+from dscbatch.core.errors import StorageError
 
 # Protocols whose writes are published atomically when the upload completes.
 ATOMIC_UPLOAD_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})

@@ -11,8 +11,8 @@ import itertools
 import json
 from collections.abc import Callable, Generator, Iterator
 
+from dscbatch.core.errors import DscbatchError, StorageError
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import DscbatchError, StorageError
 from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.results import ItemInfo, result_line, with_verification
 from dscbatch.jobs.store import JobStatus, JobStore

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dscbatch.core.errors import InvalidInputError, StorageError
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import InvalidInputError, StorageError
 from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.requests import (
     MODEL_BY_TYPE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dscbatch.jobs.errors import RequestError
+from dscbatch.core.errors import RequestError
 from dscbatch.jobs.repo import repo_context
 from dscbatch.jobs.requests import (
     DEFAULT_PARAMS,

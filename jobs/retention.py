@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import cast
 
+from dscbatch.core.errors import JobRunningError
 from dscbatch.jobs import finalize
-from dscbatch.jobs.errors import JobRunningError
 from dscbatch.jobs.store import JobStatus, JobStore
 
 
@@ -32,7 +32,7 @@ def expired(store: JobStore, retention: float, now: float | None = None) -> list
     cutoff = (time.time() if now is None else now) - retention
     # A job finishes after it is created: only jobs created before the cutoff can have finished before it.
     candidates = [job_id.decode() for job_id in
-                  cast(list[bytes], store.client.zrangebyscore(f"{store.prefix}:jobs", "-inf", cutoff))]
+                  cast(list[bytes], store.client.zrangebyscore(store.keys.jobs, "-inf", cutoff))]
     waiting = set(finalize.awaiting(store))
     return [job.id for job in store.statuses(candidates)
             if job.finished is not None and job.finished <= cutoff and job.id not in waiting]

@@ -1,18 +1,7 @@
 """Job state in Redis: the job record, shard payloads, and results kept exactly once per item.
 
-Keys (``P`` is the settings' key prefix)::
-
-    P:jobs                 sorted set of job ids by creation time
-    P:job:ID               hash: the job record and its counters
-    P:job:ID:shard:N       the shard payload (``shard_codec``: compressed JSON items, packed token ids)
-    P:job:ID:results       hash: item index -> the result line written by ``results`` (until finalized)
-    P:job:ID:failed        set: indices of items that failed in a worker (what ``retry`` runs again)
-    P:job:ID:retry         hash: index -> the shard item of a retryable failure (``retry`` rebuilds shards from it)
-    P:finalize             set: settled jobs with an output folder whose results file is not written yet
-    P:finalizing           hash: job id -> the worker writing its results file (``jobs.finalize``)
-    P:job:ID:verify        hash: item index -> its ``verify`` spec (JSON), for lines that carry one
-    P:job:ID:verdicts      hash: item index -> its verification record (one verdict per sample)
-    P:verify:waiting       sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
+Every key and its meaning are listed in ``core/keys.py`` (:class:`~dscbatch.core.keys.Keys`); nothing builds one
+elsewhere.
 
 A job *settles* (gets ``finished``) when every item has a result and every result that needs verification
 has its verdicts: ``done + failed >= total`` and ``verified >= to_verify`` (``_SETTLE``, checked by both
@@ -24,12 +13,15 @@ Counters move only inside Lua scripts, in the same step that stores a result, so
 equals the number of stored results, whatever crashes or redeliveries happen around it.
 
 A shard's payload lives only while some of its items have no result: the worker that finishes it deletes it
-(``drop_shard``), and results are stored for a shard only while its payload exists, so a late copy of a
-finished shard can never add a result after the job's results have left Redis (``jobs.finalize``).
+(``drop_shard``, which checks in the same step that every item has its result, so results that Redis lost in a
+crash run again rather than go missing for good), and results are stored for a shard only while its payload
+exists, so a late copy of a finished shard can never add a result after the job's results have left Redis
+(``jobs.finalize``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import deque
@@ -43,9 +35,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
+from dscbatch.core.errors import BrokerError, JobNotFoundError
+from dscbatch.core.keys import Keys
+from dscbatch.core.settings import Settings
 from dscbatch.jobs import shard_codec
-from dscbatch.jobs.errors import BrokerError, JobNotFoundError
-from dscbatch.jobs.settings import Settings
 
 # The settle condition, shared by the scripts that store results and verdicts (KEYS[2] is the job). A job that
 # settles gets its ``finished`` time (once per settlement; ``retry`` unsettles it), a new ``settlements``
@@ -109,6 +102,25 @@ settle(KEYS[4], ARGV[6])
 return 1
 """
 
+# KEYS: shard, attempts, results. ARGV: shard key, then the shard's item indices. The shard is deleted only when
+# every item has a result; else the indices without one are returned and nothing changes. A shard already gone
+# (another copy finished it; the job's results file took its results out of Redis) has nothing missing.
+_DROP = """
+local missing = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return missing
+end
+for i = 2, #ARGV do
+  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0 then missing[#missing + 1] = ARGV[i] end
+end
+if #missing == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return missing
+"""
+
 # KEYS: waiting. ARGV: cutoff, now, limit. Members queued before the cutoff are stamped now and returned, so that
 # of several executors sweeping at once only one queues each again.
 _TAKE_STALE = """
@@ -153,8 +165,6 @@ JOB_OPTION_DEFAULTS: dict[str, Any] = {"defaults": {}, "echo_prompt": False, "sk
                                        "group_prefixes": True, "dedup": True}
 
 # The job's keys besides its record and its shards.
-JOB_KEY_SUFFIXES = ("results", "failed", "retry", "attempts", "item_attempts", "verify", "verdicts")
-
 JOB_STATES = ("queued", "running", "completed", "completed_with_errors", "cancelled")
 
 
@@ -239,10 +249,12 @@ class JobStore:
     def __init__(self, client: redis.Redis, prefix: str = "dscbatch") -> None:
         self.client = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self._record = client.register_script(_RECORD)
         self._take_failed = client.register_script(_TAKE_FAILED)
         self._verdict = client.register_script(_VERDICT)
         self._take_stale = client.register_script(_TAKE_STALE)
+        self._drop = client.register_script(_DROP)
 
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
@@ -266,18 +278,19 @@ class JobStore:
         return cls(client, settings.key_prefix)
 
     def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
+        return self.keys.job(job_id)
 
     def shard_key(self, job_id: str, number: int) -> str:
-        return f"{self.job_key(job_id)}:shard:{number}"
+        return self.keys.shard(job_id, number)
 
     def _keys(self, job_id: str) -> list[str]:
-        job = self.job_key(job_id)
-        return [f"{job}:results", job, f"{job}:failed", self.waiting_key, f"{job}:retry", f"{self.prefix}:finalize"]
+        part = functools.partial(self.keys.job_part, job_id)
+        return [part("results"), self.job_key(job_id), part("failed"), self.waiting_key, part("retry"),
+                self.keys.finalize]
 
     @property
     def waiting_key(self) -> str:
-        return f"{self.prefix}:verify:waiting"
+        return self.keys.verify_waiting
 
     # Shards
 
@@ -304,12 +317,12 @@ class JobStore:
         data = self.client.get(key)
         return None if data is None else shard_codec.decode(cast(bytes, data))
 
-    def drop_shard(self, job_id: str, shard_key: str) -> None:
-        """Delete a shard whose every item has a result: Redis keeps the payload of unfinished work only."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(shard_key)
-        pipe.hdel(f"{self.job_key(job_id)}:attempts", shard_key)
-        pipe.execute()
+    def drop_shard(self, job_id: str, shard_key: str, indices: Sequence[int]) -> list[int]:
+        """Delete a shard if every one of its items (``indices``) has a result, checked in the same step: Redis
+        keeps the payload of unfinished work only. Returns the indices without a result (nothing is dropped
+        then): results the worker stored and Redis lost (a crash that cost the tail of its append-only file)."""
+        keys = [shard_key, self.keys.job_part(job_id, "attempts"), self.keys.job_part(job_id, "results")]
+        return [int(index) for index in cast(list[bytes], self._drop(keys=keys, args=[shard_key, *indices]))]
 
     def shard_header(self, job_id: str) -> dict[str, Any]:
         """What every shard of the job repeats besides its items (model, stop ids, creation time)."""
@@ -332,7 +345,7 @@ class JobStore:
             for key, value in {**fields, "options": options or None}.items() if value is not None}
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.job_key(job_id), mapping=values)
-        pipe.zadd(f"{self.prefix}:jobs", {job_id: float(fields["created"])})
+        pipe.zadd(self.keys.jobs, {job_id: float(fields["created"])})
         pipe.execute()
         self.record(job_id, [])  # marks the job finished when submission already settled every item
 
@@ -342,14 +355,14 @@ class JobStore:
         job = self.job_key(job_id)
         if shards is None:
             shards = _int(cast(bytes | None, self.client.hget(job, "shards")))
-        keys = [job, *(f"{job}:{name}" for name in JOB_KEY_SUFFIXES)]
+        keys = [job, *self.keys.job_parts(job_id)]
         keys += [self.shard_key(job_id, number) for number in range(shards)]
         pipe = self.client.pipeline(transaction=True)
         for start in range(0, len(keys), 1000):
             pipe.delete(*keys[start:start + 1000])
-        pipe.zrem(f"{self.prefix}:jobs", job_id)
-        pipe.srem(f"{self.prefix}:finalize", job_id)
-        pipe.hdel(f"{self.prefix}:finalizing", job_id)
+        pipe.zrem(self.keys.jobs, job_id)
+        pipe.srem(self.keys.finalize, job_id)
+        pipe.hdel(self.keys.finalizing, job_id)
         pipe.execute()
 
     def confirm_durable(self) -> None:
@@ -401,7 +414,7 @@ class JobStore:
         )
 
     def job_ids(self) -> list[str]:
-        return [job_id.decode() for job_id in cast(list[bytes], self.client.zrange(f"{self.prefix}:jobs", 0, -1))]
+        return [job_id.decode() for job_id in cast(list[bytes], self.client.zrange(self.keys.jobs, 0, -1))]
 
     def cancel(self, job_id: str) -> JobStatus:
         self.status(job_id)
@@ -421,12 +434,12 @@ class JobStore:
 
     def beat(self, hostname: str, info: dict[str, Any], ttl: int) -> None:
         """Say that a worker is alive for the next ``ttl`` seconds."""
-        self.client.set(f"{self.prefix}:worker:{hostname}", json.dumps(info), ex=ttl)
+        self.client.set(self.keys.worker(hostname), json.dumps(info), ex=ttl)
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Workers whose heartbeat has not expired, by hostname."""
         found: dict[str, dict[str, Any]] = {}
-        for key in cast(list[bytes], list(self.client.scan_iter(f"{self.prefix}:worker:*", count=1000))):
+        for key in cast(list[bytes], list(self.client.scan_iter(self.keys.workers_pattern, count=1000))):
             value = self.client.get(key)
             if value is not None:
                 found[key.decode().rsplit(":", 1)[-1]] = json.loads(cast(bytes, value))
@@ -434,45 +447,53 @@ class JobStore:
 
     def beat_executor(self, hostname: str, info: dict[str, Any], ttl: int) -> None:
         """Say that an executor is alive for the next ``ttl`` seconds."""
-        self.client.set(f"{self.prefix}:executor:{hostname}", json.dumps(info), ex=ttl)
+        self.client.set(self.keys.executor(hostname), json.dumps(info), ex=ttl)
 
     def executors(self) -> list[str]:
         """Hostnames of executors whose heartbeat has not expired."""
         return [key.decode().split(":", 2)[-1] for key in
-                cast(list[bytes], list(self.client.scan_iter(f"{self.prefix}:executor:*", count=1000)))]
+                cast(list[bytes], list(self.client.scan_iter(self.keys.executors_pattern, count=1000)))]
 
     def claim(self, worker: str, job_id: str, shard_key: str) -> int:
         """Note that ``worker`` runs the shard, so that it can be requeued if the worker dies; returns how
         many times the shard has been started, this time included."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(f"{self.prefix}:claims", json.dumps([worker, shard_key]), job_id)
-        pipe.hincrby(f"{self.job_key(job_id)}:attempts", shard_key, 1)
+        pipe.hset(self.keys.claims, json.dumps([worker, shard_key]), job_id)
+        pipe.hincrby(self.keys.job_part(job_id, "attempts"), shard_key, 1)
         return int(pipe.execute()[1])
 
     def item_attempt(self, job_id: str, key: str) -> int:
         """Count one more start of an item (or of one prompt of an item of several: its engine request key) run
         on its own; returns the count, this one included."""
-        return int(self.client.hincrby(f"{self.job_key(job_id)}:item_attempts", key, 1))
+        return int(self.client.hincrby(self.keys.job_part(job_id, "item_attempts"), key, 1))
 
     def release(self, worker: str, shard_key: str) -> bool:
         """Drop ``worker``'s claim of the shard; True for the one caller that removed it (the owner, or one
         reaper)."""
-        return bool(self.client.hdel(f"{self.prefix}:claims", json.dumps([worker, shard_key])))
+        return bool(self.client.hdel(self.keys.claims, json.dumps([worker, shard_key])))
 
     def running_shards(self, job_id: str) -> int:
         """How many of the job's shards workers have claimed and not released (they are running)."""
-        jobs = cast(list[bytes], self.client.hvals(f"{self.prefix}:claims"))
+        jobs = cast(list[bytes], self.client.hvals(self.keys.claims))
         return sum(1 for job in jobs if job.decode() == job_id)
 
     def _claims(self) -> list[tuple[str, str, str, bool]]:
         """(worker, job id, shard key, whether the worker's heartbeat is alive) of every claim."""
         claims = [(*json.loads(field), job.decode()) for field, job in
-                  cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}:claims")).items()]
+                  cast(dict[bytes, bytes], self.client.hgetall(self.keys.claims)).items()]
         pipe = self.client.pipeline(transaction=False)
         for worker, _, _ in claims:
-            pipe.exists(f"{self.prefix}:worker:{worker}")
+            pipe.exists(self.keys.worker(worker))
         return [(worker, job_id, shard_key, bool(alive)) for (worker, shard_key, job_id), alive in
                 zip(claims, pipe.execute(), strict=True)]
+
+    def claimed_shards(self) -> set[str]:
+        """The shard keys of every claim, the worker alive or not (a dead one's is requeued by heartbeats)."""
+        return {json.loads(field)[1] for field in cast(list[bytes], self.client.hkeys(self.keys.claims))}
+
+    def claims_of(self, worker: str) -> list[tuple[str, str]]:
+        """(job id, shard key) of the claims held in ``worker``'s name."""
+        return [(job_id, shard_key) for holder, job_id, shard_key, _ in self._claims() if holder == worker]
 
     def orphaned_claims(self) -> list[tuple[str, str, str]]:
         """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""
@@ -498,7 +519,7 @@ class JobStore:
         """Which of ``indices`` already have a result."""
         if not indices:
             return set()
-        present = self.client.hmget(f"{self.job_key(job_id)}:results", list(indices))
+        present = self.client.hmget(self.keys.job_part(job_id, "results"), list(indices))
         return {index for index, value in zip(indices, present, strict=True) if value is not None}
 
     def take_failed(self, job_id: str) -> tuple[list[int], list[dict[str, Any]]]:
@@ -512,25 +533,24 @@ class JobStore:
     def save_verify_specs(self, job_id: str, specs: dict[int, str]) -> None:
         """Keep each item's ``verify`` spec (JSON) for the executor pool."""
         if specs:
-            self.client.hset(f"{self.job_key(job_id)}:verify", mapping=dict(specs.items()))
+            self.client.hset(self.keys.job_part(job_id, "verify"), mapping=dict(specs.items()))
 
     def verification_input(self, job_id: str, index: int) -> tuple[str | None, str | None]:
         """An item's ``verify`` spec and its stored result line (either None where it is missing)."""
-        job = self.job_key(job_id)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(f"{job}:verify", str(index))
-        pipe.hget(f"{job}:results", str(index))
+        pipe.hget(self.keys.job_part(job_id, "verify"), str(index))
+        pipe.hget(self.keys.job_part(job_id, "results"), str(index))
         spec, line = cast(list[bytes | None], pipe.execute())
         return (None if spec is None else spec.decode()), (None if line is None else line.decode())
 
     def record_verdict(self, job_id: str, index: int, record: str, samples: int, passed: int) -> bool:
         """Store the item's verification record unless it has one (first wins); True if this one was new."""
-        job = self.job_key(job_id)
-        return bool(self._verdict(keys=[f"{job}:verdicts", job, self.waiting_key, f"{self.prefix}:finalize"],
+        keys = [self.keys.job_part(job_id, "verdicts"), self.job_key(job_id), self.waiting_key, self.keys.finalize]
+        return bool(self._verdict(keys=keys,
                                   args=[index, record, samples, passed, f"{job_id}:{index}", job_id]))
 
     def has_verdict(self, job_id: str, index: int) -> bool:
-        return bool(self.client.hexists(f"{self.job_key(job_id)}:verdicts", str(index)))
+        return bool(self.client.hexists(self.keys.job_part(job_id, "verdicts"), str(index)))
 
     def forget_waiting(self, job_id: str, index: int) -> None:
         """Stop sweeping for an item that will never get a verdict (its job was deleted or cancelled)."""
@@ -549,13 +569,13 @@ class JobStore:
 
     def iter_verdicts(self, job_id: str, total: int, chunk: int = 1000) -> Iterator[str | None]:
         """Each item's verification record in index order (None where it has none)."""
-        key = f"{self.job_key(job_id)}:verdicts"
+        key = self.keys.job_part(job_id, "verdicts")
         for start in range(0, total, chunk):
             values = cast(list[bytes | None], self.client.hmget(key, list(range(start, min(start + chunk, total)))))
             yield from (None if value is None else value.decode() for value in values)
 
     def iter_results(self, job_id: str, total: int, chunk: int = 1000) -> Iterator[tuple[int, str | None]]:
-        key = f"{self.job_key(job_id)}:results"
+        key = self.keys.job_part(job_id, "results")
         for start in range(0, total, chunk):
             indices = list(range(start, min(start + chunk, total)))
             values = cast(list[bytes | None], self.client.hmget(key, indices))

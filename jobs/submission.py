@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dscbatch.core.errors import InvalidInputError, RequestError
+from dscbatch.core.keys import Keys
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import InvalidInputError, RequestError
 from dscbatch.jobs.grouping import PrefixSorter, cut_shards
 from dscbatch.jobs.reader import (
     DEFAULT_MAX_LINE_BYTES,
@@ -43,7 +44,7 @@ Progress = Callable[[int], None]  # lines read so far
 
 def queue_name(prefix: str, model: str) -> str:
     """One queue per model, so pools of different models share one Redis."""
-    return f"{prefix}.{model_name(model)}"
+    return Keys(prefix).queue(model_name(model))
 
 
 def new_job_id() -> str:

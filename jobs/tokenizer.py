@@ -20,7 +20,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from dscbatch.jobs.errors import ModelFilesError
+from dscbatch.core.errors import ModelFilesError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json",
                    "chat_template.jinja", "chat_template.json", "special_tokens_map.json")

@@ -18,7 +18,7 @@ from typing import cast
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-from dscbatch.workers.app import ENQUEUED_HEADER
+from dscbatch.core.celery_app import ENQUEUED_HEADER
 
 
 @dataclass(frozen=True)

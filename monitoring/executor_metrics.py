@@ -14,10 +14,10 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from dscbatch.core.celery_app import executor_queue
+from dscbatch.core.settings import Settings
 from dscbatch.executor.observer import ExecutorObserver
 from dscbatch.executor.sandbox import VERDICTS, Verdict
-from dscbatch.executor.tasks import executor_queue
-from dscbatch.jobs.settings import Settings
 from dscbatch.monitoring.server import MetricsServer
 
 # HumanEval's programs take tens of milliseconds; the default sandbox limit is 10 s.

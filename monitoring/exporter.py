@@ -35,7 +35,7 @@ class ClusterCollector:
         self.recent_jobs = recent_jobs
 
     def _model(self, queue: str) -> str:
-        return queue.removeprefix(f"{self.store.prefix}.")
+        return queue.removeprefix(self.store.keys.queues_prefix)
 
     def collect(self) -> Iterator[Metric]:
         jobs = self.store.statuses(self.store.job_ids())

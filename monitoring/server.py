@@ -11,7 +11,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from dscbatch.jobs.errors import SettingsError
+from dscbatch.core import threads
+from dscbatch.core.errors import SettingsError
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -30,7 +31,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class MetricsServer:
-    """``registry`` on every path but ``/healthz``, which answers 200 while ``healthy()`` is true, else 503."""
+    """``registry`` on every path but ``/healthz``, which answers 200 while ``healthy()`` is true and every essential
+    thread of the process runs (``core.threads``), else 503."""
 
     # All interfaces by default: Prometheus scrapes from other machines.
     def __init__(self, port: int, registry: CollectorRegistry, healthy: Callable[[], bool],
@@ -39,9 +41,11 @@ class MetricsServer:
 
         def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             if environ.get("PATH_INFO") == HEALTH_PATH:
-                ok = healthy()
+                dead = threads.gone()
+                ok = not dead and healthy()
                 start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-                return [b"ok\n" if ok else b"unhealthy\n"]
+                reason = f"unhealthy: thread {', '.join(dead)} is gone\n" if dead else "unhealthy\n"
+                return [b"ok\n" if ok else reason.encode()]
             body: Iterable[bytes] = metrics(environ, start_response)
             return body
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.submission import queue_name
 from dscbatch.jobs.tokenizer import model_name
 from dscbatch.monitoring.job_counters import JobCounters

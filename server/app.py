@@ -7,9 +7,10 @@ with the status the ``openai`` SDK maps to its exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,10 +18,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from dscbatch.jobs.errors import ApiError
-from dscbatch.jobs.settings import Settings
+from dscbatch.core import threads
+from dscbatch.core.errors import ApiError
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.tokenizer import model_name
+from dscbatch.server.advancer import BatchAdvancer
 from dscbatch.server.batches import BatchService
 from dscbatch.server.files import FileStore
 from dscbatch.server.keys import ApiKeys
@@ -86,7 +89,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings, models: Sequence[str]) -> FastAPI:
     """The API for ``models`` (directories or hub ids whose tokenizers render the batches' requests)."""
-    from dscbatch.workers.app import make_app, shard_enqueuer
+    from dscbatch.core.celery_app import make_app, shard_enqueuer
 
     store = JobStore.connect(settings)
     keys = ApiKeys(store.client, store.prefix)
@@ -95,7 +98,15 @@ def create_app(settings: Settings, models: Sequence[str]) -> FastAPI:
     batches = BatchService(settings, store, files, {model_name(model): model for model in models},
                            lambda: shard_enqueuer(celery))
     metrics = ServerMetrics()
-    app = FastAPI(title="dscbatch Batch API", docs_url=None, redoc_url=None)
+    advancer = BatchAdvancer(batches)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        advancer.start()
+        yield
+        advancer.stop()
+
+    app = FastAPI(title="dscbatch Batch API", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.middleware("http")(metrics.middleware)
     app.state.keys = keys
     _install_error_handlers(app)
@@ -159,9 +170,11 @@ def create_app(settings: Settings, models: Sequence[str]) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, Any]:
+    def healthz() -> JSONResponse:
         store.client.ping()
-        return {"ok": True}
+        if dead := threads.gone():  # the batch advancer: without it no batch would ever end
+            return JSONResponse({"ok": False, "gone": dead}, status_code=503)
+        return JSONResponse({"ok": True})
 
     return app
 

@@ -1,12 +1,13 @@
 """Batches: each one is a dscbatch job (same queues, workers, prefix order and dedup), with a small record in
 Redis for what the Batch API adds (owner, endpoint, its files, timestamps).
 
-A batch's status follows its job, read when the batch is read: ``validating`` while its file is checked and
-submitted, ``in_progress`` while items are pending, ``finalizing`` while its output and error files are being
-written (a worker writes the job's results file, then the first reader of the batch splits it into the two, under
-a lock), then ``completed``. A cancelled batch
-is ``cancelling`` while workers still run its shards, then ``cancelled``; one not settled within its 24 h
-window is cancelled and ``expired``, its unfinished items ``batch_expired`` records in the error file.
+A batch is ``validating`` while its file is checked and submitted, then ``in_progress`` while items are pending.
+Batches move on without readers: the server's advancer (``server/advancer.py``) looks at every batch that has not
+ended about once a second. Once the job has a result for every item a worker writes its results file, and the
+advancer splits it into the batch's output and error files and marks it ``completed`` (``finalizing`` in between,
+from the job's end: its ``finalizing_at``). A cancelled batch is ``cancelling`` while workers still run its shards,
+then ``cancelled``; one not settled within its 24 h window is cancelled and ``expired``, its unfinished items
+``batch_expired`` records in the error file. Reading a batch (GET, list) writes nothing.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dscbatch.core.errors import ApiError, ConflictApiError, DscbatchError, InvalidInputError
+from dscbatch.core.settings import Settings
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import ApiError, ConflictApiError, DscbatchError, InvalidInputError
 from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS, FileCheck, Line, check_file
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import Enqueue, SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
@@ -44,7 +45,6 @@ from dscbatch.server.records import OwnedRecords
 # Under the files store, each batch's job gets a folder for its results file.
 JOBS_FOLDER = "jobs"
 FINAL = frozenset({"failed", "completed", "expired", "cancelled"})
-FINALIZE_LOCK_SECONDS = 600
 TIMESTAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
               "cancelled_at")
 
@@ -121,6 +121,7 @@ class BatchService:
             return
         self.records.update(batch_id, {"status": "in_progress", "job_id": job_id, "model": checked.model,
                                        "in_progress_at": int(time.time())})
+        self.store.client.zadd(self.store.keys.batches_active, {batch_id: time.time()})
 
     def _fail(self, batch_id: str, errors: list[BatchError]) -> None:
         self.records.update(batch_id, {"status": "failed", "failed_at": int(time.time()),
@@ -187,61 +188,70 @@ class BatchService:
                                             f"{first[1]} asked for {first[0]!r}, not {name!r}")
         return name, None
 
-    # Reading
+    # Reading: only reads (the advancer moves batches on)
 
     def get(self, batch_id: str, owner: str) -> Batch:
-        return self._view(batch_id, self._advance(batch_id, self.records.get(batch_id, owner)))
+        return self._view(batch_id, self.records.get(batch_id, owner))
 
     def list(self, owner: str, limit: int, after: str | None) -> Page[Batch]:
         ids, has_more = self.records.page(owner, limit, after)
         return Page[Batch].of([self.get(batch_id, owner) for batch_id in ids], ids, has_more)
 
     def cancel(self, batch_id: str, owner: str) -> Batch:
-        record = self._advance(batch_id, self.records.get(batch_id, owner))
-        if record["status"] in FINAL or record["status"] == "validating":
-            raise ConflictApiError(f"Cannot cancel a batch with status {record['status']!r}",
-                                   code="batch_not_cancellable")
+        record = self.records.get(batch_id, owner)
+        if record["status"] in FINAL or record["status"] == "validating" or self._settled(record):
+            status = "finalizing" if self._settled(record) else record["status"]
+            raise ConflictApiError(f"Cannot cancel a batch with status {status!r}", code="batch_not_cancellable")
         if record["status"] == "in_progress":
             self.store.cancel(record["job_id"])
             self.records.update(batch_id, {"status": "cancelling", "cancelling_at": int(time.time())})
         return self.get(batch_id, owner)
 
-    def _advance(self, batch_id: str, record: dict[str, str]) -> dict[str, str]:
-        """The record, moved on to where its job is now (finalizing it once the job has settled)."""
-        if record["status"] not in ("in_progress", "cancelling"):
-            return record
+    def _settled(self, record: dict[str, str]) -> bool:
+        """An ``in_progress`` batch whose job has a result for every item: the advancer finalizes it next."""
+        return record["status"] == "in_progress" and self.store.status(record["job_id"]).pending == 0
+
+    # Advancing (server/advancer.py, one server at a time)
+
+    def advance(self, batch_id: str) -> str:
+        """Move the batch on to where its job is now (its files written once the job's results file is);
+        returns its status."""
+        record = self.records.read(batch_id)
+        if record.get("status") not in ("in_progress", "cancelling"):
+            self.store.client.zrem(self.store.keys.batches_active, batch_id)  # ended, or deleted
+            return record.get("status", "deleted")
         job = self.store.status(record["job_id"])
         if record["status"] == "cancelling":
-            return record if self.store.running_shards(job.id) else self._finalize(batch_id, record, "cancelled")
+            if self.store.running_shards(job.id):
+                return "cancelling"
+            return self._finalize(batch_id, record, "cancelled")
         if job.pending == 0:
-            if job.results_url is None:  # a worker is writing the job's results file
-                return {**record, "status": "finalizing", "finalizing_at": str(int(job.finished or time.time()))}
-            return self._finalize(batch_id, record, "completed")
+            # The job's results file (written by a worker when the job settles) is what the batch's files split.
+            return self._finalize(batch_id, record, "completed") if job.results_url is not None else "finalizing"
         if time.time() >= int(record["expires_at"]):
             self.store.cancel(job.id)
             return self._finalize(batch_id, record, "expired")
-        return record
+        return "in_progress"
 
-    def _finalize(self, batch_id: str, record: dict[str, str], final: str) -> dict[str, str]:
-        lock = f"{self.records.key(batch_id)}:finalizing"
+    def _finalize(self, batch_id: str, record: dict[str, str], final: str) -> str:
+        job = self.store.status(record["job_id"])
         now = int(time.time())
-        if not self.store.client.set(lock, now, nx=True, ex=FINALIZE_LOCK_SECONDS):
-            return {**record, "status": "finalizing", "finalizing_at": record.get("finalizing_at") or str(now)}
-        try:
-            job = self.store.status(record["job_id"])
-            started = int(job.finished) if job.finished and not job.cancelled else now
-            self.records.update(batch_id, {"finalizing_at": started})
-            split = split_results(self.store, job, self.files, record["owner"], batch_id, final == "expired")
-            fields: dict[str, str | int] = {"status": final, f"{final}_at": int(time.time()), "total": job.total,
-                                            "completed": split.completed, "failed": split.failed}
-            fields.update({name: value for name, value in (("output_file_id", split.output_file_id),
-                                                           ("error_file_id", split.error_file_id)) if value})
-            self.records.update(batch_id, fields)
-        finally:
-            self.store.client.delete(lock)
-        return {**record, **{key: str(value) for key, value in fields.items()}, "finalizing_at": str(started)}
+        # The batch's timestamps are its job's: finalizing from the job's end, completed once its files exist.
+        finalizing = int(job.finished) if job.finished and final == "completed" else now
+        self.records.update(batch_id, {"finalizing_at": finalizing})
+        split = split_results(self.store, job, self.files, record["owner"], batch_id, final == "expired")
+        fields: dict[str, str | int] = {"status": final, f"{final}_at": int(time.time()), "total": job.total,
+                                        "completed": split.completed, "failed": split.failed}
+        fields.update({name: value for name, value in (("output_file_id", split.output_file_id),
+                                                       ("error_file_id", split.error_file_id)) if value})
+        self.records.update(batch_id, fields)
+        self.store.client.zrem(self.store.keys.batches_active, batch_id)
+        return final
 
     def _view(self, batch_id: str, record: dict[str, str]) -> Batch:
+        if self._settled(record):  # the advancer writes its files within a round
+            job = self.store.status(record["job_id"])
+            record = {**record, "status": "finalizing", "finalizing_at": str(int(job.finished or time.time()))}
         status = record["status"]
         if status in FINAL and "total" in record:
             counts = RequestCounts(total=int(record["total"]), completed=int(record["completed"]),

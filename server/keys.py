@@ -22,7 +22,8 @@ from typing import cast
 
 import redis
 
-from dscbatch.jobs.errors import ApiKeyError, AuthenticationApiError
+from dscbatch.core.errors import ApiKeyError, AuthenticationApiError
+from dscbatch.core.keys import Keys
 
 KEY_PREFIX = "dsc-"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -42,8 +43,8 @@ def _digest(key: str) -> str:
 class ApiKeys:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
-        self.names = f"{prefix}:apikeys"
-        self.hashes = f"{prefix}:apikey_hashes"
+        self.names = Keys(prefix).api_keys
+        self.hashes = Keys(prefix).api_key_hashes
 
     def create(self, name: str) -> str:
         """A new key for ``name``, returned once; only its hash is stored."""

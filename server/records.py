@@ -15,7 +15,8 @@ from typing import cast
 import redis
 from redis.typing import EncodableT, FieldT
 
-from dscbatch.jobs.errors import ApiError, NotFoundApiError
+from dscbatch.core.errors import ApiError, NotFoundApiError
+from dscbatch.core.keys import Keys
 
 Fields = Mapping[str, str | int | float]
 
@@ -27,14 +28,14 @@ def _mapping(fields: Fields) -> dict[FieldT, EncodableT]:
 class OwnedRecords:
     def __init__(self, client: redis.Redis, prefix: str, kind: str) -> None:
         self.client = client
-        self.prefix = prefix
+        self.keys = Keys(prefix)
         self.kind = kind
 
     def key(self, record_id: str) -> str:
-        return f"{self.prefix}:{self.kind}:{record_id}"
+        return self.keys.record(self.kind, record_id)
 
     def _index(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}:{self.kind}s"
+        return self.keys.owned(owner, self.kind)
 
     def create(self, record_id: str, owner: str, created: int, fields: Fields) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -50,6 +51,11 @@ class OwnedRecords:
             raise NotFoundApiError(f"No such {self.kind}: {record_id!r}", param=f"{self.kind}_id",
                                    code=f"{self.kind}_not_found")
         return record
+
+    def read(self, record_id: str) -> dict[str, str]:
+        """The record whoever owns it (empty if there is none): for the server's own background work."""
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.key(record_id)))
+        return {key.decode(): value.decode() for key, value in raw.items()}
 
     def update(self, record_id: str, fields: Fields) -> None:
         self.client.hset(self.key(record_id), mapping=_mapping(fields))

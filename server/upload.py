@@ -16,8 +16,8 @@ from typing import IO
 import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from dscbatch.core.errors import ApiError, PayloadTooLargeApiError
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.errors import ApiError, PayloadTooLargeApiError
 from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, json_problem
 from dscbatch.server.files import FileStore, new_file_id
 from dscbatch.server.models import FileObject

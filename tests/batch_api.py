@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.server.keys import ApiKeys
 from dscbatch.workers.embedded import free_port, stop_process

@@ -22,7 +22,8 @@ import psutil
 import pytest
 from tokenizers import Tokenizer
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.keys import Keys
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
@@ -227,7 +228,7 @@ def engines_paused(*cores: psutil.Process) -> Iterator[None]:
 
 def claimants(store: JobStore, prefix: str) -> set[int]:
     """Process ids of the workers that hold a shard's claim now."""
-    return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(f"{prefix}:claims")}
+    return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(Keys(prefix).claims)}
 
 
 def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from dscbatch.cli.main import main
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore
 
 CORPUS = Path(__file__).parent / "data" / "bad"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from dscbatch.cli.progress import progress_line
-from dscbatch.jobs.errors import SettingsError
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import make_app, require_json_only
+from dscbatch.core.errors import SettingsError
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStatus, JobStore
-from dscbatch.workers.app import make_app, require_json_only
 
 from .conftest import ROOT, worker_env
 
@@ -94,7 +94,7 @@ def test_submit_stores_compressed_shards_and_queues_them(settings: Settings, sto
                                                         tmp_path: Path) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"def f{i}():"}) + "\n" for i in range(10)))
-    queue = "dsctest.deepseek-coder-6.7b-instruct"
+    queue = f"{settings.key_prefix}.{deepseek_dir.name}"  # the model is named by its folder
     store.client.delete(queue)
     result = cli("submit", str(prompts), "--model", str(deepseek_dir), "-p", "max_tokens=8", env=worker_env(settings))
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-from dscbatch.jobs.errors import EngineError
+from dscbatch.core.errors import EngineError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir, is_mislabelled
 from dscbatch.jobs.requests import Params
 from dscbatch.workers.batching import EngineLoop, default_shards_in_flight

@@ -19,18 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
-from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS
 
 from .conftest import claimants, engine_core, engines_paused, start_worker, start_workers, step_until, wait_until
 from .test_pipeline import dscbatch, read_jsonl
 
 # Each test has workers of its own, started by the ``started`` fixture before it runs (engines start side by
 # side, 30-90 s here, bounded by conftest's WORKER_START_SECONDS); the test's own work, a fault and a job, takes
-# under a minute here, and 600 s leaves 3x margin on a machine twice as slow (README, Development).
+# under a minute here, and 600 s leaves 3x margin on a machine twice as slow (docs/development.md).
 pytestmark = [pytest.mark.faults, pytest.mark.engine, pytest.mark.timeout(600)]
 ITEMS = 48
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 from dscbatch.workers.reaper import UNACKED_KEY
 
 from . import test_faults
@@ -136,8 +136,8 @@ def test_the_worker_writing_a_results_file_is_killed_mid_upload_and_another_writ
 
 DOOMED_CONSUMER = """
 import sys
-from dscbatch.jobs.settings import Settings
-from dscbatch.workers.app import make_app
+from dscbatch.core.settings import Settings
+from dscbatch.core.celery_app import make_app
 app = make_app(Settings.from_env())
 with app.connection_for_read() as connection:
     queue = connection.SimpleQueue(sys.argv[1], no_ack=False)

@@ -171,5 +171,5 @@ def test_a_submitted_job_record_is_a_compact_hash_that_rebuilds_the_shard_header
     status = store.status(job_id)
     assert (status.options["dedup"], status.options["echo_prompt"], status.options["defaults"]) == (False, False, {})
     stop = ModelTokenizer.load(str(deepseek_dir)).stop_token_ids
-    assert stop and store.shard_header(job_id) == {"job": job_id, "model": "deepseek-coder-6.7b-instruct",
+    assert stop and store.shard_header(job_id) == {"job": job_id, "model": deepseek_dir.name,
                                                    "stop": stop, "created": int(status.created)}

@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from dscbatch.cli.main import cli
-from dscbatch.executor.tasks import executor_queue
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import executor_queue
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.submission import queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -528,7 +528,7 @@ def test_the_executor_stays_off_the_gpu_nodes(docs: list[Doc]) -> None:
 
 
 def test_the_executor_probes_its_heartbeat(docs: list[Doc]) -> None:
-    from dscbatch.workers.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
+    from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 
     _, container, _, params = executor_view(docs)
     # /healthz is 503 until the first heartbeat, which follows the sandbox check at start: seconds.
@@ -1035,18 +1035,15 @@ def test_the_example_job_submits_a_file_from_a_pvc_and_waits() -> None:
     assert queue_name(settings_of(env).key_prefix, submit["model"]) == list_name
 
 
-# -- the README --------------------------------------------------------------------------------------------------------
+# -- the documentation (docs/kubernetes.md) ----------------------------------------------------------------------------
 
 
-def _readme_section() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"^## Kubernetes\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
-    assert match, "README.md has no '## Kubernetes' section"
-    return match.group(1)
+def _kubernetes_page() -> str:
+    return (ROOT / "docs" / "kubernetes.md").read_text(encoding="utf-8")
 
 
-def test_the_readme_table_matches_the_overlays() -> None:
-    section = _readme_section()
+def test_the_kubernetes_page_table_matches_the_overlays() -> None:
+    section = _kubernetes_page()
     rows = [[cell.strip().strip("`") for cell in line.strip("|").split("|")]
             for line in section.splitlines() if line.startswith("| `")]
     assert sorted(row[0] for row in rows) == OVERLAYS
@@ -1059,8 +1056,8 @@ def test_the_readme_table_matches_the_overlays() -> None:
         assert node_selector.get("nvidia.com/gpu.product", "-") == product
 
 
-def test_the_readme_commands_match_the_manifests() -> None:
-    section = _readme_section()
+def test_the_kubernetes_page_commands_match_the_manifests() -> None:
+    section = _kubernetes_page()
     applied = set(re.findall(r"kubectl apply -k k8s/overlays/([\w.-]+)", section))
     assert applied and applied <= set(OVERLAYS)
     for path in set(re.findall(r"\bk8s/[\w./-]*[\w/]", section)):
@@ -1068,7 +1065,7 @@ def test_the_readme_commands_match_the_manifests() -> None:
     docs = list(_built(OVERLAYS[0]))
     namespace = one(docs, "Namespace")["metadata"]["name"]
     secret = re.search(r"kubectl -n (\S+) create secret generic (\S+) --from-literal=(\w+)=", section)
-    assert secret, "the README says how to create the Redis password Secret"
+    assert secret, "docs/kubernetes.md says how to create the Redis password Secret"
     redis_env = only_container(one(docs, "StatefulSet", "dscbatch-redis"))["env"][0]["valueFrom"]["secretKeyRef"]
     assert secret.groups() == (namespace, redis_env["name"], redis_env["key"])
     settings = one(docs, "ConfigMap", "dscbatch-settings")["data"]

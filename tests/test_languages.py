@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from dscbatch.core.celery_app import enqueue_verifications, executor_queue, make_app
+from dscbatch.core.settings import Settings
 from dscbatch.executor import rust_crates
 from dscbatch.executor.extraction import instruct_code, program
 from dscbatch.executor.humaneval import job_lines
@@ -24,13 +26,10 @@ from dscbatch.executor.languages import DEEPSEEK_TABLE, LANGUAGES, REFUSED, Unkn
 from dscbatch.executor.problems import load_problems
 from dscbatch.executor.programs import completion_program, load_language_problems
 from dscbatch.executor.sandbox import Sandbox
-from dscbatch.executor.tasks import enqueue_verifications, executor_queue
 from dscbatch.executor.toolchain import Toolchains
 from dscbatch.jobs.requests import Verify, VerifyLanguage
 from dscbatch.jobs.results import ItemInfo, Output, result_line
-from dscbatch.jobs.settings import Settings
 from dscbatch.jobs.store import JobStore, ResultEntry
-from dscbatch.workers.app import make_app
 from dscbatch.workers.embedded import free_port, stop_process
 from tests.conftest import start_executor
 from tests.test_evaluation import eval_cli

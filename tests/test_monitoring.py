@@ -23,13 +23,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from dscbatch.executor.tasks import enqueue_verifications
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import enqueue_verifications, make_app
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.monitoring.job_counters import JobCounters
 from dscbatch.monitoring.server import MetricsServer
 from dscbatch.monitoring.worker_metrics import WorkerMetrics
-from dscbatch.workers.app import make_app
 from dscbatch.workers.embedded import free_port, stop_process
 from dscbatch.workers.engine import Completion, EngineResult
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 
 from .conftest import worker_env

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 
 from .conftest import ROOT, claimants, engine_core, engines_paused, step_until, wait_until, worker_env
@@ -317,8 +317,8 @@ def test_run_interrupted_cleans_up(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_a_request_that_kept_killing_its_worker_ends_as_an_error_record(
         settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
+    from dscbatch.core.celery_app import enqueue_shard, make_app
     from dscbatch.jobs.submission import SubmitOptions, submit_job
-    from dscbatch.workers.app import enqueue_shard, make_app
     from dscbatch.workers.tasks import MAX_ITEM_CRASHES, MAX_SHARD_ATTEMPTS
 
     path = tmp_path / "poison.jsonl"

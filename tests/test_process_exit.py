@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 
 from .conftest import start_executor
 
 STUCK = """
 import logging, threading
-from dscbatch.workers.process_exit import exit_process
+from dscbatch.core.process_exit import exit_process
 logging.basicConfig(level=logging.INFO)
 threading.Thread(target=threading.Event().wait, name="stuck-pool-thread").start()  # never returns
 exit_process(3)
@@ -42,7 +43,8 @@ def test_an_executor_writes_its_stacks_on_sigusr1_and_stops_with_status_zero_on_
     while "most recent call first" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
-    assert "dscbatch-heartbeat" in log.read_text() or 'File "' in log.read_text()
+    # faulthandler names no threads: the sweeper is the one waiting in its loop (core/threads.py, LoopThread.run).
+    assert re.search(r'File ".*/core/threads\.py", line \d+ in run', log.read_text()), log.read_text()
     assert executor.poll() is None  # and it goes on serving
     started = time.monotonic()
     executor.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dscbatch.jobs.errors import InvalidInputError
+from dscbatch.core.errors import InvalidInputError
 from dscbatch.jobs.reader import check_file, read_lines, require_valid
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from dscbatch.jobs.errors import RequestError
+from dscbatch.core.errors import RequestError
 from dscbatch.jobs.reader import parse_line
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import (

@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from dscbatch.core.errors import SandboxError
 from dscbatch.executor.sandbox import SLOT_UID_BASE, SLOT_UIDS, Limits, Sandbox, Verdict
-from dscbatch.jobs.errors import SandboxError
 
 LIMITS = Limits(wall_seconds=8, cpu_seconds=4, memory_bytes=512 << 20, processes=24, output_bytes=1 << 20)
 # Budget for one hostile run: its limit plus bwrap's start and the kill, on a loaded machine.
@@ -131,15 +131,25 @@ def loopback_server() -> Iterator[tuple[int, list[socket.socket]]]:
 def test_no_socket_reaches_a_server_on_the_hosts_loopback(sandbox: Sandbox,
                                                           loopback_server: tuple[int, list[socket.socket]]) -> None:
     port, accepted = loopback_server
-    with socket.create_connection(("127.0.0.1", port)):  # the server answers the host
-        pass
-    time.sleep(0.5)
-    assert len(accepted) == 1
+
+    def host_connects() -> tuple[str, int]:
+        """Connect from the host and wait until the server has accepted this connection; its address."""
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            address = connection.getsockname()
+            deadline = time.monotonic() + 30
+            while address not in [peer.getpeername() for peer in list(accepted)]:
+                assert time.monotonic() < deadline, "the server never accepted the host's connection"
+                time.sleep(0.01)
+        return address
+
+    first = host_connects()  # the server answers the host
     for host in ("127.0.0.1", "localhost", "pypi.org"):
         program = f"import socket\nsocket.create_connection(({host!r}, {port}), timeout=2).sendall(b'hello')\n"
         verdict = _hostile(sandbox, program, 2)
         assert verdict.status == "failed" and "[Errno" in verdict.error  # refused, or no name resolution
-    assert len(accepted) == 1
+    # Connections are accepted in the order they arrive: one from a sandbox would come before this marker.
+    marker = host_connects()
+    assert [peer.getpeername() for peer in accepted] == [first, marker]
 
 
 def test_killing_its_parent_leaves_the_executor_serving(sandbox: Sandbox) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import RUN_SHARD, make_app
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.app import RUN_SHARD, make_app
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
 from .conftest import ROOT, start_worker
@@ -82,7 +82,7 @@ def test_password_and_acl_user_work_and_never_leak(locked_redis: int, credential
     for output in (submitted.stdout, submitted.stderr, shown.stdout, shown.stderr, listed.stdout, listed.stderr):
         assert secret not in output
     store = JobStore.connect(settings)
-    assert store.status(job_id).queue == "dscbatch.deepseek-coder-6.7b-instruct"
+    assert store.status(job_id).queue == f"dscbatch.{deepseek_dir.name}"
     assert all(secret.encode() not in (store.client.get(k) or b"") for k in store.client.scan_iter("dscbatch:worker:*"))
 
 

@@ -5,6 +5,7 @@ SDK: every custom_id comes back exactly once across the output and error files, 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,28 @@ def test_prompt_lists_give_one_line_with_a_choice_per_prompt_in_order(server: Se
     assert [choice.index for choice in output["sampled"].choices] == [0, 1, 2, 3]
     assert [choice.index for choice in output["fim-list"].choices] == [0, 1]
     assert output["fim-list"].choices[1].text == output["fim-alone"].choices[0].text
+
+
+def test_a_batch_nobody_polls_completes_with_its_files_and_the_jobs_timestamps(
+        server: Server, keys: ApiKeys, store: JobStore, worker: Any, tiny_model: Path) -> None:
+    model = model_name(str(tiny_model))
+    client = server.client(keys.create("unpolled-user"))
+    lines = [completion_line("a", model, prompt="def f():\n"),
+             completion_line("b", model, prompt="x", max_tokens=10_000_000)]
+    source = client.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/completions", completion_window="24h")
+    # Not read again until it has ended: the server's advancer moves it on, seen here in Redis.
+    record = store.keys.record("batch", batch.id)
+    job_id = store.client.hget(record, "job_id").decode()
+    deadline = time.monotonic() + 240
+    while store.client.hget(record, "status") != b"completed":
+        assert time.monotonic() < deadline, store.client.hgetall(record)
+        time.sleep(0.2)
+    job = store.status(job_id)
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and job.finished is not None and done.completed_at is not None
+    assert done.finalizing_at == int(job.finished)  # the job's end, not the time of a read
+    assert 0 <= done.completed_at - int(job.finished) <= 5
+    assert [r["custom_id"] for r in file_lines(client, done.output_file_id)] == ["a"]
+    assert [r["custom_id"] for r in file_lines(client, done.error_file_id)] == ["b"]
+    assert store.client.zscore(store.keys.batches_active, batch.id) is None

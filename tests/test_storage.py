@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dscbatch.jobs import finalize
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.errors import StorageError
+from dscbatch.core.settings import Settings
+from dscbatch.jobs import finalize, parquet
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 
@@ -150,3 +151,18 @@ def test_results_as_parquet_have_the_jsonl_fields_as_columns(settings: Settings,
     rows = pq.read_table(out).to_pylist()
     assert [(row["id"], row["error"]["code"], row["outputs"]) for row in rows] == [
         ("x1", "invalid_request", []), ("x2", "invalid_request", [])]
+
+
+def test_a_result_field_parquet_has_no_column_for_is_an_error_not_dropped(tmp_path: Path) -> None:
+    line = {"id": "a", "type": "completion", "outputs": [{"text": "x", "finish_reason": "stop",
+                                                          "completion_tokens": 1, "entropy": 0.5}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "cached_prompt_tokens": 0}, "model": "m",
+            "metadata": None, "error": None}
+    out = tmp_path / "out.parquet"
+    with pytest.raises(StorageError, match=r"result line 1 has a field Parquet results have no column for: "
+                                           r"outputs\[\]\.entropy \(write it as JSONL\)"):
+        parquet.write_lines([json.dumps(line)], str(out))
+    assert not out.exists()
+    del line["outputs"][0]["entropy"]
+    assert parquet.write_lines([json.dumps(line)], str(out)) == 1
+    assert list(parquet.read_records(str(out))) == [line]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from dscbatch.executor.tasks import enqueue_verifications
+from dscbatch.core.celery_app import enqueue_verifications, make_app
+from dscbatch.core.settings import Settings
+from dscbatch.jobs import parquet
 from dscbatch.jobs.requests import Verify
-from dscbatch.jobs.results import ItemInfo, Output, result_line
-from dscbatch.jobs.settings import Settings
+from dscbatch.jobs.results import ItemInfo, Output, TokenLogprob, result_line
 from dscbatch.jobs.store import JobStatus, JobStore, ResultEntry
-from dscbatch.workers.app import make_app
 from dscbatch.workers.embedded import stop_process
 
 from .conftest import start_executor
@@ -28,6 +28,8 @@ from .test_pipeline import dscbatch, read_jsonl
 SETTLE_SECONDS = 150
 TESTS = "assert f() == 1\n"
 GOOD = "def f():\n    return 1\n"
+# As a request with logprobs gets them: each token's, and the most likely ones at its step.
+LOGPROBS = (TokenLogprob("def", -0.25, (("def", -0.25), ("class", -1.5))), TokenLogprob(" f", -0.5, ()))
 WRONG = "def f():\n    return 2\n"
 
 
@@ -52,7 +54,8 @@ def stored_job(store: JobStore, outputs: list[list[str]]) -> str:
     store.save_verify_specs(job_id, {i: Verify(tests=TESTS).model_dump_json() for i in range(len(outputs))})
     store.record(job_id, [
         ResultEntry(i, result_line(ItemInfo(i, f"item{i}", "completion", False, None), model="m", job_id=job_id,
-                                   created=0, outputs=[Output(text, "stop", 1) for text in texts]), "done",
+                                   created=0, outputs=[Output(text, "stop", 1, LOGPROBS) for text in texts]),
+                    "done",
                     verify=True)
         for i, texts in enumerate(outputs)])
     return job_id
@@ -84,6 +87,11 @@ def test_results_stored_by_a_worker_that_died_are_verified_and_filtered(
         ["passed"], ["failed", "passed"], ["failed"], ["timeout"], ["memory"]]
     assert records[1]["verification"]["verdicts"][0]["program"] == WRONG + "\n" + TESTS + "\n"
     assert records[1]["verification"]["verdicts"][0]["error"].rstrip().endswith("AssertionError")
+    # Parquet keeps every field of every line: verdicts and logprobs too.
+    table = tmp_path / "all.parquet"
+    dscbatch(executor_settings, "results", job_id, "-o", str(table))
+    assert list(parquet.read_records(str(table))) == records
+    assert records[0]["outputs"][0]["logprobs"][0]["top_logprobs"][1] == {"token": "class", "logprob": -1.5}
 
     passed = tmp_path / "passed.jsonl"
     dscbatch(executor_settings, "results", job_id, "-o", str(passed), "--passed-only")

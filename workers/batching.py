@@ -12,15 +12,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from dscbatch.jobs.errors import EngineError
-from dscbatch.jobs.settings import MAX_SHARDS_IN_FLIGHT
-from dscbatch.workers.engine import Engine, EngineRequest, EngineResult
+from dscbatch.core import threads
+from dscbatch.core.errors import EngineError
+from dscbatch.core.settings import MAX_SHARDS_IN_FLIGHT
+from dscbatch.workers.engine import EngineRequest, EngineResult, Serving
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def default_shards_in_flight(max_num_seqs: int, shard_max_requests: int) -> int:
 class EngineLoop(threading.Thread):
     """Drives the engine from one thread; ``stream`` may be called from any number of threads."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Serving) -> None:
         super().__init__(name="dscbatch-engine", daemon=True)
         self.engine = engine
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None: stop
@@ -131,8 +131,13 @@ class EngineLoop(threading.Thread):
             self._in_engine -= count
             self._gate.notify_all()
 
+    def start(self) -> None:
+        threads.watch(self)
+        super().start()
+
     def stop(self) -> None:
         """End the loop (running requests are left to the engine's shutdown)."""
+        threads.unwatch(self)
         self._inbox.put(None)
         self.join()
 
@@ -156,8 +161,9 @@ class EngineLoop(threading.Thread):
                         self._left_engine(len(finished))
         except EngineError:
             # Without an engine this worker can serve nothing: its claimed shards go to other workers.
-            log.critical("the vLLM engine failed; exiting with status %d", ENGINE_DIED_EXIT, exc_info=True)
-            os._exit(ENGINE_DIED_EXIT)
+            threads.die("the vLLM engine failed", ENGINE_DIED_EXIT)
+        except Exception:  # a bug (in abort, sampling parameters) would leave every shard waiting
+            threads.die("the engine loop failed unexpectedly")
 
     def _add(self, batch: _Batch) -> None:
         refused = 0

@@ -21,7 +21,7 @@ from types import TracebackType
 
 import redis
 
-from dscbatch.jobs.errors import BrokerError, EngineError
+from dscbatch.core.errors import BrokerError, EngineError
 
 REDIS_START_SECONDS = 20
 STOP_SECONDS = 30

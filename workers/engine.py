@@ -13,11 +13,11 @@ import inspect
 import itertools
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
-from dscbatch.jobs.errors import EngineError, RequestError
+from dscbatch.core.errors import EngineError, RequestError
 from dscbatch.jobs.hf_tokenizer import faithful_tokenizer_dir
 from dscbatch.jobs.requests import DEFAULT_PARAMS, Params, ResponseFormat
 from dscbatch.jobs.results import TokenLogprob
@@ -116,6 +116,22 @@ def _check_engine_args(engine_args: Mapping[str, Any]) -> None:
     if unknown:
         raise EngineError(f"unknown vLLM engine argument {unknown[0]!r}"
                           + (f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if unknown[1:] else ""))
+
+
+class Serving(Protocol):
+    """What the worker drives: ``Engine`` (vLLM), or ``sim_engine.SimulatedEngine`` for control-plane scale work."""
+
+    max_num_seqs: int
+
+    def add(self, request: EngineRequest) -> tuple[str, EngineResult | None]: ...
+
+    def step(self) -> list[tuple[str, EngineResult]]: ...
+
+    def abort(self, request_ids: Iterable[str]) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class Engine:

@@ -1,23 +1,24 @@
-"""The worker's housekeeping thread: writes the results files no shard's worker wrote, and applies retention.
+"""The worker's housekeeping thread: writes results files, queues stranded shards again (``workers/repair.py``)
+and applies retention.
 
-The worker that finishes a job's last shard writes its results file itself, before acknowledging the shard
-(so a SIGTERM's warm shutdown waits for it). This thread catches the rest, every ``HOUSEKEEPING_SECONDS``:
-jobs that settled at submission, files whose writer died (its claim reaped by a heartbeat,
-``jobs.finalize.reap_finalizers``) and writes that failed (tried again after ``FINALIZE_RETRY_SECONDS``). It runs
-beside the heartbeat, not in it, so a long write never delays a heartbeat.
+Results files are written here, never in a shard slot (a slot spent writing a 2M-line file would leave the GPU
+short of work): the worker that finishes a job's last shard wakes this thread, which writes the file at once.
+Every ``HOUSEKEEPING_SECONDS`` it also catches the rest: jobs that settled at submission, files whose writer
+died (its claim reaped by a heartbeat, ``jobs.finalize.reap_finalizers``), files of jobs that settled just as
+their worker stopped, and writes that failed (tried again after ``FINALIZE_RETRY_SECONDS``). It runs beside the
+heartbeat, not in it, so a long write never delays a heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
-import redis
-
+from dscbatch.core.errors import DscbatchError
+from dscbatch.core.threads import LoopThread
 from dscbatch.jobs import finalize, retention
-from dscbatch.jobs.errors import DscbatchError
 from dscbatch.jobs.store import JobStore
+from dscbatch.workers.repair import Repairer
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +28,27 @@ FINALIZE_RETRY_SECONDS = 60
 RETENTION_SWEEP_SECONDS = 60
 
 
-class Housekeeper(threading.Thread):
-    def __init__(self, store: JobStore, hostname: str, job_retention: int) -> None:
-        super().__init__(name="dscbatch-housekeeping", daemon=True)
+class Housekeeper(LoopThread):
+    interval = HOUSEKEEPING_SECONDS
+    delay_first = True
+
+    def __init__(self, store: JobStore, hostname: str, job_retention: int, repairer: Repairer) -> None:
+        super().__init__(name="dscbatch-housekeeping")
         self.store = store
         self.hostname = hostname
         self.job_retention = job_retention
-        self.stopping = threading.Event()
+        self.repairer = repairer
         self._retry_at: dict[str, float] = {}  # job id -> when to try its failed write again
 
-    def run(self) -> None:
-        while not self.stopping.wait(HOUSEKEEPING_SECONDS):
-            try:
-                self.tick()
-            except redis.RedisError:
-                log.warning("housekeeping: Redis failed; retrying", exc_info=True)
+    def round(self) -> None:
+        self.write_results_files()
+        self.repairer.repair()
+        if self.store.client.set(self.store.keys.retention_sweep, self.hostname, nx=True, ex=RETENTION_SWEEP_SECONDS):
+            removed = retention.sweep(self.store, self.job_retention)
+            if removed:
+                log.info("retention: removed %d jobs finished over %d s ago", len(removed), self.job_retention)
 
-    def tick(self) -> None:
+    def write_results_files(self) -> None:
         now = time.monotonic()
         for job_id in finalize.awaiting(self.store):
             if self._retry_at.get(job_id, 0) > now:
@@ -55,11 +60,3 @@ class Housekeeper(threading.Thread):
                 log.error("job %s: cannot write its results file (retried in %d s): %s", job_id,
                           FINALIZE_RETRY_SECONDS, error)
                 self._retry_at[job_id] = now + FINALIZE_RETRY_SECONDS
-        if self.store.client.set(f"{self.store.prefix}:retention_sweep", self.hostname, nx=True,
-                                 ex=RETENTION_SWEEP_SECONDS):
-            removed = retention.sweep(self.store, self.job_retention)
-            if removed:
-                log.info("retention: removed %d jobs finished over %d s ago", len(removed), self.job_retention)
-
-    def stop(self) -> None:
-        self.stopping.set()

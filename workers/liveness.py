@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
+from dscbatch.core.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
 from dscbatch.jobs.finalize import reap_finalizers
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers import reaper
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
-from dscbatch.workers.engine import Engine
-from dscbatch.workers.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
+from dscbatch.workers.engine import Serving
 from dscbatch.workers.observer import WorkerObserver
 from dscbatch.workers.tasks import Requeue
 
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(HeartbeatLoop):
-    def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Engine,
-                 observer: WorkerObserver, requeue: Requeue) -> None:
+    def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Serving,
+                 observer: WorkerObserver, requeue: Requeue, running: Callable[[], set[str]]) -> None:
         super().__init__(name="dscbatch-heartbeat", what="heartbeat")
         self.store = store
         self.hostname = hostname
@@ -37,6 +38,7 @@ class Heartbeat(HeartbeatLoop):
         self.engine = engine
         self.observer = observer
         self.requeue = requeue
+        self.running = running
 
     def beat(self) -> None:
         if not self.engine.alive():
@@ -49,6 +51,18 @@ class Heartbeat(HeartbeatLoop):
 
     def upkeep(self) -> None:
         self.requeue_orphans()
+        self.requeue_stale_claims()
+
+    def requeue_stale_claims(self) -> None:
+        """This worker's own claims of shards it no longer runs: a Redis that restarted from an older state (a
+        crash that lost the tail of its append-only file) brings back claims the worker has since released.
+        Nothing else would free them while the worker lives: it would hold those shards for ever."""
+        for job_id, shard_key in self.store.claims_of(self.hostname):
+            # A shard is in ``running`` from before its claim until after its release: one not in it is stale.
+            if shard_key not in self.running() and self.store.release(self.hostname, shard_key):
+                log.warning("%s: claimed in this worker's name but not running here (Redis restarted from an older "
+                            "state?); requeueing it", shard_key)
+                self.requeue(job_id, shard_key)
 
     def requeue_orphans(self) -> None:
         # Results files first: a requeued shard of a settled job finds the dead writer's claim gone.

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from dscbatch.core.celery_app import RUN_SHARD
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.app import RUN_SHARD
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Delivery:
     delivered: float
 
 
-def _shard_key(message: dict[str, Any]) -> str | None:
+def message_shard(message: dict[str, Any]) -> str | None:
     """The shard a dscbatch message runs, or None for any other message."""
     if message.get("headers", {}).get("task") != RUN_SHARD:
         return None
@@ -73,9 +73,9 @@ def deliveries(store: JobStore) -> list[Delivery]:
         if entry is None:
             continue
         message, _, queue = json.loads(entry)
-        if not str(queue).startswith(f"{store.prefix}."):
+        if not str(queue).startswith(store.keys.queues_prefix):
             continue  # another deployment's queue on the same Redis
-        shard_key = _shard_key(message)
+        shard_key = message_shard(message)
         if shard_key is not None:
             found.append(Delivery(tag.decode(), entry.decode(), message, str(queue), shard_key, delivered))
     return found

@@ -12,12 +12,11 @@ from typing import Any
 
 from celery import Celery
 
-from dscbatch.jobs.errors import DscbatchError, RequestError
-from dscbatch.jobs.finalize import finalize
+from dscbatch.core.celery_app import RUN_SHARD
+from dscbatch.core.errors import RequestError
 from dscbatch.jobs.grouping import folded_items, item_indices
 from dscbatch.jobs.results import ItemInfo, Output, Usage, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
-from dscbatch.workers.app import RUN_SHARD
 from dscbatch.workers.batching import EngineLoop
 from dscbatch.workers.engine import EngineRequest, EngineResult
 from dscbatch.workers.observer import WorkerObserver
@@ -91,16 +90,22 @@ class ShardRunner:
     the rest of each long shard back within a bound."""
 
     def __init__(self, store: JobStore, loop: EngineLoop, observer: WorkerObserver, requeue: Requeue,
-                 name: str, verify: QueueVerification) -> None:
+                 name: str, verify: QueueVerification, finalize_soon: Callable[[], None]) -> None:
         self.name = name  # the worker's hostname, under which it claims the shards it runs
         self.store = store
         self.loop = loop
         self.observer = observer
         self.requeue = requeue
         self.verify = verify
+        self.finalize_soon = finalize_soon
         self.stop_at: float | None = None
         self._running: set[str] = set()  # shard keys this worker runs now
         self._running_lock = threading.Lock()
+
+    def running(self) -> set[str]:
+        """The shard keys this worker runs now (each from before its claim until after its release)."""
+        with self._running_lock:
+            return set(self._running)
 
     def stop_within(self, seconds: float) -> None:
         """Finish the running shard if it ends within ``seconds``; else store what is done and requeue it."""
@@ -134,7 +139,7 @@ class ShardRunner:
         payload = self.store.load_shard(shard_key)
         if payload is None:
             log.info("skipping %s: finished, or its job deleted", shard_key)
-            self.store.drop_shard(job_id, shard_key)  # the attempt counted by the claim
+            self.store.drop_shard(job_id, shard_key, [])  # the attempt counted by the claim
             return ShardReport(0, 0, 0)
         if self.store.is_cancelled(job_id):
             log.info("skipping %s: job cancelled", shard_key)
@@ -172,20 +177,23 @@ class ShardRunner:
             log.warning("%s: stopping; %d items stored, the other %d handed back to the queue", shard_key,
                         len(results), len(todo) - len(results))
         else:
-            self._finished(job_id, shard_key)
+            self._finished(job_id, shard_key, [index for item in items for index in item_indices(item)])
         log.info("%s: %d items, %d already done, %d stored", shard_key, len(items), len(settled), stored)
         return ShardReport(len(items), len(settled), stored)
 
-    def _finished(self, job_id: str, shard_key: str) -> None:
-        """Every item of the shard has its result: finalize the job if that settled it, then drop the shard
-        (before its message is acknowledged, so a worker killed in between leaves the shard to run again,
-        which finds nothing to do and finishes here)."""
-        if self.store.settlement(job_id) is not None:
-            try:
-                finalize(self.store, job_id, self.name)
-            except DscbatchError as error:
-                log.error("job %s: cannot write its results file (retried later): %s", job_id, error)
-        self.store.drop_shard(job_id, shard_key)
+    def _finished(self, job_id: str, shard_key: str, indices: list[int]) -> None:
+        """Every item of the shard has its result: drop the shard (before its message is acknowledged, so a
+        worker killed in between leaves the shard to run again, which finds nothing to do and finishes here),
+        and when that settled the job have the housekeeping thread write its results file at once, off this
+        shard slot. Results Redis has lost since they were stored (a crash that cost the tail of its
+        append-only file) keep the shard: it is queued again and runs them."""
+        missing = self.store.drop_shard(job_id, shard_key, indices)
+        if missing:
+            log.warning("%s: %d stored results are no longer in Redis (did it restart from an older state?); "
+                        "queueing the shard again", shard_key, len(missing))
+            self.requeue(job_id, shard_key)
+        elif self.store.settlement(job_id) is not None:
+            self.finalize_soon()
 
     def _record(self, job_id: str, entries: list[ResultEntry], shard_key: str) -> int:
         """Store the entries, then queue the verification of those that need one."""

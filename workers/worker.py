@@ -16,23 +16,24 @@ from typing import Any
 
 from celery import signals
 
-from dscbatch.executor.tasks import enqueue_verifications
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.celery_app import enqueue_shard, enqueue_verifications, make_app, require_json_only, serve
+from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import queue_name
 from dscbatch.jobs.tokenizer import model_name
-from dscbatch.workers.app import enqueue_shard, make_app, require_json_only, serve
 from dscbatch.workers.batching import EngineLoop, default_shards_in_flight
-from dscbatch.workers.engine import Engine
+from dscbatch.workers.engine import Engine, Serving
 from dscbatch.workers.housekeeping import Housekeeper
 from dscbatch.workers.liveness import Heartbeat
 from dscbatch.workers.observer import WorkerObserver
+from dscbatch.workers.repair import Repairer
+from dscbatch.workers.sim_engine import SIM, SimulatedEngine
 from dscbatch.workers.tasks import ShardRunner, register_tasks
 
 log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], loglevel: str = "INFO",
-               observer: WorkerObserver | None = None) -> int:
+               observer: WorkerObserver | None = None, engine_kind: str = "vllm") -> int:
     """Serve until Celery stops (SIGTERM, or an unrecoverable error); returns Celery's exit status."""
     observer = observer or WorkerObserver()
     app = make_app(settings)
@@ -41,7 +42,13 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     queue = queue_name(settings.key_prefix, model)
     log.info("starting the engine for %s (queue %s, Redis %s)", model, queue, settings.redacted_redis_url)
     starting = time.monotonic()
-    engine = Engine(model, engine_args)
+    engine: Serving
+    if engine_kind == SIM:
+        log.warning("SIMULATED engine: no model runs; outputs are deterministic token ids, for control-plane scale "
+                    "work only")
+        engine = SimulatedEngine(model)
+    else:
+        engine = Engine(model, engine_args)
     observer.engine_started(time.monotonic() - starting)
     hostname = f"{model_name(model)}@{socket.gethostname()}-{os.getpid()}"
 
@@ -56,13 +63,13 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     def verify(job_id: str, indices: list[int]) -> None:
         enqueue_verifications(app, settings.key_prefix, job_id, indices)
 
-    runner = ShardRunner(store, loop, observer, requeue, hostname, verify)
+    housekeeper = Housekeeper(store, hostname, settings.job_retention, Repairer(store, hostname, queue, requeue))
+    runner = ShardRunner(store, loop, observer, requeue, hostname, verify, housekeeper.wake)
     # SIGTERM starts Celery's warm shutdown, which would wait for the running shard without a bound.
     signals.worker_shutting_down.connect(lambda **_: runner.stop_within(settings.shutdown_timeout), weak=False)
     info = {"model": model_name(model), "queue": queue, "pid": os.getpid(), "started": time.time()}
-    heartbeat = Heartbeat(store, hostname, info, engine, observer, requeue)
+    heartbeat = Heartbeat(store, hostname, info, engine, observer, requeue, runner.running)
     heartbeat.start()
-    housekeeper = Housekeeper(store, hostname, settings.job_retention)
     housekeeper.start()
     try:
         register_tasks(app, runner)

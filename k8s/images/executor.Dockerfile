@@ -20,6 +20,8 @@ RUN groupadd --gid 10001 dscbatch \
 
 WORKDIR /opt/dscbatch
 COPY pyproject.toml README.md ./
+COPY core core
+COPY curation curation
 COPY jobs jobs
 COPY workers workers
 COPY cli cli

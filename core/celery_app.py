@@ -1,4 +1,5 @@
-"""The Celery app: Redis broker, JSON only, late acks, one task in flight per worker.
+"""The Celery runtime every process shares: the app (Redis broker, JSON only, late acks), its task and queue
+names, and how shards and verifications are queued.
 
 There is no result backend: results go to the job store in Redis, exactly once per item.
 """
@@ -10,16 +11,18 @@ import faulthandler
 import signal
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery, signals
 
-from dscbatch.jobs.errors import SettingsError
-from dscbatch.jobs.settings import Settings
+from dscbatch.core.errors import SettingsError
+from dscbatch.core.keys import Keys
+from dscbatch.core.settings import Settings
 
 RUN_SHARD = "dscbatch.run_shard"
+VERIFY = "dscbatch.verify"
 # TLS options a rediss:// URL may carry in its query, e.g. ?ssl_ca_certs=/etc/dscbatch/ca.crt
 TLS_OPTIONS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"})
 TLS_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -62,8 +65,8 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
-        # Celery's consumer, reconnecting after a lost broker (workers/consumer.py); imported by workers only.
-        worker_consumer="dscbatch.workers.consumer:Consumer",
+        # Celery's consumer, reconnecting after a lost broker (core/consumer.py); imported by workers only.
+        worker_consumer="dscbatch.core.consumer:Consumer",
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
@@ -103,3 +106,17 @@ def shard_enqueuer(app: Celery) -> Iterator[Callable[[str, str, str], None]]:
     """An ``enqueue(queue, job id, shard key)`` that sends every shard of a submission over one connection."""
     with app.producer_pool.acquire(block=True) as producer:
         yield lambda queue, job_id, shard_key: enqueue_shard(app, queue, job_id, shard_key, producer=producer)
+
+
+def executor_queue(prefix: str, language: str = "python") -> str:
+    """The executor pool's queue: ``PREFIX.executor``, which every executor serves (workers queue every
+    verification there; Python runs everywhere), and ``PREFIX.executor.LANG`` for another language, served by
+    the executors whose start-up check ran that language (the model queues are ``PREFIX.MODEL``)."""
+    return Keys(prefix).queue("executor" if language == "python" else f"executor.{language}")
+
+
+def enqueue_verifications(app: Celery, prefix: str, job_id: str, indices: Sequence[int], language: str = "python",
+                          **options: Any) -> None:
+    for index in indices:
+        app.send_task(VERIFY, args=[job_id, index], queue=executor_queue(prefix, language),
+                      headers={ENQUEUED_HEADER: time.time()}, **options)

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from dscbatch.jobs.errors import SettingsError
+from dscbatch.core.errors import SettingsError
 
 ENV_PREFIX = "DSCBATCH_"
 MAX_SHARDS_IN_FLIGHT = 16

@@ -1,18 +1,19 @@
 """The heartbeat loop of every queue consumer: a worker's (workers/liveness.py) and an executor's (executor/worker.py).
 
 Every ``HEARTBEAT_SECONDS`` the thread tells Redis its process is alive for ``HEARTBEAT_TTL_SECONDS`` (:meth:`beat`),
-then does its upkeep: what a consumer that died left behind (:meth:`upkeep`). A Redis error is logged and the
-next round tries again; the process serves on meanwhile, and its ``/healthz`` turns 503 once the last heartbeat
-is older than the TTL.
+then does its upkeep: what a consumer that died left behind (:meth:`upkeep`). A Redis error (or any other) is
+logged and the next round tries again (``core.threads.LoopThread``); the process serves on meanwhile, and its
+``/healthz`` turns 503 once the last heartbeat is older than the TTL, or the thread is gone.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 
 import redis
+
+from dscbatch.core.threads import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +22,14 @@ HEARTBEAT_SECONDS = 10
 HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
-class HeartbeatLoop(threading.Thread, ABC):
+class HeartbeatLoop(LoopThread):
     """Subclasses say what a beat and the upkeep are; ``what`` names the heartbeat in the log."""
 
+    interval = HEARTBEAT_SECONDS
+
     def __init__(self, name: str, what: str) -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(name=name)
         self.what = what
-        self.stopping = threading.Event()
 
     @abstractmethod
     def beat(self) -> None:
@@ -37,14 +39,12 @@ class HeartbeatLoop(threading.Thread, ABC):
     def upkeep(self) -> None:
         """Take over what a dead consumer left: a worker requeues orphaned shards, an executor stale verifications."""
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.beat()
-                self.upkeep()
-            except redis.RedisError:
-                log.warning("%s to Redis failed; retrying", self.what, exc_info=True)
-            self.stopping.wait(HEARTBEAT_SECONDS)
+    def round(self) -> None:
+        self.beat()
+        self.upkeep()
 
-    def stop(self) -> None:
-        self.stopping.set()
+    def failed(self, error: Exception) -> None:
+        if isinstance(error, redis.RedisError):
+            log.warning("%s to Redis failed; retrying", self.what, exc_info=error)
+        else:
+            super().failed(error)

@@ -1,0 +1,172 @@
+"""The control plane at a GPU pool's rate: one job of many items through submit, N workers with the SIMULATED
+engine (``dscbatch worker --engine sim``: no model, a GPU's timing) and the results file, on real Redis and Celery.
+
+Usage: ``python benchmarks/scale.py --model TOKENIZER_DIR [--items 1000000] [--workers 1 2 4 8]
+[--max-tokens 64] [--json out.json]``. For each worker count it starts a fresh redis-server and the workers,
+then runs ``dscbatch submit --wait --output FOLDER`` and reports:
+
+- items/s from the submit command's start to the job's end, and the time from submit to the first stored result;
+- Redis: peak ``used_memory`` above idle (INFO memory), CPU seconds per 1,000 items (INFO cpu);
+- the workers' CPU seconds per 1,000 items (the simulated engine's own work included: it sleeps for the GPU's
+  time and decodes the token ids as the real engine's output is decoded);
+- the results file: seconds from the job's end to the file written, and lines/s;
+- the submit command's own CPU seconds per 1,000 items.
+
+Ratios and per-item costs are what carry to other machines; absolute rates are this machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from reader import print_report
+
+from dscbatch.core.settings import Settings
+from dscbatch.jobs.store import JobStore
+from dscbatch.workers.embedded import free_port, start_redis, stop_process
+
+WORKER_START_SECONDS = 120
+
+
+def write_items(path: Path, items: int, max_tokens: int) -> None:
+    with path.open("w") as out:
+        for i in range(items):
+            out.write(json.dumps({"id": f"s{i}", "prompt": f"# task {i}\ndef solve_{i}(x):\n",
+                                  "params": {"max_tokens": max_tokens}}) + "\n")
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    values = {f"DSCBATCH_{name.upper()}": str(value) for name, value in settings.model_dump().items()
+              if value is not None}
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("DSCBATCH_")}, **values}
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def process_cpu(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+class Sampler(threading.Thread):
+    """Redis' used_memory and the job's first stored result, read every 0.1 s."""
+
+    def __init__(self, store: JobStore) -> None:
+        super().__init__(daemon=True)
+        self.store = store
+        self.peak = 0
+        self.first_result: float | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.1):
+            self.peak = max(self.peak, int(self.store.client.info("memory")["used_memory"]))
+            if self.first_result is None:
+                jobs = self.store.job_ids()
+                if jobs and self.store.status(jobs[0]).done + self.store.status(jobs[0]).failed > 0:
+                    self.first_result = time.time()
+
+
+def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folder: Path) -> dict[str, Any]:
+    port = free_port()
+    server = start_redis(folder, port)
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="scale")
+    store = JobStore.connect(settings)
+    env = environment(settings)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for number in range(workers):
+            log = (folder / f"worker{number}.log").open("wb")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "dscbatch.cli.main", "worker", "--model", model, "--engine", "sim"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while len(store.workers()) < workers:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise RuntimeError(f"workers did not start: {(folder / 'worker0.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+        time.sleep(1)  # Celery's consumers ready
+        idle_memory = int(store.client.info("memory")["used_memory"])
+        watched = [psutil.Process(p.pid) for p in processes]
+        redis_before, workers_before = redis_cpu(store.client), process_cpu(watched)
+        sampler = Sampler(store)
+        sampler.start()
+        started = time.time()
+        submit = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model", model,
+                                 "--wait", "--output", str(folder / "out")], env=env, capture_output=True, text=True,
+                                check=False)
+        ended = time.time()
+        sampler.stopping.set()
+        sampler.join()
+        if submit.returncode != 0:
+            raise RuntimeError(f"submit failed ({submit.returncode}): {submit.stderr[-3000:]}")
+        job = store.status(submit.stdout.split()[-1])
+        record = store.client.hgetall(store.job_key(job.id))
+        finished, finalized = float(record[b"finished"]), float(record[b"finalized"])
+        redis_seconds = redis_cpu(store.client) - redis_before
+        worker_seconds = process_cpu(watched) - workers_before
+        results_file = folder / "out" / "results.jsonl"
+        lines = sum(1 for _ in results_file.open())
+        assert lines == items == job.done, (lines, items, job.done)
+        per_thousand = 1000 / items
+        return {
+            "workers": workers, "items": items, "max_tokens": max_tokens,
+            "items_per_second": round(items / (finished - started), 1),
+            "seconds_to_first_result": round((sampler.first_result or finished) - started, 2),
+            "seconds_submit_to_results_file": round(finalized - started, 2),
+            "redis_peak_used_memory_above_idle_mb": round((sampler.peak - idle_memory) / 1e6, 2),
+            "redis_cpu_seconds_per_1000_items": round(redis_seconds * per_thousand, 4),
+            "worker_cpu_seconds_per_1000_items": round(worker_seconds * per_thousand, 4),
+            "results_file_seconds": round(finalized - finished, 2),
+            "results_file_lines_per_second": round(lines / max(finalized - finished, 1e-3), 1),
+            "submit_command_seconds": round(ended - started, 2),
+        }
+    finally:
+        for process in processes:
+            stop_process(process)
+        stop_process(server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a model folder (its tokenizer renders and decodes)")
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dscbatch-scale-") as temp:
+        path = Path(temp) / "items.jsonl"
+        write_items(path, args.items, args.max_tokens)
+        runs = []
+        for workers in args.workers:
+            folder = Path(temp) / f"w{workers}"
+            folder.mkdir()
+            runs.append(run(args.model, args.items, workers, args.max_tokens, path, folder))
+            print(json.dumps(runs[-1]), flush=True)
+    print_report({"engine": "SIMULATED (dscbatch worker --engine sim): control plane only", "runs": runs},
+                 args.json)
+
+
+if __name__ == "__main__":
+    main()

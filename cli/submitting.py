@@ -1,0 +1,50 @@
+"""What ``submit``, ``run`` and ``eval`` share: ``-p``/``--engine-arg`` values and submitting a file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from dscbatch.cli.progress import ReadingProgress
+from dscbatch.core.errors import SettingsError
+from dscbatch.core.settings import Settings
+from dscbatch.jobs.requests import Params
+from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.submission import SubmitOptions, submit_job
+
+
+def key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are JSON where they parse as JSON, strings otherwise."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"{what} {pair!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(raw)
+        except ValueError:
+            values[key] = raw
+    return values
+
+
+def parse_params(pairs: Sequence[str]) -> Params:
+    from pydantic import ValidationError
+
+    try:
+        return Params.model_validate(key_values(pairs, "--param"))
+    except ValidationError as error:
+        first = error.errors()[0]
+        reason = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
+        raise SettingsError(f"--param {'.'.join(map(str, first['loc']))}: {reason}") from None
+
+
+def submit_file(settings: Settings, store: JobStore, input_path: str, options: SubmitOptions) -> str:
+    from dscbatch.core.celery_app import make_app, shard_enqueuer
+
+    reading = ReadingProgress(sys.stderr)
+    with shard_enqueuer(make_app(settings)) as enqueue:
+        job_id = submit_job(store, enqueue, input_path, options, reading)
+        reading.done()
+    return job_id

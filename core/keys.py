@@ -1,0 +1,149 @@
+"""Every Redis key dscbatch writes, in one place (``P`` is the settings' key prefix, ``DSCBATCH_KEY_PREFIX``).
+
+Jobs (``jobs/store.py``)::
+
+    P:jobs                      sorted set: job ids by creation time
+    P:job:ID                    hash: the job record and its counters
+    P:job:ID:shard:N            a shard's payload (``shard_codec``), while some of its items have no result
+    P:job:ID:results            hash: item index -> result line (until the results file is written)
+    P:job:ID:failed             set: indices of items that failed in a worker (what ``retry`` runs again)
+    P:job:ID:retry              hash: index -> the shard item of a retryable failure
+    P:job:ID:attempts           hash: shard key -> deliveries claimed
+    P:job:ID:item_attempts      hash: item key -> runs of a suspected poison request
+    P:job:ID:verify             hash: index -> the item's ``verify`` spec (JSON)
+    P:job:ID:verdicts           hash: index -> its verification record
+    P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
+    P:finalize                  set: settled jobs with an output folder whose results file is not written yet
+    P:finalizing                hash: job id -> the worker writing its results file
+    P:claims                    hash: [worker, shard key] -> job id, the shards workers are running
+    P:repair:QUEUE              string: the worker looking for its queue's stranded shards (``workers/repair.py``)
+    P:repair:QUEUE:suspects     hash: shard key -> when it was first seen stranded
+
+Processes::
+
+    P:worker:HOST               a GPU worker's heartbeat (JSON, expires)
+    P:executor:HOST             an executor's heartbeat (JSON, expires)
+    P:retention_sweep           string: the worker running the retention sweep (expires)
+
+Batch API (``server/``)::
+
+    P:apikeys                   hash: key name -> its record; P:apikey_hashes: key hash -> name
+    P:KIND:ID                   hash: a file's or batch's record (KIND is ``file`` or ``batch``)
+    P:owner:NAME:KINDs          sorted set: the ids one API key owns
+    P:batches:active            sorted set: the batches that have not ended (in_progress, cancelling), by creation
+    P:batches:advance           string: the server advancing batches now (``server/advancer.py``), expires
+
+Celery's own keys are its queues (``P.MODEL``, ``P.executor``) and kombu's ``unacked`` hashes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The per-job keys beside the record (``P:job:ID:SUFFIX``); a job's deletion removes them all.
+JOB_KEY_SUFFIXES = ("results", "failed", "retry", "attempts", "item_attempts", "verify", "verdicts")
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    # Jobs
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_part(self, job_id: str, suffix: str) -> str:
+        """``P:job:ID:SUFFIX``, one of ``JOB_KEY_SUFFIXES``."""
+        assert suffix in JOB_KEY_SUFFIXES, suffix
+        return f"{self.job(job_id)}:{suffix}"
+
+    def job_parts(self, job_id: str) -> list[str]:
+        return [self.job_part(job_id, suffix) for suffix in JOB_KEY_SUFFIXES]
+
+    def shard(self, job_id: str, number: int) -> str:
+        return f"{self.job(job_id)}:shard:{number}"
+
+    def shards_pattern(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:shard:*"
+
+    @property
+    def verify_waiting(self) -> str:
+        return f"{self.prefix}:verify:waiting"
+
+    @property
+    def finalize(self) -> str:
+        return f"{self.prefix}:finalize"
+
+    @property
+    def finalizing(self) -> str:
+        return f"{self.prefix}:finalizing"
+
+    @property
+    def claims(self) -> str:
+        return f"{self.prefix}:claims"
+
+    def repair_lock(self, queue: str) -> str:
+        return f"{self.prefix}:repair:{queue}"
+
+    def repair_suspects(self, queue: str) -> str:
+        return f"{self.repair_lock(queue)}:suspects"
+
+    # Processes
+
+    def worker(self, hostname: str) -> str:
+        return f"{self.prefix}:worker:{hostname}"
+
+    @property
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    def executor(self, hostname: str) -> str:
+        return f"{self.prefix}:executor:{hostname}"
+
+    @property
+    def executors_pattern(self) -> str:
+        return f"{self.prefix}:executor:*"
+
+    @property
+    def retention_sweep(self) -> str:
+        return f"{self.prefix}:retention_sweep"
+
+    # Batch API
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.prefix}:apikeys"
+
+    @property
+    def api_key_hashes(self) -> str:
+        return f"{self.prefix}:apikey_hashes"
+
+    def record(self, kind: str, record_id: str) -> str:
+        return f"{self.prefix}:{kind}:{record_id}"
+
+    def owned(self, owner: str, kind: str) -> str:
+        return f"{self.prefix}:owner:{owner}:{kind}s"
+
+    @property
+    def batches_active(self) -> str:
+        return f"{self.prefix}:batches:active"
+
+    @property
+    def batches_advance(self) -> str:
+        return f"{self.prefix}:batches:advance"
+
+    # Celery queues
+
+    @property
+    def queues_prefix(self) -> str:
+        """What this deployment's queue names start with (another prefix's queues may share the Redis)."""
+        return f"{self.prefix}."
+
+    def queue(self, name: str) -> str:
+        """The queue ``P.NAME``: a model's (``jobs.submission.queue_name``), or ``executor``."""
+        return self.queues_prefix + name
