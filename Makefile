@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SHARED_TOKENIZER := $(abspath ../shared/models/deepseek-coder-6.7b-instruct)
 
-.PHONY: setup test demo lint typecheck bench-reader bench-throughput
+.PHONY: setup test demo lint typecheck bench-reader bench-throughput test-languages bench-languages
 
 setup:
 	scripts/setup
@@ -26,3 +26,13 @@ bench-reader: setup
 bench-throughput: setup
 	$(PY) scripts/make_tiny_model.py --tokenizer-dir $(SHARED_TOKENIZER) --out .cache/tiny-deepseek-coder
 	$(PY) benchmarks/throughput.py --json benchmarks/results/throughput-cpu.json
+
+# Every supported language's toolchain (WITH_TOOLCHAINS=all), its tests, and the full HumanEval-X check: the 164
+# canonical solutions of cpp, go, java, js and python through `eval --samples` (docs/evaluation-languages.md).
+test-languages:
+	WITH_TOOLCHAINS=all scripts/setup
+	$(PY) -m pytest tests/test_languages.py
+	$(PY) benchmarks/languages.py --check
+
+bench-languages: setup
+	$(PY) benchmarks/languages.py

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from reader import print_report
 
-from dscbatch.executor.extraction import IMPORT_HELPER, instruct_code, truncate
+from dscbatch.executor.extraction import instruct_code, truncate
+from dscbatch.executor.programs import IMPORT_HELPER
 from dscbatch.executor.humaneval import MAX_TOKENS, PromptStyle, instruction
 from dscbatch.executor.problems import Problem, load_problems
 

@@ -82,10 +82,11 @@ def require_json_only(app: Celery) -> None:
                             "messages; only json is safe")
 
 
-def serve(app: Celery, hostname: str, queue: str, concurrency: int, loglevel: str) -> int:
-    """Consume ``queue`` with ``concurrency`` threads until Celery stops (SIGTERM, or an unrecoverable error);
-    returns Celery's exit status."""
-    worker = app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency, queues=[queue],
+def serve(app: Celery, hostname: str, queue: str | list[str], concurrency: int, loglevel: str) -> int:
+    """Consume ``queue`` (or each of a list) with ``concurrency`` threads until Celery stops (SIGTERM, or an
+    unrecoverable error); returns Celery's exit status."""
+    worker = app.Worker(hostname=hostname, pool_cls="threads", concurrency=concurrency,
+                        queues=[queue] if isinstance(queue, str) else queue,
                         loglevel=loglevel, without_gossip=True, without_mingle=True, optimization="fair")
     # `kill -USR1 PID` writes every thread's stack to stderr from the signal itself; Celery's own handler for it
     # (set as the worker starts, replaced once it is ready) waits for the main thread, which may be the stuck one.
@@ -107,12 +108,15 @@ def shard_enqueuer(app: Celery) -> Iterator[Callable[[str, str, str], None]]:
         yield lambda queue, job_id, shard_key: enqueue_shard(app, queue, job_id, shard_key, producer=producer)
 
 
-def executor_queue(prefix: str) -> str:
-    """The executor pool's one queue (the model queues are ``PREFIX.MODEL``)."""
-    return Keys(prefix).queue("executor")
+def executor_queue(prefix: str, language: str = "python") -> str:
+    """The executor pool's queue: ``PREFIX.executor``, which every executor serves (workers queue every
+    verification there; Python runs everywhere), and ``PREFIX.executor.LANG`` for another language, served by
+    the executors whose start-up check ran that language (the model queues are ``PREFIX.MODEL``)."""
+    return Keys(prefix).queue("executor" if language == "python" else f"executor.{language}")
 
 
-def enqueue_verifications(app: Celery, prefix: str, job_id: str, indices: Sequence[int], **options: Any) -> None:
+def enqueue_verifications(app: Celery, prefix: str, job_id: str, indices: Sequence[int], language: str = "python",
+                          **options: Any) -> None:
     for index in indices:
-        app.send_task(VERIFY, args=[job_id, index], queue=executor_queue(prefix),
+        app.send_task(VERIFY, args=[job_id, index], queue=executor_queue(prefix, language),
                       headers={ENQUEUED_HEADER: time.time()}, **options)

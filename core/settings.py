@@ -68,8 +68,15 @@ class Settings(BaseModel):
     sandbox_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     sandbox_memory_mb: Annotated[int, Field(ge=64)] = 1024
     sandbox_python: str = "/usr/bin/python3"
+    # Test dependencies of other languages (executor/toolchain.py): jars on the Java classpath (colon-separated;
+    # DeepSeek's javatuples-1.2.jar) and a Go module folder (go.mod with vendor/ or go-vendor.tar.gz).
+    sandbox_java_classpath: str = ""
+    sandbox_go_module: str | None = None
     # Programs one executor runs at once. None: one per CPU core.
     executor_concurrency: Annotated[int, Field(ge=1)] | None = None
+    # The languages an executor checks at start and serves (comma-separated codes, executor/languages.py);
+    # empty: every supported language. Python is always served.
+    executor_languages: str = ""
     # The Batch API server (`dscbatch serve`): where uploaded and result files live (a folder or fsspec URL),
     # the largest upload, and the most requests in one batch.
     files_url: Annotated[str, Field(min_length=1)] = "dscbatch-files"

@@ -17,13 +17,15 @@ from dscbatch.executor.passk import KS, overall_pass_at_k, pass_at_k
 from dscbatch.executor.sandbox import VERDICTS, Sandbox, Verdict
 
 
-def run_programs(sandbox: Sandbox, programs: Sequence[str], concurrency: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[Verdict]:
-    """Each program's verdict, in order, with at most ``concurrency`` (default: one per core) running."""
+def run_programs(runner: Sandbox | Callable[[str], Verdict], programs: Sequence[str],
+                 concurrency: int | None = None, progress: Callable[[int], None] | None = None) -> list[Verdict]:
+    """Each program's verdict, in order, with at most ``concurrency`` (default: one per core) running; the
+    ``runner`` is a sandbox (Python programs) or a function that runs one program (another language's)."""
+    run = runner.run if isinstance(runner, Sandbox) else runner
     verdicts: list[Verdict] = []
     with ThreadPoolExecutor(max_workers=concurrency or os.cpu_count() or 1,
                             thread_name_prefix="dscbatch-sandbox") as pool:
-        for verdict in pool.map(sandbox.run, programs):
+        for verdict in pool.map(run, programs):
             verdicts.append(verdict)
             if progress is not None:
                 progress(len(verdicts))

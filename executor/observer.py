@@ -12,5 +12,5 @@ class ExecutorObserver:
     def heartbeat(self, ttl: float) -> None:
         """The executor told Redis it is alive for the next ``ttl`` seconds."""
 
-    def executed(self, verdict: Verdict) -> None:
-        """One program ran in the sandbox and ended with ``verdict``."""
+    def executed(self, verdict: Verdict, language: str = "python") -> None:
+        """One program in ``language`` ran in the sandbox and ended with ``verdict``."""

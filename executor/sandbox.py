@@ -1,5 +1,9 @@
 """Run one untrusted Python program in a bubblewrap sandbox and say how it ended (a :class:`Verdict`).
 
+Other languages run as a Python *driver* that compiles and runs them under the same guarantees
+(executor/toolchain.py); a run's :class:`Setup` widens the limits for their compilers and mounts their
+configuration and test dependencies read-only.
+
 What a program gets: no network (its own empty network namespace), its own pid, ipc and uts namespaces (it
 sees no host process, and when it ends every process it started dies with its namespace), read-only system
 directories (``/usr`` and the ``/lib``-style links), a private size-capped tmpfs at ``/tmp`` as the only
@@ -61,7 +65,10 @@ ERROR_TAIL_CHARS = 2000
 SYSTEM_DIRS = ("/usr",)
 # On merged-/usr systems these are links into /usr, made again inside; otherwise bound read-only.
 SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory")
+# How a program says it ran out of memory: Python, C, C++, Java/Scala, Go, Rust, node, PHP, mono, R, D.
+MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "OutOfMemoryError",
+                  "runtime: out of memory", "memory allocation of", "heap out of memory", "Allowed memory size",
+                  "Out of memory", "OutOfMemoryException", "cannot allocate vector", "core.exception.OutOfMemory")
 READ_CHUNK = 1 << 16
 PR_SET_CHILD_SUBREAPER = 36
 # Run by the sandbox's Python under its limits: mark the start pipe, close it, then become the program.
@@ -78,6 +85,16 @@ class Limits:
     open_files: int = 64
     output_bytes: int = 1 << 20  # stdout and stderr together; more ends the run as failed
     tmpfs_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What one run adds to the sandbox: its limits and read-only mounts (host path, path inside; mounted after
+    the tmpfs, so they may lie under /tmp)."""
+
+    limits: Limits | None = None
+    mounts: tuple[tuple[str, str], ...] = ()
+    writable: tuple[tuple[str, str], ...] = ()  # only for trusted programs (a toolchain cache's warm-up)
 
 
 @dataclass(frozen=True)
@@ -149,15 +166,17 @@ class Sandbox:
             reason = verdict.error.strip().splitlines()[-1:] or [verdict.status]
             raise SandboxError(f"the sandbox does not work on this host: {reason[0]}")
 
-    def run(self, program: str) -> Verdict:
+    def run(self, program: str, setup: Setup = Setup()) -> Verdict:
+        """Run the Python ``program`` (for other languages, executor/toolchain.py's driver) with ``setup``."""
         started = time.monotonic()
+        limits = setup.limits or self.limits
         with self._identity() as identity, _program_fd(program) as program_fd:
             status_read, status_write = os.pipe()
             start_read, start_write = os.pipe()
             try:
                 try:
                     process = subprocess.Popen(
-                        self._command(program_fd, status_write, start_write), stdin=subprocess.DEVNULL,
+                        self._command(program_fd, status_write, start_write, limits, setup), stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         pass_fds=(program_fd, status_write, start_write),
                         env={}, start_new_session=True, **identity)
@@ -167,7 +186,7 @@ class Sandbox:
                     os.close(status_write)
                     os.close(start_write)
                 try:
-                    stopped, tail = self._watch(process, started)
+                    stopped, tail = self._watch(process, started, limits)
                 finally:
                     if process.returncode is None:  # still running (or unreaped): end the whole group
                         with contextlib.suppress(ProcessLookupError):
@@ -182,7 +201,7 @@ class Sandbox:
                 os.close(status_read)
                 os.close(start_read)
         seconds = time.monotonic() - started
-        return _verdict(stopped, tail, status, program_started, process.returncode, self.limits, seconds)
+        return _verdict(stopped, tail, status, program_started, process.returncode, limits, seconds)
 
     @contextlib.contextmanager
     def _identity(self) -> Iterator[dict[str, Any]]:
@@ -192,8 +211,7 @@ class Sandbox:
         with self._slots.lease() as uid:
             yield {"user": uid, "group": uid, "extra_groups": []}
 
-    def _command(self, program_fd: int, status_fd: int, start_fd: int) -> list[str]:
-        limits = self.limits
+    def _command(self, program_fd: int, status_fd: int, start_fd: int, limits: Limits, setup: Setup) -> list[str]:
         binds: list[str] = []
         for directory in SYSTEM_DIRS:
             binds += ["--ro-bind", directory, directory]
@@ -210,6 +228,8 @@ class Sandbox:
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
             *binds, "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp", "--file", str(program_fd), "/tmp/main.py",
+            *(item for source, target in setup.mounts for item in ("--ro-bind", source, target)),
+            *(item for source, target in setup.writable for item in ("--bind", source, target)),
             "--remount-ro", "/", "--chdir", "/tmp", "--hostname", "sandbox",
             "--uid", str(INNER_ID), "--gid", str(INNER_ID), "--json-status-fd", str(status_fd), "--",
             self.prlimit, f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
@@ -217,11 +237,12 @@ class Sandbox:
             "--core=0", "--", self.python, "-I", "-S", "-c", START.format(fd=start_fd, python=repr(self.python)),
         ]
 
-    def _watch(self, process: subprocess.Popen[bytes], started: float) -> tuple[str | None, bytes]:
+    def _watch(self, process: subprocess.Popen[bytes], started: float,
+               limits: Limits) -> tuple[str | None, bytes]:
         """Read the output until the program ends; returns (why it was stopped, or None; the output's end)."""
         assert process.stdout is not None
         fd = process.stdout.fileno()
-        deadline = started + self.limits.wall_seconds
+        deadline = started + limits.wall_seconds
         tail, total = b"", 0
         with selectors.DefaultSelector() as selector:
             selector.register(fd, selectors.EVENT_READ)
@@ -234,7 +255,7 @@ class Sandbox:
                     break
                 total += len(chunk)
                 tail = (tail + chunk)[-4 * ERROR_TAIL_CHARS:]
-                if total > self.limits.output_bytes:
+                if total > limits.output_bytes:
                     return "output", tail
         try:
             process.wait(max(0.0, deadline - time.monotonic()))
@@ -311,6 +332,8 @@ def _verdict(stopped: str | None, tail: bytes, status: dict[str, Any], program_s
         return Verdict("passed", "", seconds)
     if code in (128 + signal.SIGXCPU, 128 + signal.SIGKILL):
         return Verdict("timeout", f"killed at the CPU time limit of {limits.cpu_seconds} s", seconds)
+    if code == 128 + signal.SIGALRM:  # a compiled program's own limit (executor/toolchain.py)
+        return Verdict("timeout", "killed at the run's time limit (after its compilation)", seconds)
     last_lines = "\n".join(error.strip().splitlines()[-3:])
     if any(marker in last_lines for marker in MEMORY_MARKERS):
         return Verdict("memory", error, seconds)

@@ -73,16 +73,23 @@ DEFAULT_PARAMS = Params(max_tokens=256, temperature=0.0, top_p=1.0, top_k=-1, n=
 
 # How the code to test is taken from an output (executor/extraction.py): the text as it is; the first ```python
 # block of it; or as DeepSeek's HumanEval scripts do for base models (cut at the first top-level statement
-# after the function) and for instruct models (the code block, with the prompt's lines above the function).
-ExtractMode = Literal["text", "code_block", "humaneval_base", "humaneval_instruct"]
+# after the function) and for instruct models (the code block, with the prompt's lines above the function), or
+# the answer's whole first code block (humaneval_block).
+ExtractMode = Literal["text", "code_block", "humaneval_base", "humaneval_instruct", "humaneval_block"]
+# The languages the executor runs (executor/languages.py, whose tests check the two lists agree).
+VerifyLanguage = Literal["python", "cpp", "java", "php", "ts", "cs", "sh", "js", "go", "rs", "rb", "r", "pl",
+                         "scala", "rkt", "d"]
 
 
 class Verify(StrictModel):
     """Run each output against tests in the sandbox; the result gets a ``verification`` record."""
 
-    tests: str  # Python appended to the code; it passes when the program exits 0
+    tests: str  # code appended to the code; it passes when the program exits 0
     prompt: str = ""  # code the output continues, put before it ("text"), or the problem (humaneval_*)
     extract: ExtractMode = "text"
+    language: VerifyLanguage = "python"
+    setup: str = ""  # code put before everything (humaneval_* in languages other than Python)
+    stop: list[str] = []  # humaneval_base outside Python: the problem's stop tokens, cut at
 
 
 class RequestBase(StrictModel):

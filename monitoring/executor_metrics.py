@@ -1,9 +1,10 @@
 """``dscbatch executor --metrics-port N``: the executor's metrics and ``/healthz``.
 
-``dscbatch_executor_executions_total{verdict}`` counts programs run in the sandbox by how they ended (its rate
-is the executions per second), ``dscbatch_executor_sandbox_duration_seconds`` is how long each took (bwrap's
-start included). Every verdict's series exists from the start at 0, so that an alert on sandbox errors sees
-the first one as an increase.
+``dscbatch_executor_executions_total{language,verdict}`` counts programs run in the sandbox by language and by
+how they ended (its rate is the executions per second), ``dscbatch_executor_sandbox_duration_seconds`` is how
+long each took (bwrap's start, and a compiled language's compilation, included). Every verdict's series exists
+from the start at 0 for Python (another language's appear with its first program), so that an alert on sandbox
+errors sees the first one as an increase.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class ExecutorMetrics(ExecutorObserver):
         self.labels = {"queue": queue}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        executions = Counter("dscbatch_executor_executions", "Programs run in the sandbox, by verdict.",
-                             ["queue", "verdict"], registry=self.registry)
-        self.executions = {verdict: executions.labels(queue=queue, verdict=verdict) for verdict in VERDICTS}
+        self._executions = Counter("dscbatch_executor_executions", "Programs run in the sandbox, by language and "
+                                   "verdict.", ["queue", "language", "verdict"], registry=self.registry)
+        self.executions = {verdict: self._executions.labels(queue=queue, language="python", verdict=verdict)
+                           for verdict in VERDICTS}
         self.seconds = Histogram("dscbatch_executor_sandbox_duration_seconds",
                                  "Wall time of one sandboxed program, bwrap's start included.", ["queue"],
                                  buckets=SANDBOX_SECONDS_BUCKETS, registry=self.registry).labels(queue=queue)
@@ -46,8 +48,8 @@ class ExecutorMetrics(ExecutorObserver):
         self._alive_until = time.monotonic() + ttl
         self.last_heartbeat.labels(**self.labels).set_to_current_time()
 
-    def executed(self, verdict: Verdict) -> None:
-        self.executions[verdict.status].inc()
+    def executed(self, verdict: Verdict, language: str = "python") -> None:
+        self._executions.labels(queue=self.labels["queue"], language=language, verdict=verdict.status).inc()
         self.seconds.observe(verdict.seconds)
 
 

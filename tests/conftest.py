@@ -82,7 +82,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def settings(redis_url: str) -> Settings:
     # Shards of 4 keep test jobs multi-shard; two held per worker, so a job runs over several admissions.
-    return Settings(redis_url=redis_url, key_prefix="dsctest", shard_max_requests=4, shards_in_flight=2)
+    # Executors check and serve Python only (each language's start-up check compiles a program); the language
+    # tests start their own.
+    return Settings(redis_url=redis_url, key_prefix="dsctest", shard_max_requests=4, shards_in_flight=2,
+                    executor_languages="python")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,19 @@ def crash(servers: list[subprocess.Popen[bytes]], folder: Path, port: int, noted
     servers.append(start_redis(folder, port, *AOF))
 
 
-def test_a_redis_crash_that_loses_the_aof_tail_leaves_no_result_missing(
-        redis_servers: list[subprocess.Popen[bytes]], tiny_model: Path, tmp_path: Path) -> None:
+@dataclass
+class AofCluster:
+    folder: Path
+    port: int
+    settings: Settings
+    store: JobStore
+    worker: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def aof_cluster(redis_servers: list[subprocess.Popen[bytes]], tiny_model: Path,
+                tmp_path: Path) -> Iterator[AofCluster]:
+    """A redis-server writing a timestamped AOF, and one worker on it (started before the test's own time)."""
     folder, port = tmp_path / "redis", free_port()
     folder.mkdir()
     redis_servers.append(start_redis(folder, port, *AOF))
@@ -60,23 +72,28 @@ def test_a_redis_crash_that_loses_the_aof_tail_leaves_no_result_missing(
                         shards_in_flight=2, shutdown_timeout=2)
     store = JobStore.connect(settings)
     worker = start_worker(settings, store, tiny_model, tmp_path / "worker.log")
-    try:
-        core = engine_core(worker)
-        with engines_paused(core):
-            job_id, path = submit(settings, tiny_model, tmp_path)
-            step_until(core, lambda: store.status(job_id).done >= 4, 120, "the first results")
-            noted = int(time.time())
-            step_until(core, lambda: int(time.time()) > noted, 120, "the next second")
-            kept = store.status(job_id).done
-            # Results stored after the noted second: what the crash loses.
-            step_until(core, lambda: store.status(job_id).done >= kept + 4, 120, "results past the noted second")
-            stored = store.status(job_id).done
-            assert stored < ITEMS, "the job ended before the crash: nothing would be lost"
-            crash(redis_servers, folder, port, noted)
-            assert store.status(job_id).done <= kept < stored  # the tail's results are gone
-        # The engine runs on: the job completes with every id once, the lost results run again.
-        wait_until(lambda: store.status(job_id).pending == 0, RECOVERY_SECONDS, "the job to complete")
-        check_output(settings, store, job_id, path, tiny_model, tmp_path)
-        assert worker.poll() is None
-    finally:
-        stop_process(worker)
+    yield AofCluster(folder, port, settings, store, worker)
+    stop_process(worker)
+
+
+def test_a_redis_crash_that_loses_the_aof_tail_leaves_no_result_missing(
+        aof_cluster: AofCluster, redis_servers: list[subprocess.Popen[bytes]], tiny_model: Path,
+        tmp_path: Path) -> None:
+    settings, store = aof_cluster.settings, aof_cluster.store
+    core = engine_core(aof_cluster.worker)
+    with engines_paused(core):
+        job_id, path = submit(settings, tiny_model, tmp_path)
+        step_until(core, lambda: store.status(job_id).done >= 4, 120, "the first results")
+        noted = int(time.time())
+        step_until(core, lambda: int(time.time()) > noted, 120, "the next second")
+        kept = store.status(job_id).done
+        # Results stored after the noted second: what the crash loses.
+        step_until(core, lambda: store.status(job_id).done >= kept + 4, 120, "results past the noted second")
+        stored = store.status(job_id).done
+        assert stored < ITEMS, "the job ended before the crash: nothing would be lost"
+        crash(redis_servers, aof_cluster.folder, aof_cluster.port, noted)
+        assert store.status(job_id).done <= kept < stored  # the tail's results are gone
+    # The engine runs on: the job completes with every id once, the lost results run again.
+    wait_until(lambda: store.status(job_id).pending == 0, RECOVERY_SECONDS, "the job to complete")
+    check_output(settings, store, job_id, path, tiny_model, tmp_path)
+    assert aof_cluster.worker.poll() is None

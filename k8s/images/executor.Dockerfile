@@ -6,8 +6,12 @@ FROM python:3.11-slim-bookworm
 # sandbox (prlimit comes with util-linux). Generated code runs under Debian's own /usr/bin/python3, the default
 # DSCBATCH_SANDBOX_PYTHON, not dscbatch's interpreter in /usr/local; numpy because DeepSeek's HumanEval import
 # helper imports it, as their evaluation environment has it.
-RUN apt-get update \
+# The other languages' toolchains (scripts/toolchains.txt, docs/evaluation-languages.md) run in the same sandbox;
+# the list is bound for this step only (BuildKit), not copied into the image.
+RUN --mount=type=bind,source=scripts/toolchains.txt,target=/tmp/toolchains.txt \
+    apt-get update \
     && apt-get install -y --no-install-recommends tini bubblewrap python3 python3-numpy \
+    && grep -v '^#' /tmp/toolchains.txt | xargs apt-get install -y --no-install-recommends \
     && rm -rf /var/lib/apt/lists/*
 
 # The same user as the pods' securityContext (runAsUser 10001).
