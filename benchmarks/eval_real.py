@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reader import print_report
 
 from dscbatch.executor.extraction import instruct_code, truncate
-from dscbatch.executor.programs import IMPORT_HELPER
 from dscbatch.executor.humaneval import MAX_TOKENS, PromptStyle, instruction
 from dscbatch.executor.problems import Problem, load_problems
+from dscbatch.executor.programs import IMPORT_HELPER
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / ".cache" / "real-models" / "qwen2.5-coder-0.5b-instruct"
