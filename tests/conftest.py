@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -91,6 +92,18 @@ def settings(redis_url: str) -> Settings:
 @pytest.fixture(scope="session")
 def store(settings: Settings) -> JobStore:
     return JobStore.connect(settings)
+
+
+@pytest.fixture
+def private_settings(settings: Settings) -> Settings:
+    """The session's Redis under a key prefix of the test's own: no worker serves it and no worker's housekeeping
+    (results files, repair, retention) touches its jobs, so a test that does these itself races with nothing."""
+    return settings.model_copy(update={"key_prefix": f"own-{uuid.uuid4().hex[:12]}"})
+
+
+@pytest.fixture
+def private_store(private_settings: Settings) -> JobStore:
+    return JobStore.connect(private_settings)
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

@@ -123,10 +123,10 @@ def _invalid_only_job(store: JobStore, deepseek_dir: Path, tmp_path: Path, **opt
 
 
 def test_a_job_settled_at_submission_is_finalized_by_housekeeping_and_its_file_outlives_retention(
-        store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
     # A key prefix of its own: a retention sweep removes every expired job under its prefix, and the session's
     # Redis holds other tests' finished jobs.
-    store = JobStore(store.client, f"dsctest-retention-{tmp_path.name}")
+    store = private_store
     job_id = _invalid_only_job(store, deepseek_dir, tmp_path, output_root=str(tmp_path / "all"))
     assert job_id in finalize.awaiting(store)
     assert store.status(job_id).output_url == str(tmp_path / "all" / job_id)
@@ -144,7 +144,8 @@ def test_a_job_settled_at_submission_is_finalized_by_housekeeping_and_its_file_o
 
 
 def test_a_finalization_claim_of_a_dead_worker_is_reaped_and_another_writes(
-        store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    store = private_store
     job_id = _invalid_only_job(store, deepseek_dir, tmp_path, output_url=str(tmp_path / "mine"))
     store.client.hset(store.keys.finalizing, job_id, "dead-worker")  # claimed; no heartbeat
     assert not finalize.finalize(store, job_id, "live-worker")
