@@ -249,7 +249,8 @@ def claimants(store: JobStore, prefix: str) -> set[int]:
     return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(Keys(prefix).claims)}
 
 
-def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str) -> None:
+def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str,
+               slice_seconds: float = 0.02) -> None:
     """Let a paused engine run in slices of a few dozen milliseconds until ``condition`` holds (checked while
     it is stopped): an engine that advances a few steps at a time is caught long before it could finish
     any long request, on a machine of any speed."""
@@ -258,6 +259,6 @@ def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         core.resume()
-        time.sleep(0.02)
+        time.sleep(slice_seconds)
         core.suspend()
         time.sleep(0.1)  # what the engine produced reaches the worker, which stores it

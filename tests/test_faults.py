@@ -210,7 +210,10 @@ def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: 
         wait_until(lambda: claimants(fault_store, fault_settings.key_prefix), 120, "the shard to start")
         (pid,) = claimants(fault_store, fault_settings.key_prefix)
         # Stop the worker mid-shard: some of its items stored, the long ones held in the engine.
-        step_until(cores[pid], lambda: fault_store.status(job_id).done > 0, 120, "the shard's first results")
+        # Slices of 5 ms: the first results are stored a second after they finish, and the long ones (2,048
+        # tokens, under a second of this engine's time) must still be running then.
+        step_until(cores[pid], lambda: fault_store.status(job_id).done > 0, 120, "the shard's first results",
+                   slice_seconds=0.005)
         worker, log = next((process, log) for process, log in zip(both, worker_logs(tmp_path, 2), strict=True)
                            if process.pid == pid)
         started = time.monotonic()
