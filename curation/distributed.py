@@ -133,3 +133,4 @@ class Parts:
     def clean(self) -> None:
         for spec in self.specs:
             objectstore.delete(spec["result"])
+            objectstore.delete_staging(spec["result"])  # from an executor killed while it wrote

@@ -106,18 +106,36 @@ def delete(url: str) -> None:
         raise describe(url, error) from None
 
 
+def _staging(fs: Any, path: str, token: str) -> str | None:
+    """Where ``write_atomic`` puts the bytes for ``path`` until they are whole (None: straight to ``path``)."""
+    if _protocol(fs) in ATOMIC_UPLOAD_PROTOCOLS:
+        return None
+    parent, _, name = path.rpartition("/")
+    return f"{parent}/.{name}.{token}.partial" if parent else f".{name}.{token}.partial"
+
+
+def delete_staging(url: str) -> None:
+    """Remove what writers of ``url`` killed mid-write (SIGKILL, a lost node) left at their temporary names;
+    call it once no writer of ``url`` runs any more."""
+    fs, path = _filesystem(url)
+    pattern = _staging(fs, path, "*")
+    if pattern is None:
+        return
+    try:
+        for leftover in fs.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(leftover)
+    except Exception as error:
+        raise describe(url, error) from None
+
+
 @contextlib.contextmanager
 def write_atomic(url: str) -> Iterator[IO[bytes]]:
     """A binary stream whose bytes appear at ``url`` only once the block ends without an exception."""
     fs, path = _filesystem(url)
-    protocol = _protocol(fs)
-    if protocol in ATOMIC_UPLOAD_PROTOCOLS:
-        staging = path
-    else:
-        parent, _, name = path.rpartition("/")
-        staging = f"{parent}/.{name}.{uuid.uuid4().hex}.partial" if parent else f".{name}.{uuid.uuid4().hex}.partial"
+    staging = _staging(fs, path, uuid.uuid4().hex) or path
     try:
-        if protocol == "file":
+        if _protocol(fs) == "file":
             fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         stream = fs.open(staging, "wb")
     except Exception as error:

@@ -27,6 +27,7 @@ from dscbatch.core.keys import Keys
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
+from dscbatch.workers.tasks import RECORD_EVERY_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_TOKENIZER = ROOT.parent / "shared" / "models" / "deepseek-coder-6.7b-instruct"
@@ -249,11 +250,18 @@ def claimants(store: JobStore, prefix: str) -> set[int]:
     return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(Keys(prefix).claims)}
 
 
+# A pause of the engine long enough for its worker to store every result the engine produced before it: a
+# running shard's results are stored at least every RECORD_EVERY_SECONDS, also while the engine is stopped.
+STORE_PAUSE_SECONDS = RECORD_EVERY_SECONDS + 0.3
+
+
 def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str,
-               slice_seconds: float = 0.02) -> None:
+               slice_seconds: float = 0.02, pause_seconds: float = 0.1) -> None:
     """Let a paused engine run in slices of a few dozen milliseconds until ``condition`` holds (checked while
     it is stopped): an engine that advances a few steps at a time is caught long before it could finish
-    any long request, on a machine of any speed."""
+    any long request, on a machine of any speed. Where ``condition`` waits for stored results, pass
+    ``pause_seconds=STORE_PAUSE_SECONDS``: the engine then runs no further until the worker has stored what
+    it has, however slowly the machine lets the worker run."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -261,4 +269,4 @@ def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: flo
         core.resume()
         time.sleep(slice_seconds)
         core.suspend()
-        time.sleep(0.1)  # what the engine produced reaches the worker, which stores it
+        time.sleep(pause_seconds)  # what the engine produced reaches the worker, which stores it

@@ -25,7 +25,16 @@ from dscbatch.jobs.store import JobStore
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
-from .conftest import claimants, engine_core, engines_paused, start_worker, start_workers, step_until, wait_until
+from .conftest import (
+    STORE_PAUSE_SECONDS,
+    claimants,
+    engine_core,
+    engines_paused,
+    start_worker,
+    start_workers,
+    step_until,
+    wait_until,
+)
 from .test_pipeline import dscbatch, read_jsonl
 
 # Each test has workers of its own, started by the ``started`` fixture before it runs (engines start side by
@@ -210,10 +219,11 @@ def test_sigterm_mid_shard_hands_the_shard_back_in_bounded_time(fault_settings: 
         wait_until(lambda: claimants(fault_store, fault_settings.key_prefix), 120, "the shard to start")
         (pid,) = claimants(fault_store, fault_settings.key_prefix)
         # Stop the worker mid-shard: some of its items stored, the long ones held in the engine.
-        # Slices of 5 ms: the first results are stored a second after they finish, and the long ones (2,048
-        # tokens, under a second of this engine's time) must still be running then.
+        # Slices of 5 ms, each followed by a pause in which the worker stores what the engine produced: the
+        # long ones (2,048 tokens, under a second of this engine's time) are still running when the first
+        # results are stored.
         step_until(cores[pid], lambda: fault_store.status(job_id).done > 0, 120, "the shard's first results",
-                   slice_seconds=0.005)
+                   slice_seconds=0.005, pause_seconds=STORE_PAUSE_SECONDS)
         worker, log = next((process, log) for process, log in zip(both, worker_logs(tmp_path, 2), strict=True)
                            if process.pid == pid)
         started = time.monotonic()

@@ -18,7 +18,16 @@ from tokenizers import Tokenizer
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 
-from .conftest import ROOT, claimants, engine_core, engines_paused, step_until, wait_until, worker_env
+from .conftest import (
+    ROOT,
+    STORE_PAUSE_SECONDS,
+    claimants,
+    engine_core,
+    engines_paused,
+    step_until,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.engine
 EXAMPLES = ROOT / "examples" / "prompts.jsonl"
@@ -239,7 +248,8 @@ def test_results_are_stored_while_their_shard_still_runs(settings: Settings, sto
     with engines_paused(core):
         job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model)).stdout.split()[-1]
         wait_until(lambda: claimants(store, settings.key_prefix), 120, "the shard to start")
-        step_until(core, lambda: store.status(job_id).done >= 3, 120, "the short requests' results")
+        step_until(core, lambda: store.status(job_id).done >= 3, 120, "the short requests' results",
+                   pause_seconds=STORE_PAUSE_SECONDS)
         status = store.status(job_id)
         assert (status.done, status.pending) == (3, 1)
     wait_settled(store, job_id)

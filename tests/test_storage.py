@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import fsspec
@@ -13,7 +16,7 @@ import pytest
 
 from dscbatch.core.errors import StorageError
 from dscbatch.core.settings import Settings
-from dscbatch.jobs import finalize, parquet
+from dscbatch.jobs import finalize, objectstore, parquet
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 
@@ -173,3 +176,18 @@ def test_a_result_field_parquet_has_no_column_for_is_an_error_not_dropped(tmp_pa
     del line["outputs"][0]["entropy"]
     assert parquet.write_lines([json.dumps(line)], str(out)) == 1
     assert list(parquet.read_records(str(out))) == [line]
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_at_the_name_and_its_leftover_can_be_removed(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "part.screening"
+    script = ("import os, signal, sys\nfrom dscbatch.jobs import objectstore\n"
+              "with objectstore.write_atomic(sys.argv[1]) as stream:\n"
+              "    stream.write(b'half')\n    stream.flush()\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not target.exists()
+    assert [p.read_bytes() for p in target.parent.glob(".part.screening.*.partial")] == [b"half"]
+    (target.parent / ".other.screening.0123.partial").write_bytes(b"not ours")
+    objectstore.delete_staging(str(target))
+    assert sorted(p.name for p in target.parent.iterdir()) == [".other.screening.0123.partial"]
+    objectstore.delete_staging(str(target))  # nothing left to remove is not an error
