@@ -4,14 +4,18 @@ Jobs (``jobs/store.py``)::
 
     P:jobs                      sorted set: job ids by creation time
     P:job:ID                    hash: the job record and its counters
-    P:job:ID:shard:N            a shard's payload (``shard_codec``), while some of its items have no result
-    P:job:ID:results            hash: item index -> result line (until the results file is written)
+    P:job:ID:shard:N            a shard's marker while some of its items have no result: a bitmap of its
+                                positions (items in shard order) that have one; its payload is in the work
+                                folder (``jobs/workfolder.py``)
+    P:job:ID:parts              list: the job's committed result parts in commit order (``jobs/parts.py``)
+    P:job:ID:voided             set: indices whose committed result ``retry`` voided, until a new one commits
     P:job:ID:failed             set: indices of items that failed in a worker (what ``retry`` runs again)
     P:job:ID:retry              hash: index -> the shard item of a retryable failure
     P:job:ID:attempts           hash: shard key -> deliveries claimed
     P:job:ID:item_attempts      hash: item key -> runs of a suspected poison request
     P:job:ID:verify             hash: index -> the item's ``verify`` spec (JSON)
-    P:job:ID:verdicts           hash: index -> its verification record
+    P:job:ID:verify_at          hash: index -> the part holding its result, while it awaits its verdict
+    P:job:ID:verdicts           hash: index -> its verification record (until the results file is written)
     P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
     P:finalize                  set: settled jobs with an output folder whose results file is not written yet
     P:finalizing                hash: job id -> the worker writing its results file
@@ -41,7 +45,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The per-job keys beside the record (``P:job:ID:SUFFIX``); a job's deletion removes them all.
-JOB_KEY_SUFFIXES = ("results", "failed", "retry", "attempts", "item_attempts", "verify", "verdicts")
+JOB_KEY_SUFFIXES = ("parts", "voided", "failed", "retry", "attempts", "item_attempts", "verify", "verify_at",
+                    "verdicts")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,11 @@ class Keys:
 
     def shard(self, job_id: str, number: int) -> str:
         return f"{self.job(job_id)}:shard:{number}"
+
+    def parse_shard(self, key: str) -> tuple[str, int]:
+        """(job id, shard number) of a key made by :meth:`shard`."""
+        job, _, number = key.rpartition(":shard:")
+        return job.removeprefix(f"{self.prefix}:job:"), int(number)
 
     def shards_pattern(self, job_id: str) -> str:
         return f"{self.job(job_id)}:shard:*"

@@ -61,6 +61,9 @@ class Settings(BaseModel):
     # A folder (local path or fsspec URL) under which each job's results file is written, in a folder named by
     # the job id, when the job settles (``submit --output`` names a job's folder itself). None: no file.
     output_url: str | None = None
+    # Where jobs keep their data outside Redis (shard payloads and result parts, jobs/workfolder.py): a folder
+    # or fsspec URL that the submitting machine, every worker and every executor reach (S3 or GCS in a cluster).
+    work_url: Annotated[str, Field(min_length=1)] = "~/.cache/dscbatch/work"
     # Seconds a finished job stays in Redis (its record, and its results if it has no results file).
     job_retention: Duration = 7 * 86400
     # The sandbox that runs generated code (executor/sandbox.py): wall-clock seconds per program (CPU seconds
@@ -90,6 +93,11 @@ class Settings(BaseModel):
         if scheme not in ("redis", "rediss"):
             raise ValueError(f"expected a redis:// or rediss:// URL, got {scheme or 'no'} scheme")
         return url
+
+    @field_validator("work_url")
+    @classmethod
+    def _expand_home(cls, url: str) -> str:
+        return os.path.expanduser(url) if url.startswith("~") else url
 
     @property
     def redacted_redis_url(self) -> str:

@@ -9,10 +9,17 @@ on the worker's heartbeat, like a shard claim: a worker killed while writing lea
 first live worker whose heartbeat sees the writer's heartbeat expired drops the claim (``reap_finalizers``), so
 another worker finalizes the job (it stays in ``P:finalize`` until one commits).
 
-The commit is one Lua script: it checks that the writer still holds its claim and that the job has not been
-unsettled (``retry``) since the writer read it, then records the file's URL and time on the job record and
-deletes the job's results, verdicts (they are in the file), shards and attempt counters from Redis. The
-record keeps the counts.
+The file is a streaming merge of the job's committed result parts (``jobs.parts``), run by a worker's
+housekeeping thread (never in a shard slot) in memory bounded whatever the job's size. A part that cannot be
+read (missing, corrupt) leaves no file: the job shows a ``finalize_error`` naming it, and the next pass tries
+again.
+
+The commit is one Lua script (``store/finalize_commit.lua``): it checks that the writer still holds its claim
+and that the job has not been unsettled (``retry``) since the writer read it, then records the file's URL and
+time on the job record and deletes the job's parts list, verdicts (both are in the file now) and attempt
+counters from Redis, then the parts from the work folder: a finalized job's results are its results file, and
+results stored after it (a ``retry``) take precedence over its lines (``jobs.output``). The record keeps the
+counts.
 """
 
 from __future__ import annotations
@@ -25,33 +32,11 @@ from typing import cast
 from dscbatch.core.errors import DscbatchError
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.output import result_lines, write_lines
-from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.store import JobStore, scripts
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
-
-# KEYS: finalizing, job, finalize set, then the keys to delete (results, attempt counters, shards).
-# ARGV: job id, worker, settlement generation read before writing, results file URL, time.
-_COMMIT = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('HGET', KEYS[2], 'settlements') ~= ARGV[3] or not redis.call('HGET', KEYS[2], 'finished') then
-  return 0
-end
-redis.call('HSET', KEYS[2], 'results_file', ARGV[4], 'finalized', ARGV[5])
-redis.call('HDEL', KEYS[2], 'finalize_error')
-redis.call('SREM', KEYS[3], ARGV[1])
-for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
-return 1
-"""
-
-# KEYS: finalizing. ARGV: job id, worker. Drops the claim only if that worker holds it.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
-
 
 def awaiting(store: JobStore) -> list[str]:
     """Settled jobs whose results file is not written yet."""
@@ -60,7 +45,7 @@ def awaiting(store: JobStore) -> list[str]:
 
 def release(store: JobStore, job_id: str, worker: str) -> bool:
     """Drop ``worker``'s finalization claim of the job; True for the one caller that removed it."""
-    return bool(store.client.eval(_RELEASE, 1, store.keys.finalizing, job_id, worker))
+    return bool(store.client.eval(scripts.source("finalize_release"), 1, store.keys.finalizing, job_id, worker))
 
 
 def reap_finalizers(store: JobStore) -> list[str]:
@@ -93,11 +78,11 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
         started = time.monotonic()
         written = write_lines(result_lines(store, status), url)
         part = functools.partial(store.keys.job_part, job_id)
-        keys = [store.keys.finalizing, store.job_key(job_id), store.keys.finalize, part("results"), part("attempts"),
-                part("item_attempts"), part("verdicts"),
+        keys = [store.keys.finalizing, store.job_key(job_id), store.keys.finalize, part("parts"), part("voided"),
+                part("attempts"), part("item_attempts"), part("verdicts"),
                 *(store.shard_key(job_id, number) for number in range(status.shards))]
         committed = bool(store.client.eval(
-            _COMMIT, len(keys), *keys, job_id, worker, settlement, url, time.time()))
+            scripts.source("finalize_commit"), len(keys), *keys, job_id, worker, settlement, url, time.time()))
     except DscbatchError as error:
         if store.client.exists(store.job_key(job_id)):
             store.client.hset(store.job_key(job_id), "finalize_error", str(error))
@@ -105,5 +90,6 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
     finally:
         release(store, job_id, worker)
     if committed:
+        store.work.delete_parts(job_id)  # the results file holds them now
         log.info("job %s: wrote %d results to %s in %.1f s", job_id, written, url, time.monotonic() - started)
     return committed

@@ -95,6 +95,30 @@ def exists(url: str) -> bool:
         raise describe(url, error) from None
 
 
+def read_bytes(url: str) -> bytes:
+    """The whole file at ``url``."""
+    with open_read(url) as stream:
+        return stream.read()
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """``data`` at ``url``, whole or not at all (``write_atomic``)."""
+    with write_atomic(url) as stream:
+        stream.write(data)
+
+
+def delete_tree(url: str) -> None:
+    """Remove the folder (or object-store prefix) ``url`` and everything under it; a missing one is no error."""
+    fs, path = _filesystem(url)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        return
+    except Exception as error:
+        raise describe(url, error) from None
+
+
 def delete(url: str) -> None:
     """Remove the file at ``url``; one that is already gone is not an error."""
     fs, path = _filesystem(url)

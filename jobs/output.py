@@ -1,7 +1,8 @@
 """A job's result lines in input order, and writing them to a results file at a local path or fsspec URL.
 
-The lines come from Redis while the job runs; once it is finalized (``jobs.finalize``) its results have left
-Redis, and they come from its results file, with any result stored since (a ``retry``) taking precedence.
+The lines are merged from the job's committed result parts (``jobs.parts``) and, once it is finalized
+(``jobs.finalize``: its parts and verdicts are in its results file and have left the work folder and Redis),
+read from its results file, with any result committed since (a ``retry``) taking precedence.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Generator, Iterator
 from dscbatch.core.errors import DscbatchError, StorageError
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.fileformat import is_parquet
+from dscbatch.jobs.grouping import folded_items
 from dscbatch.jobs.results import ItemInfo, result_line, with_verification
 from dscbatch.jobs.store import JobStatus, JobStore
 
@@ -22,12 +24,13 @@ WRITE_CHUNK_BYTES = 1 << 20
 
 def _unsettled_items(store: JobStore, status: JobStatus) -> dict[int, ItemInfo]:
     """The items still without a result, read back from their shards (only done for unfinished jobs; a shard
-    leaves Redis once all its items have a result, so every unsettled item's shard is still there)."""
+    is deleted once all its items have a result, so every unsettled item's shard is still there)."""
     found: dict[int, ItemInfo] = {}
     for number in range(status.shards):
-        payload = store.load_shard(store.shard_key(status.id, number))
-        items = payload["items"] if payload else []
-        settled = store.settled(status.id, [item["i"] for item in items])
+        key = store.shard_key(status.id, number)
+        payload = store.load_shard(key)
+        items = [each for item in payload["items"] for each in folded_items(item)] if payload else []
+        settled = store.settled(key, [item["i"] for item in items])
         found.update((item["i"], ItemInfo.from_shard_item(item)) for item in items if item["i"] not in settled)
     return found
 
@@ -62,8 +65,7 @@ def _lines(store: JobStore, status: JobStatus, passed_only: bool) -> Iterator[st
         earlier = None
         if status.results_file is not None:
             earlier = stack.enter_context(contextlib.closing(_finalized_lines(status.results_file, status.total)))
-        for (index, line), verification in zip(store.iter_results(status.id, status.total), verdicts,
-                                               strict=False):
+        for (index, line), verification in zip(store.results(status.id, status.total), verdicts, strict=False):
             before = next(earlier) if earlier is not None else None
             if line is None and before is not None:
                 line = before  # finalized: its verification (if any) is in the line, its verdict left Redis

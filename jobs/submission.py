@@ -77,11 +77,17 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     check = check or check_file(path, max_line_bytes=options.max_line_bytes)
     if not options.skip_invalid:
         require_valid(check)
+    store.work.check_writable()
     job = _Rendering(store, path, options, progress, tokenizer or ModelTokenizer.load(options.model))
     with PrefixSorter(dedup=options.dedup) as sorter:
         ordered = sorter.order(job.items()) if options.group_prefixes else job.items()
         shards = cut_shards(ordered, options.shard_max_requests, options.shard_max_tokens)
-        keys = store.save_shards(job.id, ({**job.header, "items": items} for items in shards if not job.refused))
+        try:
+            keys = store.save_shards(job.id, ({**job.header, "items": items} for items in shards
+                                              if not job.refused))
+        except BaseException:
+            store.delete_job(job.id)  # the shards saved before the failure
+            raise
     if job.refused:
         store.delete_job(job.id, shards=len(keys))
         raise InvalidInputError(job.refused[:MAX_REPORTED_PROBLEMS], len(job.refused))

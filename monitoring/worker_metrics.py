@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.submission import queue_name
@@ -52,6 +52,9 @@ class WorkerMetrics(WorkerObserver):
         self.last_heartbeat = Gauge("dscbatch_worker_heartbeat_timestamp_seconds",
                                     "When the worker last told Redis it is alive (Unix time).", names,
                                     registry=self.registry)
+        self.storage_retries = Counter(
+            "dscbatch_worker_storage_retries_total", "Work-folder operations (shard payloads, result parts) that "
+            "failed and were tried again after a backoff.", [*names, "action"], registry=self.registry)
         self._alive_until = -math.inf  # time.monotonic() until which the last heartbeat holds
 
     def is_alive(self) -> bool:
@@ -64,6 +67,9 @@ class WorkerMetrics(WorkerObserver):
     def heartbeat(self, ttl: float) -> None:
         self._alive_until = time.monotonic() + ttl
         self.last_heartbeat.labels(**self.labels).set_to_current_time()
+
+    def storage_retried(self, action: str) -> None:
+        self.storage_retries.labels(**self.labels, action=action).inc()
 
     def shard_started(self, job_id: str, requests: int) -> None:
         self.running.set(requests)

@@ -82,12 +82,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(redis_url: str) -> Settings:
+def settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     # Shards of 4 keep test jobs multi-shard; two held per worker, so a job runs over several admissions.
     # Executors check and serve Python only (each language's start-up check compiles a program); the language
-    # tests start their own.
+    # tests start their own. Jobs keep their data in a work folder of the session's own.
     return Settings(redis_url=redis_url, key_prefix="dsctest", shard_max_requests=4, shards_in_flight=2,
-                    executor_languages="python")
+                    executor_languages="python", work_url=str(tmp_path_factory.mktemp("work")))
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,7 @@ def test_a_settled_job_is_finalized_into_its_output_folder_and_leaves_redis(
 
 
 @pytest.mark.engine
-def test_without_an_output_folder_results_stay_in_redis_and_shards_leave(
+def test_without_an_output_folder_results_stay_in_the_work_folder_and_shards_leave(
         settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps({"id": f"n{i}", "prompt": f"def n{i}():", "params": {"max_tokens": 2},
@@ -69,9 +69,11 @@ def test_without_an_output_folder_results_stay_in_redis_and_shards_leave(
     job_id = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--wait").stdout.split()[-1]
     status = store.status(job_id)
     assert (status.shards, status.output_url, status.results_url) == (3, None, None)
-    # Redis holds the payload of unfinished work only: every shard left when its last item got a result.
-    wait_for(lambda: job_keys(store, job_id) == sorted([store.job_key(job_id), f"{store.job_key(job_id)}:results"]),
+    # Redis holds the names of the committed parts, the results themselves are in the work folder; every
+    # shard (its marker, its payload) left when its last item got a result.
+    wait_for(lambda: job_keys(store, job_id) == sorted([store.job_key(job_id), f"{store.job_key(job_id)}:parts"]),
              30, "the last shard to leave Redis")
+    assert not list(Path(store.work.job(job_id), "shards").iterdir())
     out = tmp_path / "out.jsonl"
     dscbatch(settings, "results", job_id, "-o", str(out))
     results = read_jsonl(out)

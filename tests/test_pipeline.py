@@ -16,6 +16,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from dscbatch.core.settings import Settings
+from dscbatch.jobs import parts
 from dscbatch.jobs.store import JobStore
 
 from .conftest import (
@@ -51,11 +52,13 @@ def input_ids(path: Path) -> list[str]:
 
 
 def assert_counts_match_results(store: JobStore, job_id: str) -> None:
-    """One atomic look at the job: its done and failed counters equal the results it holds."""
+    """One atomic look at the job: its done and failed counters equal the results its committed parts hold."""
     snapshot = store.client.pipeline(transaction=True)
     snapshot.hmget(store.job_key(job_id), ["done", "failed", "total"])
-    snapshot.hlen(f"{store.job_key(job_id)}:results")
-    (done, failed, total), stored = snapshot.execute()
+    snapshot.lrange(f"{store.job_key(job_id)}:parts", 0, -1)
+    (done, failed, total), names = snapshot.execute()
+    urls = [store.work.part(job_id, name.decode()) for name in names]
+    stored = sum(len(parts.decode(url, store.work.read(url))) for url in urls)
     assert int(done or 0) + int(failed or 0) == stored <= int(total)
 
 

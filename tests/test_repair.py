@@ -74,10 +74,12 @@ def test_a_shard_whose_results_redis_lost_is_not_dropped(store: JobStore, deepse
     assert payload is not None
     indices = [index for item in payload["items"] for index in item_indices(item)]
     assert indices == [0, 1, 2]
-    store.record(job_id, [ResultEntry(index, json.dumps({"id": str(index + 1)}), "done") for index in (0, 2)], shard)
+    positions = {index: index for index in indices}
+    store.record(job_id, [ResultEntry(index, json.dumps({"id": str(index + 1)}), "done") for index in (0, 2)], shard,
+                 positions)
     assert store.drop_shard(job_id, shard, indices) == [1]  # item 1's result is not in Redis
     assert store.load_shard(shard) == payload
-    store.record(job_id, [ResultEntry(1, json.dumps({"id": "2"}), "done")], shard)
+    store.record(job_id, [ResultEntry(1, json.dumps({"id": "2"}), "done")], shard, positions)
     assert store.drop_shard(job_id, shard, indices) == []
     assert store.load_shard(shard) is None
     assert store.drop_shard(job_id, shard, indices) == []  # a copy that finishes later finds it gone: nothing missing

@@ -23,3 +23,6 @@ class WorkerObserver:
 
     def shard_finished(self, job_id: str, results: Sequence[EngineResult], skipped: int, seconds: float) -> None:
         """A shard's ``results`` were stored, ``skipped`` of its items already had one; it took ``seconds``."""
+
+    def storage_retried(self, action: str) -> None:
+        """A ``write``, ``read`` or ``delete`` in the job work folder failed and is tried again after a backoff."""

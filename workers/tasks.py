@@ -145,7 +145,9 @@ class ShardRunner:
             log.info("skipping %s: job cancelled", shard_key)
             return ShardReport(0, 0, 0)
         items = payload["items"]
-        settled = self.store.settled(job_id, [index for item in items for index in item_indices(item)])
+        indices = [index for item in items for index in item_indices(item)]
+        positions = {index: position for position, index in enumerate(indices)}
+        settled = self.store.settled(shard_key, indices)
         todo = {str(item["i"]): item for item in items if not settled.issuperset(item_indices(item))}
         requests = [request for key, item in todo.items() for request in engine_requests(key, item, payload["stop"])]
         gather = Gather(requests)
@@ -154,7 +156,7 @@ class ShardRunner:
         if isolating:
             log.warning("%s: started %d times; running its items one at a time", shard_key, attempts)
         results: list[EngineResult] = []
-        unstored = _Unstored(lambda entries: self._record(job_id, entries, shard_key))
+        unstored = _Unstored(lambda entries: self._record(job_id, entries, shard_key, positions))
         stream = (self._one_at_a_time(job_id, requests, unstored.store_if_due) if isolating
                   else self.loop.stream(requests, should_stop=self._must_stop, idle=unstored.store_if_due))
         try:
@@ -177,7 +179,7 @@ class ShardRunner:
             log.warning("%s: stopping; %d items stored, the other %d handed back to the queue", shard_key,
                         len(results), len(todo) - len(results))
         else:
-            self._finished(job_id, shard_key, [index for item in items for index in item_indices(item)])
+            self._finished(job_id, shard_key, indices)
         log.info("%s: %d items, %d already done, %d stored", shard_key, len(items), len(settled), stored)
         return ShardReport(len(items), len(settled), stored)
 
@@ -195,9 +197,9 @@ class ShardRunner:
         elif self.store.settlement(job_id) is not None:
             self.finalize_soon()
 
-    def _record(self, job_id: str, entries: list[ResultEntry], shard_key: str) -> int:
+    def _record(self, job_id: str, entries: list[ResultEntry], shard_key: str, positions: dict[int, int]) -> int:
         """Store the entries, then queue the verification of those that need one."""
-        stored = self.store.record(job_id, entries, shard_key)
+        stored = self.store.record(job_id, entries, shard_key, positions)
         verify = [entry.index for entry in entries if entry.verify]
         if verify:
             self.verify(job_id, verify)

@@ -39,6 +39,8 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     app = make_app(settings)
     require_json_only(app)
     store = JobStore.connect(settings)
+    store.work.check_writable()  # a work folder this worker cannot use is one line now, not a failed shard later
+    store.work.on_retry = observer.storage_retried
     queue = queue_name(settings.key_prefix, model)
     log.info("starting the engine for %s (queue %s, Redis %s)", model, queue, settings.redacted_redis_url)
     starting = time.monotonic()

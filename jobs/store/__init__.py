@@ -1,22 +1,30 @@
-"""Job state in Redis: the job record, shard payloads, and results kept exactly once per item.
+"""Job state: coordination in Redis, data in the job's work folder (``jobs.workfolder``).
 
-Every key and its meaning are listed in ``core/keys.py`` (:class:`~dscbatch.core.keys.Keys`); nothing builds one
-elsewhere.
+Every Redis key and its meaning are listed in ``core/keys.py`` (:class:`~dscbatch.core.keys.Keys`); nothing builds
+one elsewhere. The Lua scripts are the ``.lua`` files beside this module (``scripts.py``).
+
+Redis holds, per job, its record and counters, a small marker per shard that still has work (a bitmap of the
+shard's positions that have a result) and the names of the job's committed result parts: its memory grows with
+the shards in flight and the parts, never with the items' data. Shard payloads and results are objects in the
+work folder.
+
+**Results are committed parts** (``jobs.parts``), as Spark's and Hadoop's output committers commit task output:
+a worker writes a part (some results of one shard) to the work folder, then commits it in one Lua step
+(``commit_part.lua``) that refuses it whole if any of its positions already has a result (another copy of the
+shard committed first) or if the shard is gone. A refused part is rewritten without the taken positions, so
+every item has exactly one committed result, whatever redeliveries or speculative copies run. Counters move only
+in that step, so ``done + failed`` always equals the number of committed results.
 
 A job *settles* (gets ``finished``) when every item has a result and every result that needs verification
-has its verdicts: ``done + failed >= total`` and ``verified >= to_verify`` (``_SETTLE``, checked by both
-scripts that store; :meth:`JobStatus.settled` is the same test in Python). Each settlement also bumps the
-job's ``settlements`` generation (``retry`` unsettles a job) and, for a job with an output folder, adds it to
-``P:finalize``.
+has its verdicts: ``done + failed >= total`` and ``verified >= to_verify`` (``settle.lua``, included by both
+scripts that move counters; :meth:`JobStatus.settled` is the same test in Python). Each settlement also bumps
+the job's ``settlements`` generation (``retry`` unsettles a job) and, for a job with an output folder, adds it
+to ``P:finalize``.
 
-Counters move only inside Lua scripts, in the same step that stores a result, so ``done + failed`` always
-equals the number of stored results, whatever crashes or redeliveries happen around it.
-
-A shard's payload lives only while some of its items have no result: the worker that finishes it deletes it
-(``drop_shard``, which checks in the same step that every item has its result, so results that Redis lost in a
-crash run again rather than go missing for good), and results are stored for a shard only while its payload
-exists, so a late copy of a finished shard can never add a result after the job's results have left Redis
-(``jobs.finalize``).
+A shard's marker and payload live only while some of its items have no result: the worker that finishes it
+deletes them (``drop_shard``, which checks in the same step that every position has its result, so results that
+Redis lost in a crash run again rather than go missing for good), and no part is committed for a shard whose
+marker is gone.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from __future__ import annotations
 import functools
 import json
 import time
+import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -35,121 +44,12 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
-from dscbatch.core.errors import BrokerError, JobNotFoundError
+from dscbatch.core.errors import BrokerError, JobNotFoundError, StorageError
 from dscbatch.core.keys import Keys
 from dscbatch.core.settings import Settings
-from dscbatch.jobs import shard_codec
-
-# The settle condition, shared by the scripts that store results and verdicts (KEYS[2] is the job). A job that
-# settles gets its ``finished`` time (once per settlement; ``retry`` unsettles it), a new ``settlements``
-# generation and, with an output folder, a place in the finalize set (``jobs.finalize``).
-_SETTLE = """
-local function settle(finalize, job_id)
-  local c = redis.call('HMGET', KEYS[2], 'total', 'done', 'failed', 'to_verify', 'verified')
-  if c[1] and tonumber(c[2] or 0) + tonumber(c[3] or 0) >= tonumber(c[1])
-      and tonumber(c[5] or 0) >= tonumber(c[4] or 0) then
-    if redis.call('HSETNX', KEYS[2], 'finished', redis.call('TIME')[1]) == 1 then
-      redis.call('HINCRBY', KEYS[2], 'settlements', 1)
-      if redis.call('HEXISTS', KEYS[2], 'output_url') == 1 then redis.call('SADD', finalize, job_id) end
-    end
-  end
-end
-"""
-
-# KEYS: results, job, failed, waiting, retry, finalize set, and optionally the shard the results come from
-# (nothing is stored once its payload is gone: another copy finished the shard, perhaps the job was finalized).
-# ARGV: job id, then flat groups of (index, line, outcome, prompt, completion, cached, verify, retry item) where
-# outcome is "done", "failed" (stays failed) or "retryable" (failed, and ``retry`` may run it again from the
-# retry item), and verify is the item's "JOB:INDEX" member when its result awaits verification, else "".
-_RECORD = _SETTLE + """
-if KEYS[7] and redis.call('EXISTS', KEYS[7]) == 0 then return 0 end
-local stored = 0
-local now = redis.call('TIME')[1]
-for i = 2, #ARGV, 8 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
-    stored = stored + 1
-    if ARGV[i + 2] == 'done' then
-      redis.call('HINCRBY', KEYS[2], 'done', 1)
-      if ARGV[i + 6] ~= '' then
-        redis.call('HINCRBY', KEYS[2], 'to_verify', 1)
-        redis.call('ZADD', KEYS[4], 'NX', now, ARGV[i + 6])
-      end
-    else
-      redis.call('HINCRBY', KEYS[2], 'failed', 1)
-      if ARGV[i + 2] == 'retryable' then
-        redis.call('SADD', KEYS[3], ARGV[i])
-        if ARGV[i + 7] ~= '' then redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 7]) end
-      end
-    end
-    redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[i + 3])
-    redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[i + 4])
-    redis.call('HINCRBY', KEYS[2], 'cached_prompt_tokens', ARGV[i + 5])
-  end
-end
-settle(KEYS[6], ARGV[1])
-return stored
-"""
-
-# KEYS: verdicts, job, waiting, finalize set. ARGV: index, record (JSON), samples, passed samples, "JOB:INDEX",
-# job id. First wins.
-_VERDICT = _SETTLE + """
-redis.call('ZREM', KEYS[3], ARGV[5])
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'verified', 1)
-redis.call('HINCRBY', KEYS[2], 'verified_samples', ARGV[3])
-redis.call('HINCRBY', KEYS[2], 'passed_samples', ARGV[4])
-settle(KEYS[4], ARGV[6])
-return 1
-"""
-
-# KEYS: shard, attempts, results. ARGV: shard key, then the shard's item indices. The shard is deleted only when
-# every item has a result; else the indices without one are returned and nothing changes. A shard already gone
-# (another copy finished it; the job's results file took its results out of Redis) has nothing missing.
-_DROP = """
-local missing = {}
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  return missing
-end
-for i = 2, #ARGV do
-  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 0 then missing[#missing + 1] = ARGV[i] end
-end
-if #missing == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
-end
-return missing
-"""
-
-# KEYS: waiting. ARGV: cutoff, now, limit. Members queued before the cutoff are stamped now and returned, so that
-# of several executors sweeping at once only one queues each again.
-_TAKE_STALE = """
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, member in ipairs(members) do
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
-end
-return members
-"""
-
-# KEYS: results, job, failed, waiting, retry, finalize set. Removes every retryable failure; returns their
-# indices, then the retry items stored for them (each once, under its first index).
-_TAKE_FAILED = """
-local indices = redis.call('SMEMBERS', KEYS[3])
-local items = {}
-for _, index in ipairs(indices) do
-  redis.call('HDEL', KEYS[1], index)
-  local item = redis.call('HGET', KEYS[5], index)
-  if item then table.insert(items, item) end
-end
-if #indices > 0 then
-  redis.call('DEL', KEYS[3])
-  redis.call('HDEL', KEYS[5], unpack(indices))
-  redis.call('HINCRBY', KEYS[2], 'failed', -#indices)
-  redis.call('HDEL', KEYS[2], 'finished', 'cancelled', 'finalized')
-  redis.call('SREM', KEYS[6], ARGV[1])
-end
-return {indices, items}
-"""
+from dscbatch.jobs import parts, shard_codec
+from dscbatch.jobs.store import scripts
+from dscbatch.jobs.workfolder import WorkFolder
 
 # appendfsync everysec writes the AOF to disk once a second; a little more covers the write in flight.
 AOF_FSYNC_SECONDS = 1.2
@@ -246,15 +146,16 @@ def _int(value: bytes | None) -> int:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, prefix: str = "dscbatch") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "dscbatch", work: WorkFolder | str | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self.keys = Keys(prefix)
-        self._record = client.register_script(_RECORD)
-        self._take_failed = client.register_script(_TAKE_FAILED)
-        self._verdict = client.register_script(_VERDICT)
-        self._take_stale = client.register_script(_TAKE_STALE)
-        self._drop = client.register_script(_DROP)
+        self.work = work if isinstance(work, WorkFolder) else WorkFolder(work or Settings().work_url)
+        self._commit_part = scripts.register(client, "commit_part")
+        self._take_failed = scripts.register(client, "take_failed")
+        self._verdict = scripts.register(client, "verdict")
+        self._take_stale = scripts.register(client, "take_stale")
+        self._drop = scripts.register(client, "drop_shard")
 
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
@@ -275,7 +176,7 @@ class JobStore:
         retry = Retry(ExponentialBackoff(cap=10, base=0.5), retries=40)
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=10, health_check_interval=30,
                                       retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError])
-        return cls(client, settings.key_prefix)
+        return cls(client, settings.key_prefix, settings.work_url)
 
     def job_key(self, job_id: str) -> str:
         return self.keys.job(job_id)
@@ -283,10 +184,10 @@ class JobStore:
     def shard_key(self, job_id: str, number: int) -> str:
         return self.keys.shard(job_id, number)
 
-    def _keys(self, job_id: str) -> list[str]:
+    def _commit_keys(self, job_id: str) -> list[str]:
         part = functools.partial(self.keys.job_part, job_id)
-        return [part("results"), self.job_key(job_id), part("failed"), self.waiting_key, part("retry"),
-                self.keys.finalize]
+        return [part("parts"), self.job_key(job_id), part("failed"), self.waiting_key, part("retry"),
+                self.keys.finalize, part("voided"), part("verify_at")]
 
     @property
     def waiting_key(self) -> str:
@@ -295,9 +196,9 @@ class JobStore:
     # Shards
 
     def save_shards(self, job_id: str, payloads: Iterable[dict[str, Any]], first: int = 0) -> list[str]:
-        """Store shard payloads numbered from ``first``; returns their keys in that order. A thread encodes and
-        stores each while the caller makes the next (compressing and sending run without the GIL); at most
-        ``SHARDS_SAVED_AHEAD`` wait for it."""
+        """Store shard payloads numbered from ``first`` (each in the work folder, then its marker in Redis);
+        returns their keys in that order. A thread encodes and stores each while the caller makes the next
+        (compressing and sending run without the GIL); at most ``SHARDS_SAVED_AHEAD`` wait for it."""
         keys: list[str] = []
         saving: deque[Future[None]] = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-shards") as saver:
@@ -311,18 +212,32 @@ class JobStore:
         return keys
 
     def _save_shard(self, key: str, payload: dict[str, Any]) -> None:
-        self.client.set(key, shard_codec.encode(payload))
+        self.work.write(self.work.shard(*self.keys.parse_shard(key)), shard_codec.encode(payload))
+        self.client.set(key, b"\x00")  # the marker: no position has a result yet
 
     def load_shard(self, key: str) -> dict[str, Any] | None:
-        data = self.client.get(key)
-        return None if data is None else shard_codec.decode(cast(bytes, data))
+        """A shard's payload while it has work left (its marker is in Redis), else None."""
+        if not self.client.exists(key):
+            return None
+        try:
+            data = self.work.read(self.work.shard(*self.keys.parse_shard(key)))
+        except StorageError:
+            if not self.client.exists(key):  # finished and deleted meanwhile by another copy
+                return None
+            raise
+        return shard_codec.decode(data)
 
     def drop_shard(self, job_id: str, shard_key: str, indices: Sequence[int]) -> list[int]:
-        """Delete a shard if every one of its items (``indices``) has a result, checked in the same step: Redis
-        keeps the payload of unfinished work only. Returns the indices without a result (nothing is dropped
-        then): results the worker stored and Redis lost (a crash that cost the tail of its append-only file)."""
-        keys = [shard_key, self.keys.job_part(job_id, "attempts"), self.keys.job_part(job_id, "results")]
-        return [int(index) for index in cast(list[bytes], self._drop(keys=keys, args=[shard_key, *indices]))]
+        """Delete a shard (its marker, then its payload) if every one of its items (``indices``, in shard order)
+        has a result, checked in the same step: only unfinished work is kept. Returns the indices without a
+        result (nothing is dropped then): results the worker committed and Redis lost (a crash that cost the
+        tail of its append-only file)."""
+        keys = [shard_key, self.keys.job_part(job_id, "attempts")]
+        missing = cast(list[int], self._drop(keys=keys, args=[shard_key, len(indices)]))
+        if missing:
+            return [indices[int(position)] for position in missing]
+        self.work.delete(self.work.shard(*self.keys.parse_shard(shard_key)))
+        return []
 
     def shard_header(self, job_id: str) -> dict[str, Any]:
         """What every shard of the job repeats besides its items (model, stop ids, creation time)."""
@@ -350,13 +265,16 @@ class JobStore:
         self.record(job_id, [])  # marks the job finished when submission already settled every item
 
     def delete_job(self, job_id: str, shards: int | None = None) -> None:
-        """Remove every key of the job from Redis (a refused submission leaves nothing behind); ``shards``: how
-        many shard numbers it used, when its record does not say (it has none yet)."""
+        """Remove every key of the job from Redis and its work folder (a refused submission leaves nothing
+        behind); ``shards``: how many shard numbers it used, when its record does not say (it has none yet)."""
         job = self.job_key(job_id)
-        if shards is None:
-            shards = _int(cast(bytes | None, self.client.hget(job, "shards")))
         keys = [job, *self.keys.job_parts(job_id)]
-        keys += [self.shard_key(job_id, number) for number in range(shards)]
+        if shards is None and not self.client.hexists(job, "shards"):  # a submission that failed half-way
+            keys += [key.decode() for key in
+                     cast(list[bytes], list(self.client.scan_iter(self.keys.shards_pattern(job_id), count=1000)))]
+        else:
+            shards = shards if shards is not None else _int(cast(bytes | None, self.client.hget(job, "shards")))
+            keys += [self.shard_key(job_id, number) for number in range(shards)]
         pipe = self.client.pipeline(transaction=True)
         for start in range(0, len(keys), 1000):
             pipe.delete(*keys[start:start + 1000])
@@ -364,6 +282,7 @@ class JobStore:
         pipe.srem(self.keys.finalize, job_id)
         pipe.hdel(self.keys.finalizing, job_id)
         pipe.execute()
+        self.work.delete_job(job_id)
 
     def confirm_durable(self) -> None:
         """Return once Redis has written what this client wrote to its append-only file, where it keeps one.
@@ -505,28 +424,65 @@ class JobStore:
 
     # Results
 
-    def record(self, job_id: str, entries: Sequence[ResultEntry], shard_key: str | None = None) -> int:
-        """Store each entry unless its item already has a result (first wins); returns how many were new.
-        With ``shard_key``, nothing is stored once that shard's payload is gone (another copy finished it)."""
-        args: list[str | int] = [job_id]
-        for entry in entries:
-            args += [entry.index, entry.line, entry.outcome, entry.prompt_tokens, entry.completion_tokens,
-                     entry.cached_prompt_tokens, f"{job_id}:{entry.index}" if entry.verify else "", entry.retry_item]
-        keys = self._keys(job_id) + ([shard_key] if shard_key is not None else [])
-        return int(self._record(keys=keys, args=args))
+    def record(self, job_id: str, entries: Sequence[ResultEntry], shard_key: str | None = None,
+               positions: Mapping[int, int] | None = None) -> int:
+        """Commit the entries as one part (``jobs.parts``); returns how many results were new. With
+        ``shard_key`` (and each entry's position in that shard, ``positions``), entries whose position already
+        has a result are left out (another copy of the shard committed theirs), and nothing is stored once the
+        shard is gone (another copy finished it). Without entries, only checks whether the job has settled."""
+        pending = list(entries)
+        while True:
+            name = f"{self.keys.parse_shard(shard_key)[1] if shard_key else 'submit'}-{uuid.uuid4().hex[:16]}"
+            url = self.work.part(job_id, name)
+            if pending:
+                self.work.write(url, parts.encode((entry.index, entry.line) for entry in pending))
+            answer = cast(list[Any], self._commit_part(keys=self._commit_keys(job_id) + ([shard_key] if shard_key
+                                                                                       else []),
+                                                       args=self._commit_args(job_id, name, pending, positions)))
+            if int(answer[0]) == 1:
+                return len(pending)
+            if pending:
+                self.work.delete(url)  # refused: never read, and not left behind
+            if int(answer[0]) == 0:
+                return 0
+            assert positions is not None
+            taken = {int(position) for position in answer[1:]}
+            pending = [entry for entry in pending if positions[entry.index] not in taken]
 
-    def settled(self, job_id: str, indices: Sequence[int]) -> set[int]:
-        """Which of ``indices`` already have a result."""
-        if not indices:
-            return set()
-        present = self.client.hmget(self.keys.job_part(job_id, "results"), list(indices))
-        return {index for index, value in zip(indices, present, strict=True) if value is not None}
+    @staticmethod
+    def _commit_args(job_id: str, name: str, entries: Sequence[ResultEntry],
+                     positions: Mapping[int, int] | None) -> list[str | int]:
+        done = [entry for entry in entries if entry.outcome == "done"]
+        located = [positions[entry.index] for entry in entries] if positions is not None else []
+        verify = [entry.index for entry in done if entry.verify]
+        retry = [value for entry in entries if entry.outcome == "retryable"
+                 for value in (entry.index, entry.retry_item)]
+        return [job_id, name, len(done), len(entries) - len(done), sum(e.prompt_tokens for e in entries),
+                sum(e.completion_tokens for e in entries), sum(e.cached_prompt_tokens for e in entries),
+                len(located), *located, len(verify), *verify, len(retry), *retry,
+                len(entries), *(entry.index for entry in entries)]
+
+    def settled(self, shard_key: str, indices: Sequence[int]) -> set[int]:
+        """Which of a shard's ``indices`` (in shard order) already have a result."""
+        marker = cast(bytes | None, self.client.get(shard_key)) or b""
+        return {index for position, index in enumerate(indices)
+                if position >> 3 < len(marker) and marker[position >> 3] & (0x80 >> (position & 7))}
 
     def take_failed(self, job_id: str) -> tuple[list[int], list[dict[str, Any]]]:
-        """Forget every retryable failure of the job so that it can run again; returns their indices and the
+        """Void every retryable failure of the job so that it can run again; returns their indices and the
         shard items that run them again."""
-        indices, items = self._take_failed(keys=self._keys(job_id), args=[job_id])
+        part = functools.partial(self.keys.job_part, job_id)
+        keys = [part("failed"), self.job_key(job_id), part("retry"), self.keys.finalize, part("voided")]
+        indices, items = self._take_failed(keys=keys, args=[job_id])
         return sorted(int(index) for index in indices), [json.loads(item) for item in items]
+
+    def results(self, job_id: str, total: int) -> Iterator[tuple[int, str | None]]:
+        """``(index, result line or None)`` of every item in input order, merged from the committed parts."""
+        urls = [self.work.part(job_id, name.decode()) for name in
+                cast(list[bytes], self.client.lrange(self.keys.job_part(job_id, "parts"), 0, -1))]
+        voided = {int(index) for index in
+                  cast(set[bytes], self.client.smembers(self.keys.job_part(job_id, "voided")))}
+        return parts.merged(urls, self.work.read, total, voided)
 
     # Verification
 
@@ -536,16 +492,20 @@ class JobStore:
             self.client.hset(self.keys.job_part(job_id, "verify"), mapping=dict(specs.items()))
 
     def verification_input(self, job_id: str, index: int) -> tuple[str | None, str | None]:
-        """An item's ``verify`` spec and its stored result line (either None where it is missing)."""
+        """An item's ``verify`` spec and its committed result line (either None where it is missing)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys.job_part(job_id, "verify"), str(index))
-        pipe.hget(self.keys.job_part(job_id, "results"), str(index))
-        spec, line = cast(list[bytes | None], pipe.execute())
-        return (None if spec is None else spec.decode()), (None if line is None else line.decode())
+        pipe.hget(self.keys.job_part(job_id, "verify_at"), str(index))
+        spec, name = cast(list[bytes | None], pipe.execute())
+        if spec is None or name is None:
+            return (None if spec is None else spec.decode()), None
+        url = self.work.part(job_id, name.decode())
+        return spec.decode(), parts.line_of(url, self.work.read(url), index)
 
     def record_verdict(self, job_id: str, index: int, record: str, samples: int, passed: int) -> bool:
         """Store the item's verification record unless it has one (first wins); True if this one was new."""
-        keys = [self.keys.job_part(job_id, "verdicts"), self.job_key(job_id), self.waiting_key, self.keys.finalize]
+        keys = [self.keys.job_part(job_id, "verdicts"), self.job_key(job_id), self.waiting_key, self.keys.finalize,
+                self.keys.job_part(job_id, "verify_at")]
         return bool(self._verdict(keys=keys,
                                   args=[index, record, samples, passed, f"{job_id}:{index}", job_id]))
 
@@ -573,11 +533,3 @@ class JobStore:
         for start in range(0, total, chunk):
             values = cast(list[bytes | None], self.client.hmget(key, list(range(start, min(start + chunk, total)))))
             yield from (None if value is None else value.decode() for value in values)
-
-    def iter_results(self, job_id: str, total: int, chunk: int = 1000) -> Iterator[tuple[int, str | None]]:
-        key = self.keys.job_part(job_id, "results")
-        for start in range(0, total, chunk):
-            indices = list(range(start, min(start + chunk, total)))
-            values = cast(list[bytes | None], self.client.hmget(key, indices))
-            for index, value in zip(indices, values, strict=True):
-                yield index, None if value is None else value.decode()

@@ -1,0 +1,131 @@
+"""The data plane: shard payloads and results in the job's work folder, committed parts, Redis for coordination."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dscbatch.core.errors import StorageError
+from dscbatch.core.settings import Settings
+from dscbatch.jobs import finalize, parts
+from dscbatch.jobs.grouping import item_indices
+from dscbatch.jobs.store import JobStore, ResultEntry
+from dscbatch.jobs.submission import SubmitOptions, submit_job
+
+from .conftest import worker_env
+from .test_cli import cli
+
+
+def _submit(store: JobStore, deepseek_dir: Path, tmp_path: Path, count: int, **options: object) -> str:
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"def f{i}():"}) + "\n" for i in range(count)))
+    return submit_job(store, lambda queue, job, key: None, path,
+                      SubmitOptions(model=str(deepseek_dir), dedup=False, group_prefixes=False, **options))
+
+
+def _line(index: int, text: str) -> str:
+    return json.dumps({"id": f"q{index}", "text": text})
+
+
+def _job_redis_bytes(store: JobStore, job_id: str) -> int:
+    keys = [store.job_key(job_id), *store.keys.job_parts(job_id),
+            *(store.shard_key(job_id, number) for number in range(store.status(job_id).shards))]
+    return sum(store.client.memory_usage(key) or 0 for key in keys)
+
+
+def test_a_second_copy_of_a_shard_commits_only_what_the_first_did_not(private_store: JobStore, deepseek_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    store = private_store
+    job_id = _submit(store, deepseek_dir, tmp_path, 4, shard_max_requests=4)
+    shard = store.shard_key(job_id, 0)
+    payload = store.load_shard(shard)
+    assert payload is not None
+    indices = [index for item in payload["items"] for index in item_indices(item)]
+    positions = {index: position for position, index in enumerate(indices)}
+    first = [ResultEntry(index, _line(index, "first"), "done") for index in (0, 1)]
+    second = [ResultEntry(index, _line(index, "second"), "done") for index in (1, 2, 3)]
+    assert store.record(job_id, first, shard, positions) == 2
+    assert store.record(job_id, second, shard, positions) == 2  # item 1 was the first copy's
+    assert store.settled(shard, indices) == {0, 1, 2, 3}
+    assert [json.loads(line)["text"] for _, line in store.results(job_id, 4) if line] == [
+        "first", "first", "second", "second"]
+    status = store.status(job_id)
+    assert (status.done, status.state) == (4, "completed")
+    # The refused part was deleted; the two committed ones are in the work folder.
+    assert len(list(Path(store.work.job(job_id), "parts").iterdir())) == 2
+    assert store.drop_shard(job_id, shard, indices) == []
+    assert store.load_shard(shard) is None
+    assert store.record(job_id, [ResultEntry(0, _line(0, "late"), "done")], shard, positions) == 0  # shard gone
+    assert json.loads(next(store.results(job_id, 4))[1] or "")["text"] == "first"
+
+
+def test_redis_holds_no_result_data_and_its_memory_does_not_grow_with_the_results(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    store = private_store
+    items = 2000
+    job_id = _submit(store, deepseek_dir, tmp_path, items, shard_max_requests=500)
+    before = _job_redis_bytes(store, job_id)
+    text = "x" * 1000  # results of about a kilobyte each: 2 MB in all
+    for number in range(4):
+        shard = store.shard_key(job_id, number)
+        payload = store.load_shard(shard)
+        assert payload is not None
+        indices = [index for item in payload["items"] for index in item_indices(item)]
+        positions = {index: position for position, index in enumerate(indices)}
+        for start in range(0, len(indices), 100):  # parts of 100 results, as store rounds write them
+            store.record(job_id, [ResultEntry(index, _line(index, text), "done", 5, 7)
+                                  for index in indices[start:start + 100]], shard, positions)
+        assert store.drop_shard(job_id, shard, indices) == []
+    after = _job_redis_bytes(store, job_id)
+    status = store.status(job_id)
+    assert (status.done, status.prompt_tokens, status.completion_tokens, status.state) == (
+        items, 5 * items, 7 * items, "completed")
+    assert after - before < 4096, f"{after - before} bytes of Redis for 2 MB of results"
+    assert all(line is not None and text in line for _, line in store.results(job_id, items))
+
+
+def test_the_merge_keeps_input_order_and_the_last_commit_across_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parts, "BUCKET_ITEMS", 8)
+    stored = {"a": parts.encode((index, _line(index, "a")) for index in range(0, 30, 2)),
+              "b": parts.encode((index, _line(index, "b")) for index in (29, 3, 17, 1)),
+              "c": parts.encode([(3, _line(3, "c"))])}  # committed last: a retried item's new result
+    merged = list(parts.merged(["a", "b", "c"], stored.__getitem__, 31, voided={17}))
+    assert [index for index, _ in merged] == list(range(31))
+    texts = {index: json.loads(line)["text"] for index, line in merged if line is not None}
+    assert texts == {**{index: "a" for index in range(0, 30, 2)}, 1: "b", 3: "c", 29: "b"}
+
+
+def test_a_corrupt_part_is_named_and_leaves_no_results_file_until_it_is_repaired(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    store = private_store
+    job_id = _submit(store, deepseek_dir, tmp_path, 2, shard_max_requests=4, output_root=str(tmp_path / "out"))
+    shard = store.shard_key(job_id, 0)
+    store.record(job_id, [ResultEntry(index, _line(index, "ok"), "done") for index in (0, 1)], shard, {0: 0, 1: 1})
+    (part,) = Path(store.work.job(job_id), "parts").iterdir()
+    good = part.read_bytes()
+    part.write_bytes(good[:-20])  # a torn object
+    with pytest.raises(StorageError, match=f"result part {part} is corrupt"):
+        finalize.finalize(store, job_id, "test")
+    status = store.status(job_id)
+    assert status.results_url is None and status.finalize_error is not None and part.name in status.finalize_error
+    assert not (tmp_path / "out" / job_id / "results.jsonl").exists()
+    part.write_bytes(good)  # the store serves it whole again: the next pass writes the file
+    assert finalize.finalize(store, job_id, "test")
+    assert store.status(job_id).finalize_error is None
+    assert len((tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_unusable_work_folder_refuses_the_submission_in_one_line(private_settings: Settings,
+                                                                   private_store: JobStore, deepseek_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    settings = private_settings.model_copy(update={"work_url": str(blocker / "work")})
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "def f():"}\n')
+    result = cli("submit", str(path), "--model", str(deepseek_dir), env=worker_env(settings))
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and str(blocker / "work") in result.stderr, result.stderr
+    assert private_store.job_ids() == [] and not list(private_store.client.scan_iter(f"{settings.key_prefix}:*"))
