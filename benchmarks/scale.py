@@ -2,8 +2,9 @@
 engine (``dscbatch worker --engine sim``: no model, a GPU's timing) and the results file, on real Redis and Celery.
 
 Usage: ``python benchmarks/scale.py --model TOKENIZER_DIR [--items 1000000] [--workers 1 2 4 8]
-[--max-tokens 64] [--json out.json]``. For each worker count it starts a fresh redis-server and the workers,
-then runs ``dscbatch submit --wait --output FOLDER`` and reports:
+[--max-tokens 64] [--store local s3] [--json out.json]``. For each work folder (``--store``: a local folder, or
+a bucket on moto's S3 API server in a process of its own) and worker count it starts a fresh redis-server and the
+workers, then runs ``dscbatch submit --wait --output FOLDER`` and reports:
 
 - items/s from the submit command's start to the job's end, and the time from submit to the first stored result;
 - Redis: peak ``used_memory`` above idle (INFO memory), CPU seconds per 1,000 items (INFO cpu);
@@ -87,12 +88,43 @@ class Sampler(threading.Thread):
                     self.first_result = time.time()
 
 
-def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folder: Path) -> dict[str, Any]:
+class S3Server:
+    """moto's S3 API server in a process of its own, and a bucket on it."""
+
+    def __init__(self, folder: Path) -> None:
+        port = free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL": self.endpoint}
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+                                         str(port)], stdout=(folder / "moto.log").open("wb"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        os.environ.update(self.env)
+        import fsspec
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fsspec.filesystem("s3", skip_instance_cache=True).mkdir("scale-work")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folder: Path,
+        store_kind: str) -> dict[str, Any]:
     port = free_port()
     server = start_redis(folder, port)
-    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="scale")
+    s3 = S3Server(folder) if store_kind == "s3" else None
+    work_url = f"s3://scale-work/w{workers}" if s3 is not None else str(folder / "work")
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="scale", work_url=work_url)
     store = JobStore.connect(settings)
-    env = environment(settings)
+    env = {**environment(settings), **(s3.env if s3 is not None else {})}
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for number in range(workers):
@@ -130,7 +162,7 @@ def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folde
         assert lines == items == job.done, (lines, items, job.done)
         per_thousand = 1000 / items
         return {
-            "workers": workers, "items": items, "max_tokens": max_tokens,
+            "store": store_kind, "workers": workers, "items": items, "max_tokens": max_tokens,
             "items_per_second": round(items / (finished - started), 1),
             "seconds_to_first_result": round((sampler.first_result or finished) - started, 2),
             "seconds_submit_to_results_file": round(finalized - started, 2),
@@ -145,6 +177,8 @@ def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folde
         for process in processes:
             stop_process(process)
         stop_process(server)
+        if s3 is not None:
+            s3.stop()
 
 
 def main() -> None:
@@ -153,17 +187,20 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--store", nargs="+", choices=["local", "s3"], default=["local", "s3"],
+                        help="where the work folder is: a local folder, or moto's S3 server")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dscbatch-scale-") as temp:
         path = Path(temp) / "items.jsonl"
         write_items(path, args.items, args.max_tokens)
         runs = []
-        for workers in args.workers:
-            folder = Path(temp) / f"w{workers}"
-            folder.mkdir()
-            runs.append(run(args.model, args.items, workers, args.max_tokens, path, folder))
-            print(json.dumps(runs[-1]), flush=True)
+        for store_kind in args.store:
+            for workers in args.workers:
+                folder = Path(temp) / f"{store_kind}-w{workers}"
+                folder.mkdir()
+                runs.append(run(args.model, args.items, workers, args.max_tokens, path, folder, store_kind))
+                print(json.dumps(runs[-1]), flush=True)
     print_report({"engine": "SIMULATED (dscbatch worker --engine sim): control plane only", "runs": runs},
                  args.json)
 

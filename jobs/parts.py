@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from dscbatch.core.errors import StorageError
 
 MAGIC = b"dscbatch-part 1 "
 BUCKET_ITEMS = 1 << 16
+READ_AHEAD = 16
 
 
 def encode(lines: Iterable[tuple[int, str]]) -> bytes:
@@ -60,16 +63,16 @@ def merged(names: Sequence[str], read: Callable[[str], bytes], total: int, voide
     commit order) read with ``read``; indices in ``voided`` have no line (``retry`` runs them again)."""
     if total <= BUCKET_ITEMS:
         latest: dict[int, bytes] = {}
-        for name in names:
-            latest.update(decode(name, read(name)))
+        for name, data in _fetched(names, read):
+            latest.update(decode(name, data))
         yield from _emit(range(total), latest, voided)
         return
     with tempfile.TemporaryDirectory(prefix="dscbatch-merge-") as folder:
         buckets = (total + BUCKET_ITEMS - 1) // BUCKET_ITEMS
         streams = [open(os.path.join(folder, str(number)), "wb") for number in range(buckets)]  # noqa: SIM115
         try:
-            for name in names:
-                for index, line in decode(name, read(name)):
+            for name, data in _fetched(names, read):
+                for index, line in decode(name, data):
                     if index < total:
                         streams[index // BUCKET_ITEMS].write(b"%d\t%s\n" % (index, line))
         finally:
@@ -84,6 +87,21 @@ def merged(names: Sequence[str], read: Callable[[str], bytes], total: int, voide
                     latest[int(number_text)] = line[:-1]
             os.unlink(path)
             yield from _emit(range(number * BUCKET_ITEMS, min((number + 1) * BUCKET_ITEMS, total)), latest, voided)
+
+
+def _fetched(names: Sequence[str], read: Callable[[str], bytes]) -> Iterator[tuple[str, bytes]]:
+    """``(name, bytes)`` of each part in order, ``READ_AHEAD`` reads in flight: an object store answers each read
+    after a round trip, and one at a time would bound the merge by its latency, not its bandwidth."""
+    with ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="dscbatch-parts") as pool:
+        pending: deque[tuple[str, Future[bytes]]] = deque()
+        for name in names:
+            pending.append((name, pool.submit(read, name)))
+            if len(pending) > READ_AHEAD:
+                first, data = pending.popleft()
+                yield first, data.result()
+        while pending:
+            first, data = pending.popleft()
+            yield first, data.result()
 
 
 def _emit(indices: range, latest: dict[int, bytes], voided: set[int]) -> Iterator[tuple[int, str | None]]:

@@ -553,7 +553,10 @@ def test_the_executor_pod_may_build_sandboxes_and_nothing_more(docs: list[Doc]) 
     volumes = {v["name"]: v for v in spec["volumes"]}
     tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
     assert volumes[tmp["name"]]["emptyDir"]["sizeLimit"]
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}, "no volume of the job system's data"
+    # Of the job system's data, only the work folder (the result parts it verifies), read-only; the sandboxes
+    # bind none of it.
+    assert {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]} == {"/tmp": False,
+                                                                                             "/files": True}
 
 
 @pytest.mark.parametrize("overlay", WITH_KEDA)
@@ -1075,3 +1078,17 @@ def test_the_kubernetes_page_commands_match_the_manifests() -> None:
         assert int(number) in {grace, int(settings["DSCBATCH_SHUTDOWN_TIMEOUT"]), cooldown, 300}
     for port in re.findall(r":(94\d\d)\b", section):
         assert int(port) in (WORKER_PORT, EXPORTER_PORT, EXECUTOR_PORT)
+
+
+def test_servers_workers_and_executors_reach_one_work_folder(docs: list[Doc]) -> None:
+    """Jobs' shard payloads and result parts (DSCBATCH_WORK_URL): the server submits, workers read shards and
+    write parts, executors read the parts they verify; all on one volume."""
+    claims = set()
+    for name in ("server", "worker", "executor"):
+        deployment = component(docs, "Deployment", name)
+        container = only_container(deployment)
+        work_url = settings_of(container_env(docs, container)).work_url
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        mount = next(m for m in container["volumeMounts"] if work_url.startswith(m["mountPath"].rstrip("/") + "/"))
+        claims.add(volumes[mount["name"]]["persistentVolumeClaim"]["claimName"])
+    assert len(claims) == 1
