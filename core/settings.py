@@ -63,7 +63,7 @@ class Settings(BaseModel):
     output_url: str | None = None
     # Where jobs keep their data outside Redis (shard payloads and result parts, jobs/workfolder.py): a folder
     # or fsspec URL that the submitting machine, every worker and every executor reach (S3 or GCS in a cluster).
-    work_url: Annotated[str, Field(min_length=1)] = "~/.cache/dscbatch/work"
+    work_url: Annotated[str, Field(min_length=1, validate_default=True)] = "~/.cache/dscbatch/work"
     # Seconds a finished job stays in Redis (its record, and its results if it has no results file).
     job_retention: Duration = 7 * 86400
     # The sandbox that runs generated code (executor/sandbox.py): wall-clock seconds per program (CPU seconds
