@@ -17,9 +17,9 @@ again.
 The commit is one Lua script (``store/finalize_commit.lua``): it checks that the writer still holds its claim
 and that the job has not been unsettled (``retry``) since the writer read it, then records the file's URL and
 time on the job record and deletes the job's parts list, verdicts (both are in the file now) and attempt
-counters from Redis, then the parts from the work folder: a finalized job's results are its results file, and
-results stored after it (a ``retry``) take precedence over its lines (``jobs.output``). The record keeps the
-counts.
+counters from Redis, then (once Redis has that on disk) the parts and shard payloads from the work folder: a
+finalized job's results are its results file, and results stored after it (a ``retry``) take precedence over
+its lines (``jobs.output``). The record keeps the counts.
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
     finally:
         release(store, job_id, worker)
     if committed:
-        store.work.delete_parts(job_id)  # the results file holds them now
+        # The results file holds the parts now. Deleted only once Redis has the commit on disk: a Redis that
+        # restarted without it would write the file again, from these.
+        store.confirm_durable()
+        store.work.delete_data(job_id)
         log.info("job %s: wrote %d results to %s in %.1f s", job_id, written, url, time.monotonic() - started)
     return committed

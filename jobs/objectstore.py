@@ -96,15 +96,25 @@ def exists(url: str) -> bool:
 
 
 def read_bytes(url: str) -> bytes:
-    """The whole file at ``url``."""
-    with open_read(url) as stream:
-        return stream.read()
+    """The whole file at ``url``; any failure (a client library's own exceptions too) is a StorageError."""
+    try:
+        with open_read(url) as stream:
+            return stream.read()
+    except StorageError:
+        raise
+    except Exception as error:
+        raise describe(url, error) from None
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """``data`` at ``url``, whole or not at all (``write_atomic``)."""
-    with write_atomic(url) as stream:
-        stream.write(data)
+    """``data`` at ``url``, whole or not at all (``write_atomic``); any failure is a StorageError."""
+    try:
+        with write_atomic(url) as stream:
+            stream.write(data)
+    except StorageError:
+        raise
+    except Exception as error:
+        raise describe(url, error) from None
 
 
 def delete_tree(url: str) -> None:

@@ -3,7 +3,8 @@ that every submitter, worker and executor of the deployment reaches: S3 or GCS i
 
 Layout::
 
-    WORK/jobs/ID/shards/N       a shard's payload (``shard_codec``), from submit until the shard's last result
+    WORK/jobs/ID/shards/N       a shard's payload (``shard_codec``), from submit until the job's results file is
+                                written (a Redis restarted from an older state may need it again)
     WORK/jobs/ID/parts/NAME     a part of the job's results (``jobs.parts``), written by a worker; the job's parts
                                 list in Redis names the committed ones, others are a dead writer's or a refused
                                 copy's and are never read; all go once the results file holds them
@@ -61,12 +62,15 @@ class WorkFolder:
         self._retrying("delete", url, lambda: objectstore.delete(url))
 
     def delete_job(self, job_id: str) -> None:
-        url = self.job(job_id)
+        self._delete_tree(self.job(job_id))
+
+    def _delete_tree(self, url: str) -> None:
         self._retrying("delete", url, lambda: objectstore.delete_tree(url))
 
-    def delete_parts(self, job_id: str) -> None:
-        url = objectstore.join(self.job(job_id), "parts")
-        self._retrying("delete", url, lambda: objectstore.delete_tree(url))
+    def delete_data(self, job_id: str) -> None:
+        """Remove the job's shard payloads and parts (its results file holds what they did)."""
+        for folder in ("parts", "shards"):
+            self._delete_tree(objectstore.join(self.job(job_id), folder))
 
     def check_writable(self) -> None:
         """Write, read back and delete a probe file under the root, once (no retries): a work folder that cannot

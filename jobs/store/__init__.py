@@ -21,10 +21,10 @@ scripts that move counters; :meth:`JobStatus.settled` is the same test in Python
 the job's ``settlements`` generation (``retry`` unsettles a job) and, for a job with an output folder, adds it
 to ``P:finalize``.
 
-A shard's marker and payload live only while some of its items have no result: the worker that finishes it
-deletes them (``drop_shard``, which checks in the same step that every position has its result, so results that
-Redis lost in a crash run again rather than go missing for good), and no part is committed for a shard whose
-marker is gone.
+A shard's marker lives only while some of its items have no result: the worker that finishes it deletes it
+(``drop_shard``, which checks in the same step that every position has its result, so results that Redis lost in
+a crash run again rather than go missing for good), and no part is committed for a shard whose marker is gone.
+Payloads and parts leave the work folder with the job's results file (``jobs.finalize``) or the job.
 """
 
 from __future__ import annotations
@@ -228,16 +228,15 @@ class JobStore:
         return shard_codec.decode(data)
 
     def drop_shard(self, job_id: str, shard_key: str, indices: Sequence[int]) -> list[int]:
-        """Delete a shard (its marker, then its payload) if every one of its items (``indices``, in shard order)
-        has a result, checked in the same step: only unfinished work is kept. Returns the indices without a
-        result (nothing is dropped then): results the worker committed and Redis lost (a crash that cost the
-        tail of its append-only file)."""
+        """Delete a shard's marker if every one of its items (``indices``, in shard order) has a result, checked
+        in the same step: Redis keeps unfinished work only. Returns the indices without a result (nothing is
+        dropped then): results the worker committed and Redis lost (a crash that cost the tail of its
+        append-only file). The payload stays in the work folder until the job's results file is written or
+        the job is deleted: a Redis that restarts from an older state brings the marker back, and the shard
+        must still be there to run again."""
         keys = [shard_key, self.keys.job_part(job_id, "attempts")]
         missing = cast(list[int], self._drop(keys=keys, args=[shard_key, len(indices)]))
-        if missing:
-            return [indices[int(position)] for position in missing]
-        self.work.delete(self.work.shard(*self.keys.parse_shard(shard_key)))
-        return []
+        return [indices[int(position)] for position in missing]
 
     def shard_header(self, job_id: str) -> dict[str, Any]:
         """What every shard of the job repeats besides its items (model, stop ids, creation time)."""
