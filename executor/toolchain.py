@@ -28,6 +28,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from dscbatch.core.errors import DscbatchError
 from dscbatch.core.settings import Settings
@@ -38,6 +39,7 @@ from dscbatch.executor.languages import (
     GO_CACHE_DIR,
     GO_MODULE_DIR,
     LANGUAGES,
+    MODULES_DIR,
     PYTHON,
     Language,
 )
@@ -107,6 +109,8 @@ WARM_UP_SECONDS = 600
 GO_WARM_UP = ('package main\n\nimport (\n    "testing"\n    "github.com/stretchr/testify/assert"\n)\n\n'
               'func TestWarm(t *testing.T) {\n    assert.New(t).Equal(2, 1+1)\n}\n')
 GO_MODULE_IMPORT = re.compile(r'"[\w-]+(?:\.[\w-]+)+/[^"]*"')
+# The test modules shipped with dscbatch (package data), one folder per Language.modules.
+MODULES = Path(__file__).resolve().parent / "modules"
 
 
 class MissingResourceError(DscbatchError):
@@ -224,6 +228,8 @@ class Toolchains:
 
     def setup(self, language: Language, code: str) -> Setup:
         mounts = [(path, path) for path in (ALTERNATIVES, *language.etc) if os.path.exists(path)]
+        if language.modules:
+            mounts.append((str(MODULES / language.modules), MODULES_DIR))
         if language.class_named or language.code == "scala":
             mounts += [(jar, f"{CLASSPATH_DIR}/{os.path.basename(jar)}") for jar in self.resources.jars]
         if language.code == "go" and self._uses_module(code):

@@ -54,6 +54,7 @@ ADD = {
     "go": ("    return x + y\n}\n", "    return x - y\n}\n", "    return x +\n}\n"),
     "rs": ("    x + y\n", "    x - y\n", "    x + z\n"),
     "rb": ("    x + y\nend\n", "    x - y\nend\n", None),
+    "lua": ("    return x + y\nend\n", "    return x - y\nend\n", "    return x +\nend\n"),
     "r": ("\n    x + y\n}\n", "\n    x - y\n}\n", None),
     "pl": ("    return $x + $y;\n}\n", "    return $x - $y;\n}\n", None),
     "scala": ("        x + y\n", "        x - y\n", "        x + z\n"),
@@ -78,7 +79,7 @@ def test_julia_and_swift_are_refused_with_the_reason(tmp_path: Path) -> None:
     for name in ("jl", "julia", "swift"):
         with pytest.raises(UnknownLanguageError, match="Debian"):
             language(name)
-    assert set(REFUSED) == {"jl", "lua", "swift"}
+    assert set(REFUSED) == {"jl", "swift"}
     result = eval_cli("--language", "swift", "--samples", str(tmp_path / "s"), "--problems", str(tmp_path / "p"))
     assert result.returncode == 1 and "no Debian package" in result.stderr.strip().splitlines()[-1]
 
