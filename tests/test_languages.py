@@ -207,6 +207,42 @@ def test_an_executor_routes_a_language_it_cannot_run_to_one_that_can_and_counts_
         stop_process(python_only)
 
 
+GO_PROMPT = ('package main\n\nimport (\n    "testing"\n    "github.com/stretchr/testify/assert"\n)\n\n'
+             "func Add(x int, y int) int {\n")
+GO_TESTS = "func TestAdd(t *testing.T) {\n    assert.New(t).Equal(3, Add(1, 2))\n}\n"
+
+
+def test_an_executor_without_the_go_module_gives_its_tests_a_final_verdict_naming_what_is_missing(
+        settings: Settings, store: JobStore, tmp_path: Path) -> None:
+    """A Go test importing testify (HumanEval-X's) on an executor that has no Go module: the item is settled
+    with a failed verdict that names the import and the setting, and nothing is left to sweep and retry."""
+    job_id = f"nomod-{uuid.uuid4().hex[:8]}"
+    store.create_job(job_id, {"model": "m", "queue": "q", "created": time.time(), "total": 1, "shards": 0})
+    spec = Verify.model_validate({"tests": GO_TESTS, "prompt": GO_PROMPT, "language": "go"})
+    store.save_verify_specs(job_id, {0: spec.model_dump_json()})
+    outputs = [Output("    return x + y\n}\n", "stop", 1)]
+    store.record(job_id, [ResultEntry(0, result_line(ItemInfo(0, "item0", "completion", False, None), model="m",
+                                                     job_id=job_id, created=0, outputs=outputs), "done",
+                                      verify=True)])
+    executor = start_executor(settings.model_copy(update={"executor_languages": "go", "sandbox_go_module": None}),
+                              store, tmp_path / "go.log")
+    try:
+        enqueue_verifications(make_app(settings), settings.key_prefix, job_id, [0])
+        deadline = time.monotonic() + 120
+        while not (status := store.status(job_id)).settled:
+            assert time.monotonic() < deadline, (tmp_path / "go.log").read_text()[-2000:]
+            time.sleep(0.2)
+        assert (status.verified_samples, status.passed_samples) == (1, 0)
+        record = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
+        [verdict] = record["verdicts"]
+        assert verdict["status"] == "failed"
+        assert '"github.com/stretchr/testify/assert"' in verdict["error"], verdict["error"]
+        assert "no Go module is configured here (DSCBATCH_SANDBOX_GO_MODULE" in verdict["error"]
+        assert store.client.zscore(store.waiting_key, f"{job_id}:0") is None
+    finally:
+        stop_process(executor)
+
+
 @needs_data
 def test_multiple_judges_every_language_in_the_folder_and_prints_deepseeks_table(tmp_path: Path) -> None:
     problems, samples = tmp_path / "problems", tmp_path / "samples"
