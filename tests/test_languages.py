@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
 import time
 import typing
 import urllib.request
@@ -19,7 +20,7 @@ import pytest
 
 from dscbatch.core.celery_app import enqueue_verifications, executor_queue, make_app
 from dscbatch.core.settings import Settings
-from dscbatch.executor import rust_crates
+from dscbatch.executor import go_module, rust_crates
 from dscbatch.executor.extraction import instruct_code, program
 from dscbatch.executor.humaneval import job_lines
 from dscbatch.executor.languages import DEEPSEEK_TABLE, LANGUAGES, REFUSED, UnknownLanguageError, language
@@ -294,6 +295,29 @@ def test_humaneval_x_canonical_solutions_pass_and_bare_prompts_fail_through_eval
                           "--go-module", str(HUMANEVAL_X))
         assert result.returncode == 0, result.stderr
         assert f"pass@1           {expected}" in result.stdout, result.stdout
+
+
+@pytest.mark.skipif(not HUMANEVAL_X.is_dir(), reason=f"{HUMANEVAL_X} (HumanEval-X) is absent")
+@pytest.mark.skipif(not go_module.packaged(), reason="Debian's testify is not installed (make test-languages)")
+def test_the_go_module_built_from_debians_testify_runs_humaneval_x_go_tests(tmp_path: Path) -> None:
+    """The module the executor image builds (executor/go_module.py) in place of HumanEval-X's vendored one."""
+    with tempfile.TemporaryDirectory(prefix="dscbatch-test-go-module-") as readable:
+        os.chmod(readable, 0o755)  # read by the sandbox's slot uid (tmp_path's folders are the test user's only)
+        check_go_module(go_module.build(Path(readable) / "module"), tmp_path)
+
+
+def check_go_module(module: Path, tmp_path: Path) -> None:
+    with gzip.open(HUMANEVAL_X / "humaneval_go.jsonl.gz", "rt") as stream:
+        records = [json.loads(line) for line in stream][:2]
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(record) + "\n" for record in records))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": record["task_id"], "completion": completion}) + "\n"
+                               for record in records for completion in (record["canonical_solution"], "}\n")))
+    result = eval_cli("--language", "go", "--problems", str(problems), "--samples", str(samples),
+                      "--go-module", str(module))
+    assert result.returncode == 0, result.stderr
+    assert "passed               2" in result.stdout and "failed               2" in result.stdout, result.stdout
 
 
 def test_extract_block_keeps_the_helpers_deepseeks_extraction_drops() -> None:
