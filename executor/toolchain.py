@@ -315,6 +315,22 @@ class Toolchains:
                          seconds=seconds if language.compile else 0)
         return self.sandbox.run(program, setup)
 
+    def missing_resources(self, languages: Sequence[Language]) -> dict[str, str]:
+        """For each of ``languages`` that runs here without a test dependency some benchmarks need, what is
+        missing (the executor logs it at start: those programs get a failed verdict saying so)."""
+        missing = {}
+        codes = {language.code for language in languages}
+        if "java" in codes and not self.resources.jars:
+            missing["java"] = ("no jar on the classpath (DSCBATCH_SANDBOX_JAVA_CLASSPATH): DeepSeek's Java tests "
+                               "import javatuples")
+        if "go" in codes and not self._go_mounts:
+            missing["go"] = ("no Go module (DSCBATCH_SANDBOX_GO_MODULE): HumanEval-X's Go tests import testify and "
+                             "fail here")
+        if "rs" in codes and not rust_crates.packaged():
+            missing["rs"] = ("Debian's rand, regex and md5 crates are not installed: HumanEval-X's Rust tests fail "
+                             "here")
+        return missing
+
     def check(self, language: Language) -> Verdict:
         """The verdict of the language's trivial program: ``passed`` where its toolchain works here."""
         return self.run(language, language.trivial)

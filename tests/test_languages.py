@@ -240,6 +240,7 @@ def test_an_executor_without_the_go_module_gives_its_tests_a_final_verdict_namin
         assert '"github.com/stretchr/testify/assert"' in verdict["error"], verdict["error"]
         assert "no Go module is configured here (DSCBATCH_SANDBOX_GO_MODULE" in verdict["error"]
         assert store.client.zscore(store.waiting_key, f"{job_id}:0") is None
+        assert "go runs here with no Go module (DSCBATCH_SANDBOX_GO_MODULE)" in (tmp_path / "go.log").read_text()
     finally:
         stop_process(executor)
 
