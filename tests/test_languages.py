@@ -15,6 +15,7 @@ import typing
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ from dscbatch.executor.sandbox import Sandbox
 from dscbatch.executor.toolchain import Toolchains
 from dscbatch.jobs.requests import Verify, VerifyLanguage
 from dscbatch.jobs.results import ItemInfo, Output, result_line
-from dscbatch.jobs.store import JobStore, ResultEntry
+from dscbatch.jobs.store import JobStatus, JobStore, ResultEntry
 from dscbatch.workers.embedded import free_port, stop_process
 from tests.conftest import start_executor
 from tests.test_evaluation import eval_cli
@@ -160,6 +161,26 @@ def test_base_lines_stop_at_the_files_stop_tokens_and_the_completion_is_cut_ther
     assert code.count("int main()") == 1 and "return x + y;" in code
 
 
+def store_item(store: JobStore, job_id: str, verify: dict[str, str], completions: list[str]) -> None:
+    """A job of one item with these completions, stored as a worker stores it: waiting for its verification."""
+    store.create_job(job_id, {"model": "m", "queue": "q", "created": time.time(), "total": 1, "shards": 0})
+    store.save_verify_specs(job_id, {0: Verify.model_validate(verify).model_dump_json()})
+    outputs = [Output(completion, "stop", 1) for completion in completions]
+    store.record(job_id, [ResultEntry(0, result_line(ItemInfo(0, "item0", "completion", False, None), model="m",
+                                                     job_id=job_id, created=0, outputs=outputs), "done",
+                                      verify=True)])
+
+
+def settled_item(store: JobStore, job_id: str, log: Path) -> tuple[JobStatus, dict[str, Any]]:
+    """The job's status once it settled (its one item verified) and that item's verification record."""
+    deadline = time.monotonic() + 120
+    while not (status := store.status(job_id)).settled:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
+    record: dict[str, Any] = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
+    return status, record
+
+
 CPP_PROMPT = "#include<cassert>\nlong add(long x, long y) {\n"
 CPP_TESTS = "}\nint main() {\n    assert(add(2, 3) == 5);\n}\n"
 
@@ -169,13 +190,8 @@ def test_an_executor_routes_a_language_it_cannot_run_to_one_that_can_and_counts_
     """Workers queue every verification on the shared queue: an executor serving Python only moves a C++ item
     to the C++ queue, where an executor that checked C++ at start judges it; /metrics counts it as cpp."""
     job_id = f"lang-{uuid.uuid4().hex[:8]}"
-    store.create_job(job_id, {"model": "m", "queue": "q", "created": time.time(), "total": 1, "shards": 0})
-    spec = Verify.model_validate({"tests": CPP_TESTS, "prompt": CPP_PROMPT, "language": "cpp"})
-    store.save_verify_specs(job_id, {0: spec.model_dump_json()})
-    outputs = [Output("    return x + y;\n", "stop", 1), Output("    return x - y;\n", "stop", 1)]
-    store.record(job_id, [ResultEntry(0, result_line(ItemInfo(0, "item0", "completion", False, None), model="m",
-                                                     job_id=job_id, created=0, outputs=outputs), "done",
-                                      verify=True)])
+    store_item(store, job_id, {"tests": CPP_TESTS, "prompt": CPP_PROMPT, "language": "cpp"},
+               ["    return x + y;\n", "    return x - y;\n"])
     python_only = start_executor(settings, store, tmp_path / "python.log")
     cpp_queue = executor_queue(settings.key_prefix, "cpp")
     try:
@@ -189,12 +205,8 @@ def test_an_executor_routes_a_language_it_cannot_run_to_one_that_can_and_counts_
         with_cpp = start_executor(settings.model_copy(update={"executor_languages": "cpp"}), store,
                                   tmp_path / "cpp.log", "--metrics-port", str(port))
         try:
-            deadline = time.monotonic() + 120
-            while not (status := store.status(job_id)).settled:
-                assert time.monotonic() < deadline, (tmp_path / "cpp.log").read_text()[-2000:]
-                time.sleep(0.2)
+            status, record = settled_item(store, job_id, tmp_path / "cpp.log")
             assert (status.verified_samples, status.passed_samples) == (2, 1)
-            record = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
             assert [verdict["status"] for verdict in record["verdicts"]] == ["passed", "failed"]
             assert "Assertion" in record["verdicts"][1]["error"]
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -218,23 +230,13 @@ def test_an_executor_without_the_go_module_gives_its_tests_a_final_verdict_namin
     """A Go test importing testify (HumanEval-X's) on an executor that has no Go module: the item is settled
     with a failed verdict that names the import and the setting, and nothing is left to sweep and retry."""
     job_id = f"nomod-{uuid.uuid4().hex[:8]}"
-    store.create_job(job_id, {"model": "m", "queue": "q", "created": time.time(), "total": 1, "shards": 0})
-    spec = Verify.model_validate({"tests": GO_TESTS, "prompt": GO_PROMPT, "language": "go"})
-    store.save_verify_specs(job_id, {0: spec.model_dump_json()})
-    outputs = [Output("    return x + y\n}\n", "stop", 1)]
-    store.record(job_id, [ResultEntry(0, result_line(ItemInfo(0, "item0", "completion", False, None), model="m",
-                                                     job_id=job_id, created=0, outputs=outputs), "done",
-                                      verify=True)])
+    store_item(store, job_id, {"tests": GO_TESTS, "prompt": GO_PROMPT, "language": "go"}, ["    return x + y\n}\n"])
     executor = start_executor(settings.model_copy(update={"executor_languages": "go", "sandbox_go_module": None}),
                               store, tmp_path / "go.log")
     try:
         enqueue_verifications(make_app(settings), settings.key_prefix, job_id, [0])
-        deadline = time.monotonic() + 120
-        while not (status := store.status(job_id)).settled:
-            assert time.monotonic() < deadline, (tmp_path / "go.log").read_text()[-2000:]
-            time.sleep(0.2)
+        status, record = settled_item(store, job_id, tmp_path / "go.log")
         assert (status.verified_samples, status.passed_samples) == (1, 0)
-        record = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
         [verdict] = record["verdicts"]
         assert verdict["status"] == "failed"
         assert '"github.com/stretchr/testify/assert"' in verdict["error"], verdict["error"]
