@@ -14,8 +14,11 @@ settings (``DSCBATCH_SANDBOX_TIMEOUT``, ``DSCBATCH_SANDBOX_MEMORY_MB``):
 - ``processes`` counts threads too (``RLIMIT_NPROC``): a JVM, Go's compiler and V8 start a thread per core for
   their compilers and collectors.
 
-Julia and Swift have no Debian bookworm package, and MultiPL-E's Lua tests need luaunit, which has none:
-they are refused with that reason (``REFUSED``).
+Julia and Swift have no Debian bookworm package: they are refused with that reason (``REFUSED``).
+
+Test modules that Debian does not package ship with dscbatch (``executor/modules/<dir>``, mounted read-only at
+``MODULES_DIR`` and named in the language's search path): ``js-md5`` for JavaScript and TypeScript (HumanEval-X's
+JavaScript/162 requires it), a luaunit for Lua (MultiPL-E's Lua tests ``require('luaunit')``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ CLASSPATH_DIR = "/opt/dscbatch/classpath"
 GO_MODULE_DIR = "/tmp/module"
 # A Go build cache warmed once with the module's packages (read-only; each run copies it into its GOCACHE).
 GO_CACHE_DIR = "/opt/dscbatch/go-build"
+# Where a language's test modules shipped with dscbatch (executor/modules/<Language.modules>) are mounted.
+MODULES_DIR = "/opt/dscbatch/modules"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Language:
     stop: tuple[str, ...] = ()  # base-style stop words when a problem file gives none
     class_named: bool = False  # the source file is named after the program's public class (Java)
     trivial: str = ""  # a program that passes: the executor's start-up check
+    modules: str = ""  # the folder of executor/modules mounted at MODULES_DIR (its env names it)
     aliases: tuple[str, ...] = ()
 
 
@@ -78,7 +84,8 @@ _BUILT_IN = (
              trivial="<?php\nif (1 + 1 != 2) { exit(1); }\n"),
     Language("ts", "TypeScript", "test.ts", (("tsc", "test.ts", "--target", "ES2015", "--lib", "ES2015,DOM"),),
              ("node", "--max-old-space-size=512", "test.js"), close_brace=True, memory_mb=8192,
-             compile_seconds=30, processes=64, aliases=("typescript",),
+             compile_seconds=30, processes=64, aliases=("typescript",), modules="node",
+             env={"NODE_PATH": MODULES_DIR},
              trivial="const x: number = 1 + 1;\nif (x !== 2) { throw new Error('no'); }\n"),
     Language("cs", "csharp", "Program.cs", (("mcs", "-d:DEBUG", "Program.cs"),), ("mono", "Program.exe"),
              main="public static void Main", memory_mb=4096, compile_seconds=20, processes=64,
@@ -88,7 +95,8 @@ _BUILT_IN = (
     Language("sh", "Bash", "test.sh", (), ("/bin/bash", "test.sh"), aliases=("bash",),
              trivial="[[ $((1 + 1)) = 2 ]]\n"),
     Language("js", "JavaScript", "test.js", (), ("node", "--max-old-space-size=512", "test.js"), close_brace=True,
-             memory_mb=8192, processes=64, fail_on_output=True, aliases=("javascript",),
+             memory_mb=8192, processes=64, fail_on_output=True, aliases=("javascript",), modules="node",
+             env={"NODE_PATH": MODULES_DIR},
              trivial="if (1 + 1 !== 2) { throw new Error('no'); }\n"),
     Language("go", "Go", "main_test.go", (), ("go", "test", "-count=1", "main_test.go"), memory_mb=4096,
              compile_seconds=10, processes=128,
@@ -101,6 +109,9 @@ _BUILT_IN = (
              memory_mb=2048, compile_seconds=30, processes=64, aliases=("rust",),
              trivial="fn main() { assert_eq!(1 + 1, 2); }\n"),
     Language("rb", "Ruby", "test.rb", (), ("ruby", "test.rb"), aliases=("ruby",), trivial="raise 'no' if 1 + 1 != 2\n"),
+    Language("lua", "Lua", "test.lua", (), ("lua5.3", "test.lua"), modules="lua",
+             env={"LUA_PATH": f"{MODULES_DIR}/?.lua;;"}, aliases=("lua5.3",),
+             trivial="local lu = require('luaunit')\nlu.assertEquals({1 + 1}, {2})\n"),
     Language("r", "R", "test.r", (), ("Rscript", "test.r"), memory_mb=2048, etc=("/etc/R",),
              trivial="stopifnot(1 + 1 == 2)\n"),
     Language("pl", "Perl", "test.pl", (), ("perl", "test.pl"), aliases=("perl",), trivial="die if 1 + 1 != 2;\n"),
@@ -123,7 +134,6 @@ DEEPSEEK_TABLE = ("python", "cpp", "java", "php", "ts", "cs", "sh", "js")
 REFUSED = {
     "jl": "Julia has no Debian bookworm package (julia left Debian after bullseye); its toolchain is not in the "
           "executor image",
-    "lua": "MultiPL-E's Lua tests require luaunit, which Debian bookworm does not package (lua5.3 itself runs)",
     "swift": "Swift has no Debian package (bookworm ships no swiftlang); its toolchain is not in the executor image",
 }
 # `--language multiple`: every language of MultiPL-E's HumanEval that runs here.
@@ -141,6 +151,6 @@ def language(name: str) -> Language:
         if key in (candidate.code, candidate.full_name.lower(), *candidate.aliases):
             return candidate
     for code, reason in REFUSED.items():
-        if key in (code, {"jl": "julia", "lua": "lua5.3"}.get(code)):
+        if key in (code, {"jl": "julia"}.get(code)):
             raise UnknownLanguageError(f"language {name!r} is not supported: {reason}")
     raise UnknownLanguageError(f"unknown language {name!r}; supported: {', '.join(LANGUAGES)}")

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import os
 import re
 import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from dscbatch.core.errors import DscbatchError
 from dscbatch.core.settings import Settings
@@ -38,10 +40,13 @@ from dscbatch.executor.languages import (
     GO_CACHE_DIR,
     GO_MODULE_DIR,
     LANGUAGES,
+    MODULES_DIR,
     PYTHON,
     Language,
 )
 from dscbatch.executor.sandbox import Limits, Sandbox, Setup, Verdict
+
+log = logging.getLogger(__name__)
 
 # Bytes of a failed compilation's output kept (its end holds the summary; the sandbox keeps 2000 characters).
 COMPILE_OUTPUT_BYTES = 64 << 10
@@ -107,6 +112,8 @@ WARM_UP_SECONDS = 600
 GO_WARM_UP = ('package main\n\nimport (\n    "testing"\n    "github.com/stretchr/testify/assert"\n)\n\n'
               'func TestWarm(t *testing.T) {\n    assert.New(t).Equal(2, 1+1)\n}\n')
 GO_MODULE_IMPORT = re.compile(r'"[\w-]+(?:\.[\w-]+)+/[^"]*"')
+# The test modules shipped with dscbatch (package data), one folder per Language.modules.
+MODULES = Path(__file__).resolve().parent / "modules"
 
 
 class MissingResourceError(DscbatchError):
@@ -218,12 +225,13 @@ class Toolchains:
             if not os.path.isfile(jar):
                 raise MissingResourceError(f"{jar}: no such jar (the Java tests' classpath)")
         self._go_mounts = go_module_mounts(unpacked_go_module(resources.go_module)) if resources.go_module else ()
-        self._go_cache: str | None = None
-        self._rust_deps: str | None = None
+        self._built: dict[str, str | MissingResourceError] = {}
         self._lock = threading.Lock()
 
     def setup(self, language: Language, code: str) -> Setup:
         mounts = [(path, path) for path in (ALTERNATIVES, *language.etc) if os.path.exists(path)]
+        if language.modules:
+            mounts.append((str(MODULES / language.modules), MODULES_DIR))
         if language.class_named or language.code == "scala":
             mounts += [(jar, f"{CLASSPATH_DIR}/{os.path.basename(jar)}") for jar in self.resources.jars]
         if language.code == "go" and self._uses_module(code):
@@ -233,27 +241,38 @@ class Toolchains:
     def _warm_go_cache(self) -> str:
         """A build cache holding the Go module's vendored packages, built once in the sandbox by a trivial
         test that imports them (cold, each run would compile them again: about 6 s of 9 CPU seconds)."""
-        with self._lock:
-            if self._go_cache is None:
-                program = driver(LANGUAGES["go"], GO_WARM_UP, go_module=True)
-                setup = Setup(limits_for(LANGUAGES["go"], self.sandbox.limits), self._go_mounts)
-                self._go_cache = self._build("go-build", program, setup, "/tmp/.cache/go-build",
-                                             "the Go module does not build")
-            return self._go_cache
+        program = driver(LANGUAGES["go"], GO_WARM_UP, go_module=True)
+        setup = Setup(limits_for(LANGUAGES["go"], self.sandbox.limits), self._go_mounts)
+        return self._once("go-build", lambda: self._build("go-build", program, setup, "/tmp/.cache/go-build",
+                                                          "the Go module does not build"))
 
     def _rust_crates(self) -> str:
         """The libraries of the crates HumanEval-X's Rust tests use, built once (executor/rust_crates.py)."""
+        def build() -> str:
+            if not rust_crates.packaged():
+                raise MissingResourceError("HumanEval-X's Rust tests use the crates rand, regex and md5, which are "
+                                           "not installed here: install librust-rand-dev librust-regex+default-dev "
+                                           "librust-md5-dev")
+            limits = dataclasses.replace(limits_for(LANGUAGES["rs"], self.sandbox.limits),
+                                         wall_seconds=WARM_UP_SECONDS, cpu_seconds=WARM_UP_SECONDS)
+            return self._build("rust-deps", rust_crates.BUILD, Setup(limits, ((ALTERNATIVES, ALTERNATIVES),)),
+                               "/tmp/out", "the Rust crates do not build")
+        return self._once("rust-deps", build)
+
+    def _once(self, name: str, build: Callable[[], str]) -> str:
+        """What ``build`` made the first time, or the :class:`MissingResourceError` it raised then, again: a
+        failed build is not retried for every program (restart the executor once the host is fixed)."""
         with self._lock:
-            if self._rust_deps is None:
-                if not rust_crates.packaged():
-                    raise MissingResourceError("HumanEval-X's Rust tests use the crates rand, regex and md5: "
-                                               "install librust-rand-dev librust-regex+default-dev librust-md5-dev")
-                limits = dataclasses.replace(limits_for(LANGUAGES["rs"], self.sandbox.limits),
-                                             wall_seconds=WARM_UP_SECONDS, cpu_seconds=WARM_UP_SECONDS)
-                setup = Setup(limits, ((ALTERNATIVES, ALTERNATIVES),))
-                self._rust_deps = self._build("rust-deps", rust_crates.BUILD, setup, "/tmp/out",
-                                              "the Rust crates do not build")
-            return self._rust_deps
+            if name not in self._built:
+                try:
+                    self._built[name] = build()
+                except MissingResourceError as error:
+                    log.error("%s; programs that need it fail with this reason", error)
+                    self._built[name] = error
+            built = self._built[name]
+        if isinstance(built, MissingResourceError):
+            raise built
+        return built
 
     def _build(self, name: str, program: str, setup: Setup, target: str, failure: str) -> str:
         """A host folder that trusted ``program`` fills in the sandbox, bound writable at ``target``; read-only
@@ -271,9 +290,21 @@ class Toolchains:
         return bool(self._go_mounts) and GO_MODULE_IMPORT.search(code) is not None
 
     def run(self, language: Language, code: str) -> Verdict:
+        """The program's verdict. One that needs a test dependency this host lacks (a Go module, the Rust
+        crates) is ``failed`` with what is missing, without running: a final verdict, not an error to retry."""
         if language is PYTHON:
             return self.sandbox.run(code)
+        try:
+            return self._run(language, code)
+        except MissingResourceError as error:
+            return Verdict("failed", f"not run: {error}")
+
+    def _run(self, language: Language, code: str) -> Verdict:
         module = language.code == "go" and self._uses_module(code)
+        if language.code == "go" and not self._go_mounts and (imported := GO_MODULE_IMPORT.search(code)):
+            raise MissingResourceError(f"the program imports {imported.group(0)}, outside Go's standard library, "
+                                       "and no Go module is configured here (DSCBATCH_SANDBOX_GO_MODULE or "
+                                       "--go-module: a folder with go.mod and vendor/, or HumanEval-X's)")
         setup = self.setup(language, code)
         if language.code == "rs" and RUST_TESTS in code:
             built = self._rust_crates()
@@ -283,6 +314,22 @@ class Toolchains:
         program = driver(language, code, go_module=module, warm_cache=GO_CACHE_DIR if module else "",
                          seconds=seconds if language.compile else 0)
         return self.sandbox.run(program, setup)
+
+    def missing_resources(self, languages: Sequence[Language]) -> dict[str, str]:
+        """For each of ``languages`` that runs here without a test dependency some benchmarks need, what is
+        missing (the executor logs it at start: those programs get a failed verdict saying so)."""
+        missing = {}
+        codes = {language.code for language in languages}
+        if "java" in codes and not self.resources.jars:
+            missing["java"] = ("no jar on the classpath (DSCBATCH_SANDBOX_JAVA_CLASSPATH): DeepSeek's Java tests "
+                               "import javatuples")
+        if "go" in codes and not self._go_mounts:
+            missing["go"] = ("no Go module (DSCBATCH_SANDBOX_GO_MODULE): HumanEval-X's Go tests import testify and "
+                             "fail here")
+        if "rs" in codes and not rust_crates.packaged():
+            missing["rs"] = ("Debian's rand, regex and md5 crates are not installed: HumanEval-X's Rust tests fail "
+                             "here")
+        return missing
 
     def check(self, language: Language) -> Verdict:
         """The verdict of the language's trivial program: ``passed`` where its toolchain works here."""

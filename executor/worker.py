@@ -2,7 +2,9 @@
 
 At start it runs each language's trivial program (executor/languages.py) and serves the queues of those that
 pass: the shared one (Python) and ``PREFIX.executor.LANG`` for each other language; the rest are logged with
-the reason. ``DSCBATCH_EXECUTOR_LANGUAGES`` narrows the languages checked (each check compiles a program: all
+the reason, and so is a test dependency a served language lacks here (the Go module, the Rust crates, the Java
+jar): a program that needs it gets a final failed verdict naming it, not an error retried by the sweeper.
+``DSCBATCH_EXECUTOR_LANGUAGES`` narrows the languages checked (each check compiles a program: all
 of them take 10-20 s on two cores).
 
 Concurrency is bounded by the pool (``DSCBATCH_EXECUTOR_CONCURRENCY``, default one per core) and each
@@ -72,6 +74,8 @@ def run_executor(settings: Settings, observer: ExecutorObserver | None = None, l
                                              else list(LANGUAGES.values()))
     for code, reason in missing.items():
         log.warning("%s does not run here (its trivial program: %s); not serving its queue", code, reason)
+    for code, reason in toolchains.missing_resources(languages).items():
+        log.warning("%s runs here with %s", code, reason)
     app = make_app(settings)
     require_json_only(app)
     store = JobStore.connect(settings)

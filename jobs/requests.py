@@ -77,8 +77,8 @@ DEFAULT_PARAMS = Params(max_tokens=256, temperature=0.0, top_p=1.0, top_k=-1, n=
 # the answer's whole first code block (humaneval_block).
 ExtractMode = Literal["text", "code_block", "humaneval_base", "humaneval_instruct", "humaneval_block"]
 # The languages the executor runs (executor/languages.py, whose tests check the two lists agree).
-VerifyLanguage = Literal["python", "cpp", "java", "php", "ts", "cs", "sh", "js", "go", "rs", "rb", "r", "pl",
-                         "scala", "rkt", "d"]
+VerifyLanguage = Literal["python", "cpp", "java", "php", "ts", "cs", "sh", "js", "go", "rs", "rb", "lua", "r",
+                         "pl", "scala", "rkt", "d"]
 
 
 class Verify(StrictModel):

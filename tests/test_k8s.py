@@ -536,6 +536,26 @@ def test_the_executor_probes_its_heartbeat(docs: list[Doc]) -> None:
     assert (HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS) == (10, 30)
 
 
+def test_the_executor_has_the_java_jar_and_the_go_module_its_image_carries(docs: list[Doc]) -> None:
+    """DeepSeek's Java tests need javatuples and HumanEval-X's Go tests testify's module: the image installs
+    them from Debian (scripts/toolchains.txt) and builds the module, and the pod's settings point at them."""
+    from dscbatch.executor import go_module
+
+    settings = settings_of(executor_view(docs)[2])
+    packages = {line.strip() for line in (ROOT / "scripts" / "toolchains.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    runs = _dockerfile("executor")["RUN"]
+    assert any("/tmp/toolchains.txt" in run and "apt-get install" in run for run in runs)
+    assert settings.sandbox_java_classpath == "/usr/share/java/javatuples-1.2.jar" and "libjavatuples-java" in packages
+    listed = subprocess.run(["dpkg", "-L", "libjavatuples-java"], capture_output=True, text=True)
+    if listed.returncode == 0:  # installed here: the jar is where the pod looks for it
+        assert settings.sandbox_java_classpath in listed.stdout.split()
+    pip = next(index for index, run in enumerate(runs) if "pip install" in run)
+    [built] = [index for index, run in enumerate(runs) if "-m dscbatch.executor.go_module" in run]
+    assert built > pip and runs[built].split()[-1] == settings.sandbox_go_module == "/opt/dscbatch/go-module"
+    assert go_module.VENDORED[0][1] in packages  # testify's Debian package; what it imports comes with it
+
+
 def test_the_executor_pod_may_build_sandboxes_and_nothing_more(docs: list[Doc]) -> None:
     """Non-root, no capability, no privilege escalation, a read-only root; what bwrap needs is a Localhost seccomp
     profile (the one k8s/node installs) and an unmasked /proc, which Kubernetes allows in a pod user namespace."""

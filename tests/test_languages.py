@@ -9,17 +9,19 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
 import time
 import typing
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dscbatch.core.celery_app import enqueue_verifications, executor_queue, make_app
 from dscbatch.core.settings import Settings
-from dscbatch.executor import rust_crates
+from dscbatch.executor import go_module, rust_crates
 from dscbatch.executor.extraction import instruct_code, program
 from dscbatch.executor.humaneval import job_lines
 from dscbatch.executor.languages import DEEPSEEK_TABLE, LANGUAGES, REFUSED, UnknownLanguageError, language
@@ -29,7 +31,7 @@ from dscbatch.executor.sandbox import Sandbox
 from dscbatch.executor.toolchain import Toolchains
 from dscbatch.jobs.requests import Verify, VerifyLanguage
 from dscbatch.jobs.results import ItemInfo, Output, result_line
-from dscbatch.jobs.store import JobStore, ResultEntry
+from dscbatch.jobs.store import JobStatus, JobStore, ResultEntry
 from dscbatch.workers.embedded import free_port, stop_process
 from tests.conftest import start_executor
 from tests.test_evaluation import eval_cli
@@ -54,6 +56,7 @@ ADD = {
     "go": ("    return x + y\n}\n", "    return x - y\n}\n", "    return x +\n}\n"),
     "rs": ("    x + y\n", "    x - y\n", "    x + z\n"),
     "rb": ("    x + y\nend\n", "    x - y\nend\n", None),
+    "lua": ("    return x + y\nend\n", "    return x - y\nend\n", "    return x +\nend\n"),
     "r": ("\n    x + y\n}\n", "\n    x - y\n}\n", None),
     "pl": ("    return $x + $y;\n}\n", "    return $x - $y;\n}\n", None),
     "scala": ("        x + y\n", "        x - y\n", "        x + z\n"),
@@ -78,7 +81,7 @@ def test_julia_and_swift_are_refused_with_the_reason(tmp_path: Path) -> None:
     for name in ("jl", "julia", "swift"):
         with pytest.raises(UnknownLanguageError, match="Debian"):
             language(name)
-    assert set(REFUSED) == {"jl", "lua", "swift"}
+    assert set(REFUSED) == {"jl", "swift"}
     result = eval_cli("--language", "swift", "--samples", str(tmp_path / "s"), "--problems", str(tmp_path / "p"))
     assert result.returncode == 1 and "no Debian package" in result.stderr.strip().splitlines()[-1]
 
@@ -158,6 +161,26 @@ def test_base_lines_stop_at_the_files_stop_tokens_and_the_completion_is_cut_ther
     assert code.count("int main()") == 1 and "return x + y;" in code
 
 
+def store_item(store: JobStore, job_id: str, verify: dict[str, str], completions: list[str]) -> None:
+    """A job of one item with these completions, stored as a worker stores it: waiting for its verification."""
+    store.create_job(job_id, {"model": "m", "queue": "q", "created": time.time(), "total": 1, "shards": 0})
+    store.save_verify_specs(job_id, {0: Verify.model_validate(verify).model_dump_json()})
+    outputs = [Output(completion, "stop", 1) for completion in completions]
+    store.record(job_id, [ResultEntry(0, result_line(ItemInfo(0, "item0", "completion", False, None), model="m",
+                                                     job_id=job_id, created=0, outputs=outputs), "done",
+                                      verify=True)])
+
+
+def settled_item(store: JobStore, job_id: str, log: Path) -> tuple[JobStatus, dict[str, Any]]:
+    """The job's status once it settled (its one item verified) and that item's verification record."""
+    deadline = time.monotonic() + 120
+    while not (status := store.status(job_id)).settled:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
+    record: dict[str, Any] = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
+    return status, record
+
+
 CPP_PROMPT = "#include<cassert>\nlong add(long x, long y) {\n"
 CPP_TESTS = "}\nint main() {\n    assert(add(2, 3) == 5);\n}\n"
 
@@ -167,13 +190,8 @@ def test_an_executor_routes_a_language_it_cannot_run_to_one_that_can_and_counts_
     """Workers queue every verification on the shared queue: an executor serving Python only moves a C++ item
     to the C++ queue, where an executor that checked C++ at start judges it; /metrics counts it as cpp."""
     job_id = f"lang-{uuid.uuid4().hex[:8]}"
-    store.create_job(job_id, {"model": "m", "queue": "q", "created": time.time(), "total": 1, "shards": 0})
-    spec = Verify.model_validate({"tests": CPP_TESTS, "prompt": CPP_PROMPT, "language": "cpp"})
-    store.save_verify_specs(job_id, {0: spec.model_dump_json()})
-    outputs = [Output("    return x + y;\n", "stop", 1), Output("    return x - y;\n", "stop", 1)]
-    store.record(job_id, [ResultEntry(0, result_line(ItemInfo(0, "item0", "completion", False, None), model="m",
-                                                     job_id=job_id, created=0, outputs=outputs), "done",
-                                      verify=True)])
+    store_item(store, job_id, {"tests": CPP_TESTS, "prompt": CPP_PROMPT, "language": "cpp"},
+               ["    return x + y;\n", "    return x - y;\n"])
     python_only = start_executor(settings, store, tmp_path / "python.log")
     cpp_queue = executor_queue(settings.key_prefix, "cpp")
     try:
@@ -187,12 +205,8 @@ def test_an_executor_routes_a_language_it_cannot_run_to_one_that_can_and_counts_
         with_cpp = start_executor(settings.model_copy(update={"executor_languages": "cpp"}), store,
                                   tmp_path / "cpp.log", "--metrics-port", str(port))
         try:
-            deadline = time.monotonic() + 120
-            while not (status := store.status(job_id)).settled:
-                assert time.monotonic() < deadline, (tmp_path / "cpp.log").read_text()[-2000:]
-                time.sleep(0.2)
+            status, record = settled_item(store, job_id, tmp_path / "cpp.log")
             assert (status.verified_samples, status.passed_samples) == (2, 1)
-            record = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
             assert [verdict["status"] for verdict in record["verdicts"]] == ["passed", "failed"]
             assert "Assertion" in record["verdicts"][1]["error"]
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -204,6 +218,33 @@ def test_an_executor_routes_a_language_it_cannot_run_to_one_that_can_and_counts_
             stop_process(with_cpp)
     finally:
         stop_process(python_only)
+
+
+GO_PROMPT = ('package main\n\nimport (\n    "testing"\n    "github.com/stretchr/testify/assert"\n)\n\n'
+             "func Add(x int, y int) int {\n")
+GO_TESTS = "func TestAdd(t *testing.T) {\n    assert.New(t).Equal(3, Add(1, 2))\n}\n"
+
+
+def test_an_executor_without_the_go_module_gives_its_tests_a_final_verdict_naming_what_is_missing(
+        settings: Settings, store: JobStore, tmp_path: Path) -> None:
+    """A Go test importing testify (HumanEval-X's) on an executor that has no Go module: the item is settled
+    with a failed verdict that names the import and the setting, and nothing is left to sweep and retry."""
+    job_id = f"nomod-{uuid.uuid4().hex[:8]}"
+    store_item(store, job_id, {"tests": GO_TESTS, "prompt": GO_PROMPT, "language": "go"}, ["    return x + y\n}\n"])
+    executor = start_executor(settings.model_copy(update={"executor_languages": "go", "sandbox_go_module": None}),
+                              store, tmp_path / "go.log")
+    try:
+        enqueue_verifications(make_app(settings), settings.key_prefix, job_id, [0])
+        status, record = settled_item(store, job_id, tmp_path / "go.log")
+        assert (status.verified_samples, status.passed_samples) == (1, 0)
+        [verdict] = record["verdicts"]
+        assert verdict["status"] == "failed"
+        assert '"github.com/stretchr/testify/assert"' in verdict["error"], verdict["error"]
+        assert "no Go module is configured here (DSCBATCH_SANDBOX_GO_MODULE" in verdict["error"]
+        assert store.client.zscore(store.waiting_key, f"{job_id}:0") is None
+        assert "go runs here with no Go module (DSCBATCH_SANDBOX_GO_MODULE)" in (tmp_path / "go.log").read_text()
+    finally:
+        stop_process(executor)
 
 
 @needs_data
@@ -257,6 +298,29 @@ def test_humaneval_x_canonical_solutions_pass_and_bare_prompts_fail_through_eval
                           "--go-module", str(HUMANEVAL_X))
         assert result.returncode == 0, result.stderr
         assert f"pass@1           {expected}" in result.stdout, result.stdout
+
+
+@pytest.mark.skipif(not HUMANEVAL_X.is_dir(), reason=f"{HUMANEVAL_X} (HumanEval-X) is absent")
+@pytest.mark.skipif(not go_module.packaged(), reason="Debian's testify is not installed (make test-languages)")
+def test_the_go_module_built_from_debians_testify_runs_humaneval_x_go_tests(tmp_path: Path) -> None:
+    """The module the executor image builds (executor/go_module.py) in place of HumanEval-X's vendored one."""
+    with tempfile.TemporaryDirectory(prefix="dscbatch-test-go-module-") as readable:
+        os.chmod(readable, 0o755)  # read by the sandbox's slot uid (tmp_path's folders are the test user's only)
+        check_go_module(go_module.build(Path(readable) / "module"), tmp_path)
+
+
+def check_go_module(module: Path, tmp_path: Path) -> None:
+    with gzip.open(HUMANEVAL_X / "humaneval_go.jsonl.gz", "rt") as stream:
+        records = [json.loads(line) for line in stream][:2]
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(record) + "\n" for record in records))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": record["task_id"], "completion": completion}) + "\n"
+                               for record in records for completion in (record["canonical_solution"], "}\n")))
+    result = eval_cli("--language", "go", "--problems", str(problems), "--samples", str(samples),
+                      "--go-module", str(module))
+    assert result.returncode == 0, result.stderr
+    assert "passed               2" in result.stdout and "failed               2" in result.stdout, result.stdout
 
 
 def test_extract_block_keeps_the_helpers_deepseeks_extraction_drops() -> None:

@@ -29,6 +29,11 @@ COPY monitoring monitoring
 COPY executor executor
 COPY server server
 RUN pip install --no-cache-dir "."
+# The test dependencies of HumanEval-X's and DeepSeek's tests, from Debian (scripts/toolchains.txt): the Java tests'
+# javatuples jar is /usr/share/java/javatuples-1.2.jar (libjavatuples-java); the Go tests' module (go.mod and
+# vendor/ with testify) is built here from golang-github-stretchr-testify-dev. k8s/base/executor.yaml points
+# DSCBATCH_SANDBOX_JAVA_CLASSPATH and DSCBATCH_SANDBOX_GO_MODULE at them.
+RUN python -m dscbatch.executor.go_module /opt/dscbatch/go-module
 
 ENV HOME=/home/dscbatch PYTHONUNBUFFERED=1
 USER 10001:10001
