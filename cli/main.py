@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import click
@@ -19,6 +20,7 @@ from dscbatch.cli.submitting import key_values, parse_params, submit_file
 from dscbatch.core.errors import DscbatchError, InvalidInputError, RequestError
 from dscbatch.core.process_exit import lingering_threads
 from dscbatch.core.settings import Settings
+from dscbatch.jobs.dataset import PART_FORMATS, PART_LINES
 from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_input, require_valid
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import Params
@@ -138,18 +140,23 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
 @click.option("--wait", is_flag=True, help="Show progress until the job finishes (and its results file is "
                                            "written); exit 3 if items failed.")
 @click.option("-o", "--output", metavar="FOLDER",
-              help="Folder (path or fsspec URL) where a worker writes results.jsonl when the job settles "
-                   "(default: $DSCBATCH_OUTPUT_URL/JOB_ID, if set).")
+              help="Folder (path or fsspec URL) where a worker writes results.jsonl and manifest.json when the "
+                   "job settles (default: $DSCBATCH_OUTPUT_URL/JOB_ID, if set).")
+@click.option("--output-parts", type=click.Choice(PART_FORMATS),
+              help=f"Also write the results to the output folder as parts/part-NNNNN.FORMAT of {PART_LINES:,} "
+                   "lines each, in input order (a Parquet dataset reads as one table).")
 @click.pass_context
 def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
            max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,
-           wait: bool, output: str | None) -> None:
+           wait: bool, output: str | None, output_parts: str | None) -> None:
     """Validate INPUT, cut it into shards and queue them; prints the job id as the last line."""
     require_input(input_path)  # a missing file is reported as such, before Redis is reached
     settings = _settings(ctx)
+    if output_parts is not None and output is None and settings.output_url is None:
+        raise click.UsageError("--output-parts needs an output folder: pass -o FOLDER or set DSCBATCH_OUTPUT_URL")
     store = JobStore.connect(settings)
-    options = _make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
-                                   max_model_len, order, no_dedup, output)
+    options = replace(_make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
+                                           max_model_len, order, no_dedup, output), output_parts=output_parts)
     job_id = submit_file(settings, store, input_path, options)
     exit_code = 0
     if wait:

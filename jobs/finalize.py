@@ -2,7 +2,8 @@
 
 The file is ``<output folder>/results.jsonl``: one line per input line, in input order, exactly the lines
 ``dscbatch results JOB -o`` writes (native or OpenAI batch format per line; a failed item's line has its
-``error``). It is written with ``objectstore.write_atomic``, so nothing half-written is ever at that name.
+``error``). It is written with ``objectstore.write_atomic``, so nothing half-written is ever at that name. Beside
+it go the same lines as parts, where the job asked for them, and a manifest (``jobs.dataset``).
 
 Exactly one writer: a worker claims the job in ``P:finalizing`` (``HSETNX``) before writing. A claim is a lease
 on the worker's heartbeat, like a shard claim: a worker killed while writing leaves its claim behind, and the
@@ -31,12 +32,11 @@ from typing import cast
 
 from dscbatch.core.errors import DscbatchError
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.output import result_lines, write_lines
+from dscbatch.jobs.dataset import RESULTS_FILE, write_output
+from dscbatch.jobs.output import result_lines
 from dscbatch.jobs.store import JobStore, scripts
 
 log = logging.getLogger(__name__)
-
-RESULTS_FILE = "results.jsonl"
 
 def awaiting(store: JobStore) -> list[str]:
     """Settled jobs whose results file is not written yet."""
@@ -76,7 +76,8 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
         assert status.output_url is not None  # only jobs with an output folder are in the finalize set
         url = objectstore.join(status.output_url, RESULTS_FILE)
         started = time.monotonic()
-        written = write_lines(result_lines(store, status), url)
+        written = write_output(result_lines(store, status), status.output_url, job_id,
+                               status.options["output_parts"])
         part = functools.partial(store.keys.job_part, job_id)
         keys = [store.keys.finalizing, store.job_key(job_id), store.keys.finalize, part("parts"), part("voided"),
                 part("attempts"), part("item_attempts"), part("verdicts"),

@@ -66,6 +66,7 @@ class SubmitOptions:
     source: str | None = None  # what the job record names as its input (default: the path)
     output_url: str | None = None  # a folder: a worker writes the results file there when the job settles
     output_root: str | None = None  # a folder under which the job gets a folder named by its id (the setting)
+    output_parts: str | None = None  # "jsonl" or "parquet": the results also as parts (``jobs.dataset``)
 
 
 def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: SubmitOptions,
@@ -101,7 +102,8 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
         "stop": job.header["stop"],
         "options": {"defaults": options.defaults.model_dump(exclude_none=True), "echo_prompt": options.echo_prompt,
                     "skip_invalid": options.skip_invalid, "invalid_lines": check.invalid_lines,
-                    "group_prefixes": options.group_prefixes, "dedup": options.dedup},
+                    "group_prefixes": options.group_prefixes, "dedup": options.dedup,
+                    "output_parts": options.output_parts},
     })
     for key in keys:
         enqueue(queue, job.id, key)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import pyarrow.dataset
 import pytest
 
 from dscbatch.core.errors import StorageError
 from dscbatch.core.settings import Settings
-from dscbatch.jobs import finalize, parts
+from dscbatch.jobs import dataset, finalize, parts
 from dscbatch.jobs.grouping import item_indices
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.submission import SubmitOptions, submit_job
@@ -129,3 +131,46 @@ def test_an_unusable_work_folder_refuses_the_submission_in_one_line(private_sett
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1 and str(blocker / "work") in result.stderr, result.stderr
     assert private_store.job_ids() == [] and not list(private_store.client.scan_iter(f"{settings.key_prefix}:*"))
+
+
+@pytest.mark.parametrize("part_format", ["parquet", "jsonl"])
+def test_the_output_folder_has_the_results_as_parts_that_read_as_one_table_and_a_manifest(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        part_format: str) -> None:
+    monkeypatch.setattr(dataset, "PART_LINES", 3)
+    store = private_store
+    job_id = _submit(store, deepseek_dir, tmp_path, 7, shard_max_requests=4, output_root=str(tmp_path / "out"),
+                     output_parts=part_format)
+    for number in range(2):
+        shard = store.shard_key(job_id, number)
+        payload = store.load_shard(shard)
+        assert payload is not None
+        indices = [index for item in payload["items"] for index in item_indices(item)]
+        store.record(job_id, [ResultEntry(index, json.dumps({"id": f"q{index}", "outputs": [
+            {"text": f"t{index}", "finish_reason": "stop", "completion_tokens": 1}]}), "done") for index in indices],
+                     shard, {index: position for position, index in enumerate(indices)})
+    assert finalize.finalize(store, job_id, "test")
+    folder = tmp_path / "out" / job_id
+    manifest = json.loads((folder / "manifest.json").read_text())
+    results = (folder / "results.jsonl").read_bytes()
+    assert manifest["results"] == {"name": "results.jsonl", "lines": 7, "bytes": len(results),
+                                   "sha256": hashlib.sha256(results).hexdigest()}
+    assert manifest["parts"]["files"] == [
+        {"name": f"parts/part-{n:05d}.{part_format}", "first_line": first, "lines": lines}
+        for n, (first, lines) in enumerate([(1, 3), (4, 3), (7, 1)])]
+    if part_format == "parquet":
+        table = pyarrow.dataset.dataset(str(folder / "parts"), format="parquet").to_table()
+        assert table.column("id").to_pylist() == [f"q{i}" for i in range(7)]
+        assert [outputs[0]["text"] for outputs in table.column("outputs").to_pylist()] == [f"t{i}" for i in range(7)]
+    else:
+        lines = [line for part in sorted((folder / "parts").iterdir()) for line in part.read_text().splitlines()]
+        assert lines == results.decode().splitlines()
+
+
+def test_output_parts_without_an_output_folder_is_refused_in_one_line(private_settings: Settings,
+                                                                     deepseek_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "def f():"}\n')
+    result = cli("submit", str(path), "--model", str(deepseek_dir), "--output-parts", "parquet",
+                 env=worker_env(private_settings))
+    assert result.returncode == 2 and "--output-parts needs an output folder" in result.stderr, result.stderr

@@ -62,7 +62,7 @@ SHARDS_SAVED_AHEAD = 2
 # (while every value is at most ``hash-max-listpack-value``, 64 bytes by default): 0.76 KB of key data a job
 # against 1.83 KB as a hash table (``benchmarks/redis_memory.py``).
 JOB_OPTION_DEFAULTS: dict[str, Any] = {"defaults": {}, "echo_prompt": False, "skip_invalid": False, "invalid_lines": 0,
-                                       "group_prefixes": True, "dedup": True}
+                                       "group_prefixes": True, "dedup": True, "output_parts": None}
 
 # The job's keys besides its record and its shards.
 JOB_STATES = ("queued", "running", "completed", "completed_with_errors", "cancelled")
