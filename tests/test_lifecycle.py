@@ -45,7 +45,11 @@ def test_a_settled_job_is_finalized_into_its_output_folder_and_leaves_redis(
     assert f"results in {results_file}" in submitted.stderr
     lines = results_file.read_text(encoding="utf-8").splitlines()
     assert [r.get("custom_id") or r.get("id") for r in map(json.loads, lines)] == input_ids(EXAMPLES)
-    assert [path.name for path in folder.iterdir()] == ["results.jsonl"]  # nothing staged left beside it
+    # Nothing staged left beside it; the manifest, written last, describes it.
+    assert sorted(path.name for path in folder.iterdir()) == ["manifest.json", "results.jsonl"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["job"], manifest["lines"], manifest["results"]["bytes"], manifest["parts"]) == (
+        job_id, len(lines), results_file.stat().st_size, None)
     status = json.loads(dscbatch(settings, "status", job_id, "--json").stdout)
     assert (status["state"], status["output_url"], status["results_url"]) == ("completed", str(folder),
                                                                               str(results_file))
