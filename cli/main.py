@@ -251,14 +251,17 @@ def delete(ctx: click.Context, job_id: str, cancel: bool) -> None:
 @click.argument("job_id")
 @click.pass_context
 def retry(ctx: click.Context, job_id: str) -> None:
-    """Run a job's failed items again (those that failed in a worker)."""
+    """Run a job's failed items again (those that failed in a worker, and those whose results the work folder
+    lost)."""
     from dscbatch.core.celery_app import enqueue_shard, make_app
     from dscbatch.jobs.retrying import retry_failed
 
     settings = _settings(ctx)
     app = make_app(settings)
-    count = retry_failed(_store(ctx), job_id, lambda queue, job, key: enqueue_shard(app, queue, job, key),
-                         settings.shard_max_requests, settings.shard_max_tokens)
+    count, lost = retry_failed(_store(ctx), job_id, lambda queue, job, key: enqueue_shard(app, queue, job, key),
+                               settings.shard_max_requests, settings.shard_max_tokens)
+    if lost:
+        click.echo(f"job {job_id}: {lost} items whose result parts the work folder lost are failures now", err=True)
     click.echo(f"job {job_id}: {count} failed items queued again")
 
 

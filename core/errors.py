@@ -69,6 +69,11 @@ class StorageError(DscbatchError):
     exit_code = 2
 
 
+class MissingDataError(StorageError):
+    """Raised when stored data is not there or not whole (a missing file, a corrupt result part): unlike an outage,
+    trying again will not bring it back."""
+
+
 class JobRunningError(DscbatchError):
     """Raised when an operation meant for a finished job (``delete``) names one still running."""
 

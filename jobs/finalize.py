@@ -30,7 +30,7 @@ import logging
 import time
 from typing import cast
 
-from dscbatch.core.errors import DscbatchError
+from dscbatch.core.errors import DscbatchError, MissingDataError
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.dataset import RESULTS_FILE, write_output
 from dscbatch.jobs.output import result_lines
@@ -85,8 +85,9 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
         committed = bool(store.client.eval(
             scripts.source("finalize_commit"), len(keys), *keys, job_id, worker, settlement, url, time.time()))
     except DscbatchError as error:
+        hint = f"; `dscbatch retry {job_id}` runs its items again" if isinstance(error, MissingDataError) else ""
         if store.client.exists(store.job_key(job_id)):
-            store.client.hset(store.job_key(job_id), "finalize_error", str(error))
+            store.client.hset(store.job_key(job_id), "finalize_error", f"{error}{hint}")
         raise
     finally:
         release(store, job_id, worker)

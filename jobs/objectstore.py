@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import fsspec
 
-from dscbatch.core.errors import StorageError
+from dscbatch.core.errors import MissingDataError, StorageError
 
 # Protocols whose writes are published atomically when the upload completes.
 ATOMIC_UPLOAD_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
@@ -45,7 +45,7 @@ def describe(url: str, error: BaseException) -> StorageError:
         # fsspec's HTTP file system reports an unreachable server as a missing file; say what happened.
         return StorageError(f"{url}: cannot connect: {_first_line(error.__cause__)}")
     if isinstance(error, FileNotFoundError):
-        return StorageError(f"{url}: no such file or bucket")
+        return MissingDataError(f"{url}: no such file or bucket")
     if isinstance(error, PermissionError):
         return StorageError(f"{url}: permission denied")
     if isinstance(error, IsADirectoryError):

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from dscbatch.core.errors import StorageError
+from dscbatch.core.errors import MissingDataError
 
 MAGIC = b"dscbatch-part 1 "
 BUCKET_ITEMS = 1 << 16
@@ -35,19 +35,19 @@ def encode(lines: Iterable[tuple[int, str]]) -> bytes:
 
 
 def decode(name: str, data: bytes) -> list[tuple[int, bytes]]:
-    """``(index, line bytes)`` of a part; :class:`StorageError` naming ``name`` when it is corrupt."""
+    """``(index, line bytes)`` of a part; :class:`MissingDataError` naming ``name`` when it is corrupt."""
     header, _, body = data.partition(b"\n")
     if not header.startswith(MAGIC) or not header[len(MAGIC):].isdigit():
-        raise StorageError(f"result part {name} is corrupt: it does not start with a part header")
+        raise MissingDataError(f"result part {name} is corrupt: it does not start with a part header")
     rows = body.split(b"\n")
     if rows[-1] != b"" or len(rows) - 1 != int(header[len(MAGIC):]):
-        raise StorageError(f"result part {name} is corrupt: it holds {len(rows) - 1} lines, its header says "
+        raise MissingDataError(f"result part {name} is corrupt: it holds {len(rows) - 1} lines, its header says "
                            f"{int(header[len(MAGIC):])}")
     found = []
     for number, row in enumerate(rows[:-1], 2):
         index, tab, line = row.partition(b"\t")
         if not tab or not index.isdigit() or not line.startswith(b"{"):
-            raise StorageError(f"result part {name} is corrupt at line {number}")
+            raise MissingDataError(f"result part {name} is corrupt at line {number}")
         found.append((int(index), line))
     return found
 

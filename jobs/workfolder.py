@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from dscbatch.core.errors import StorageError
+from dscbatch.core.errors import MissingDataError, StorageError
 from dscbatch.jobs import objectstore
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class WorkFolder:
             try:
                 return operation()
             except StorageError as error:
-                if action == "read" and "no such file" in str(error):
+                if action == "read" and isinstance(error, MissingDataError):
                     raise  # not an outage: retrying will not bring it back
                 if time.monotonic() + backoff > deadline:
                     raise

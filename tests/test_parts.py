@@ -13,6 +13,7 @@ from dscbatch.core.errors import StorageError
 from dscbatch.core.settings import Settings
 from dscbatch.jobs import dataset, finalize, parts
 from dscbatch.jobs.grouping import item_indices
+from dscbatch.jobs.retrying import retry_failed
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 
@@ -174,3 +175,74 @@ def test_output_parts_without_an_output_folder_is_refused_in_one_line(private_se
     result = cli("submit", str(path), "--model", str(deepseek_dir), "--output-parts", "parquet",
                  env=worker_env(private_settings))
     assert result.returncode == 2 and "--output-parts needs an output folder" in result.stderr, result.stderr
+
+
+def _commit_all(store: JobStore, job_id: str, keys: list[str], text: str) -> None:
+    """Commit every item of the shards as a worker would: two parts a shard, tokens on each run's first line."""
+    for shard in keys:
+        payload = store.load_shard(shard)
+        assert payload is not None
+        indices = [index for item in payload["items"] for index in item_indices(item)]
+        firsts = {item["i"] for item in payload["items"]}
+        entries = [ResultEntry(index, _line(index, text), "done", *((5, 7, 1) if index in firsts else (0, 0, 0)))
+                   for index in indices]
+        positions = {index: position for position, index in enumerate(indices)}
+        half = len(entries) // 2
+        for chunk in (entries[:half], entries[half:]):
+            store.record(job_id, chunk, shard, positions)
+        store.drop_shard(job_id, shard, indices)
+
+
+def test_retry_runs_again_the_items_of_a_result_part_the_work_folder_lost(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    store = private_store
+    path = tmp_path / "p.jsonl"
+    prompts = ["def a():", "def b():", "def c():", "def d():", "def e():", "def f():", "def c():", "def d():"]
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    job_id = submit_job(store, lambda queue, job, key: None, path,
+                        SubmitOptions(model=str(deepseek_dir), shard_max_requests=2,
+                                      output_root=str(tmp_path / "out")))
+    status = store.status(job_id)
+    assert status.deduplicated == 2  # q6 and q7 are folded into q2 and q3
+    _commit_all(store, job_id, [store.shard_key(job_id, number) for number in range(status.shards)], "first")
+    before = store.status(job_id)
+    assert (before.done, before.prompt_tokens, before.state) == (8, 30, "completed")
+    # The part holding q2's result (and its folded duplicate q6's) leaves the work folder.
+    lost = next(entry for entry in store.part_entries(job_id)
+                if 2 in dict(parts.decode("", store.work.read(store.work.part(job_id, entry.name)))))
+    lost_indices = sorted(index for index, _ in parts.decode("", store.work.read(store.work.part(job_id,
+                                                                                                  lost.name))))
+    Path(store.work.part(job_id, lost.name)).unlink()
+    with pytest.raises(StorageError, match="no such file"):
+        finalize.finalize(store, job_id, "test")
+    error = store.status(job_id).finalize_error or ""
+    assert lost.name in error and f"`dscbatch retry {job_id}` runs its items again" in error
+
+    queued: list[str] = []
+    assert retry_failed(store, job_id, lambda queue, job, key: queued.append(key)) == (len(lost_indices),
+                                                                                       len(lost_indices))
+    status = store.status(job_id)
+    assert (status.done, status.pending, status.finalize_error) == (8 - len(lost_indices), len(lost_indices), None)
+    assert status.prompt_tokens == 30 - lost.prompt_tokens
+    assert sorted(index for key in queued for item in (store.load_shard(key) or {})["items"]
+                  for index in item_indices(item)) == lost_indices
+    _commit_all(store, job_id, queued, "again")
+    after = store.status(job_id)
+    assert (after.done, after.failed, after.state, after.prompt_tokens, after.completion_tokens) == (
+        8, 0, "completed", before.prompt_tokens, before.completion_tokens)
+    assert finalize.finalize(store, job_id, "test")
+    lines = [json.loads(line) for line in (tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in lines] == [f"q{i}" for i in range(8)]
+    assert [index for index, line in enumerate(lines) if line["text"] == "again"] == lost_indices
+
+
+def test_retry_replaces_nothing_when_every_part_is_missing(private_store: JobStore, deepseek_dir: Path,
+                                                           tmp_path: Path) -> None:
+    store = private_store
+    job_id = _submit(store, deepseek_dir, tmp_path, 4, shard_max_requests=2)
+    _commit_all(store, job_id, [store.shard_key(job_id, number) for number in range(2)], "first")
+    for entry in store.part_entries(job_id):
+        Path(store.work.part(job_id, entry.name)).unlink()
+    with pytest.raises(StorageError, match=r"every result part of job .* is missing .*DSCBATCH_WORK_URL"):
+        retry_failed(store, job_id, lambda queue, job, key: None)
+    assert store.status(job_id).done == 4

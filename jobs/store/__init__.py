@@ -81,6 +81,29 @@ class ResultEntry:
 
 
 @dataclass(frozen=True)
+class PartEntry:
+    """A committed result part as the job's parts list holds it: its name and the tokens its commit counted."""
+
+    entry: str  # the list's element, as stored
+    name: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    @classmethod
+    def parse(cls, raw: bytes) -> PartEntry:
+        name, *tokens = raw.decode().split(" ")
+        return cls(raw.decode(), name, *(int(count) for count in tokens))
+
+    @property
+    def shard(self) -> int | None:
+        """The number of the shard whose results it holds; None for submission's error records and
+        replacements."""
+        first = self.name.partition("-")[0]
+        return int(first) if first.isdigit() else None
+
+
+@dataclass(frozen=True)
 class JobStatus:
     id: str
     model: str
@@ -156,6 +179,7 @@ class JobStore:
         self._verdict = scripts.register(client, "verdict")
         self._take_stale = scripts.register(client, "take_stale")
         self._drop = scripts.register(client, "drop_shard")
+        self._replace_lost = scripts.register(client, "replace_lost_parts")
 
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
@@ -226,6 +250,11 @@ class JobStore:
                 return None
             raise
         return shard_codec.decode(data)
+
+    def finished_shard(self, job_id: str, number: int) -> dict[str, Any]:
+        """A shard's payload from the work folder whatever its marker says (it stays there until the job's
+        results file is written); :class:`MissingDataError` once it is gone."""
+        return shard_codec.decode(self.work.read(self.work.shard(job_id, number)))
 
     def drop_shard(self, job_id: str, shard_key: str, indices: Sequence[int]) -> list[int]:
         """Delete a shard's marker if every one of its items (``indices``, in shard order) has a result, checked
@@ -475,13 +504,39 @@ class JobStore:
         indices, items = self._take_failed(keys=keys, args=[job_id])
         return sorted(int(index) for index in indices), [json.loads(item) for item in items]
 
-    def results(self, job_id: str, total: int) -> Iterator[tuple[int, str | None]]:
-        """``(index, result line or None)`` of every item in input order, merged from the committed parts."""
-        urls = [self.work.part(job_id, name.decode()) for name in
+    def part_entries(self, job_id: str) -> list[PartEntry]:
+        """The job's committed result parts, in commit order."""
+        return [PartEntry.parse(raw) for raw in
                 cast(list[bytes], self.client.lrange(self.keys.job_part(job_id, "parts"), 0, -1))]
+
+    def results(self, job_id: str, total: int, leave_out: Iterable[int] = (),
+                without: Iterable[PartEntry] = ()) -> Iterator[tuple[int, str | None]]:
+        """``(index, result line or None)`` of every item in input order, merged from the committed parts (but the
+        parts ``without``; None too for the indices in ``leave_out``)."""
+        skip = {entry.name for entry in without}
+        urls = [self.work.part(job_id, entry.name) for entry in self.part_entries(job_id) if entry.name not in skip]
         voided = {int(index) for index in
                   cast(set[bytes], self.client.smembers(self.keys.job_part(job_id, "voided")))}
-        return parts.merged(urls, self.work.read, total, voided)
+        return parts.merged(urls, self.work.read, total, voided | set(leave_out))
+
+    def replace_lost_parts(self, job_id: str, settlement: int, lost: Sequence[PartEntry], done: int, failed: int,
+                           entries: Sequence[ResultEntry]) -> bool:
+        """Replace lost parts with one part of ``entries`` (retryable failures) and set the job's counts to
+        ``done`` and ``failed``, unless the job moved since its ``settlement`` generation was read; True if
+        replaced."""
+        name = f"lost-{uuid.uuid4().hex[:16]}"
+        url = self.work.part(job_id, name)
+        self.work.write(url, parts.encode((entry.index, entry.line) for entry in entries))
+        part = functools.partial(self.keys.job_part, job_id)
+        replaced = bool(self._replace_lost(
+            keys=[self.job_key(job_id), part("parts"), part("failed"), part("retry"), self.keys.finalize],
+            args=[job_id, settlement, done, failed, sum(entry.prompt_tokens for entry in lost),
+                  sum(entry.completion_tokens for entry in lost), sum(entry.cached_prompt_tokens for entry in lost),
+                  f"{name} 0 0 0", len(lost), *(entry.entry for entry in lost),
+                  *(value for entry in entries for value in (entry.index, entry.retry_item))]))
+        if not replaced:
+            self.work.delete(url)
+        return replaced
 
     # Verification
 

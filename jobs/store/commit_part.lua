@@ -27,7 +27,8 @@ end
 local verify_first, verify_n = list()
 local retry_first, retry_n = list()
 local index_first, index_n = list()
-if index_n > 0 then redis.call('RPUSH', KEYS[1], ARGV[2]) end
+-- The parts list's entry: the part's name and the tokens it counted (what a lost part's replacement takes back).
+if index_n > 0 then redis.call('RPUSH', KEYS[1], ARGV[2] .. ' ' .. ARGV[5] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7]) end
 redis.call('HINCRBY', KEYS[2], 'done', ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'failed', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[5])
