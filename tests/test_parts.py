@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from dscbatch.core.errors import StorageError
 from dscbatch.core.settings import Settings
-from dscbatch.jobs import finalize, parts
+from dscbatch.jobs import finalize, output, parts
 from dscbatch.jobs.grouping import item_indices
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.submission import SubmitOptions, submit_job
@@ -18,9 +19,12 @@ from .conftest import worker_env
 from .test_cli import cli
 
 
-def _submit(store: JobStore, deepseek_dir: Path, tmp_path: Path, count: int, **options: object) -> str:
+def _submit(store: JobStore, deepseek_dir: Path, tmp_path: Path, count: int, verify: bool = False,
+            **options: object) -> str:
     path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"def f{i}():"}) + "\n" for i in range(count)))
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"def f{i}():",
+                                        **({"verify": {"tests": f"assert f{i}() == {i}"}} if verify else {})}) + "\n"
+                            for i in range(count)))
     return submit_job(store, lambda queue, job, key: None, path,
                       SubmitOptions(model=str(deepseek_dir), dedup=False, group_prefixes=False, **options))
 
@@ -129,3 +133,66 @@ def test_an_unusable_work_folder_refuses_the_submission_in_one_line(private_sett
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1 and str(blocker / "work") in result.stderr, result.stderr
     assert private_store.job_ids() == [] and not list(private_store.client.scan_iter(f"{settings.key_prefix}:*"))
+
+
+def _verdict(index: int) -> str:
+    return json.dumps({"passed": index % 2, "samples": 1, "verdicts": [{"status": "passed" if index % 2 else "failed",
+                                                                       "program": "x" * 1000}]})
+
+
+def test_verification_keeps_only_what_is_in_flight_in_redis_and_the_results_carry_every_verdict(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    """Specs go to the work folder at submit; verdicts leave Redis for verdict parts once a worker flushes them;
+    first-wins holds after the flush; the results merge both; the results file takes them and they leave."""
+    store = private_store
+    items = 2100  # three spec files (1024 items each), over three submission chunks' boundaries
+    job_id = _submit(store, deepseek_dir, tmp_path, items, verify=True, shard_max_requests=700,
+                     output_root=str(tmp_path / "out"))
+    key = functools.partial(store.keys.job_part, job_id)
+    assert not store.client.exists(key("verify"))
+    specs = Path(store.work.job(job_id), "verify")
+    assert sorted(path.name for path in specs.iterdir()) == ["0", "1", "2"]
+    for number in range(3):
+        shard = store.shard_key(job_id, number)
+        payload = store.load_shard(shard)
+        assert payload is not None
+        indices = [index for item in payload["items"] for index in item_indices(item)]
+        positions = {index: position for position, index in enumerate(indices)}
+        store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in indices],
+                     shard, positions)
+    assert store.status(job_id).to_verify == items
+    spec, line = store.verification_input(job_id, 2099)
+    assert spec is not None and json.loads(spec)["tests"] == "assert f2099() == 2099"
+    assert line is not None and json.loads(line)["id"] == "q2099"
+    before = _job_redis_bytes(store, job_id)
+
+    for index in range(1000):
+        assert store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    assert store.flush_verdicts(job_id) == 1000
+    assert store.client.hlen(key("verdicts")) == 0
+    assert store.client.zscore(store.keys.verdicts_unflushed, job_id) is None
+    # A second executor's verdict for an item whose first left Redis is refused, and counts nothing.
+    assert store.has_verdict(job_id, 7) and not store.record_verdict(job_id, 7, _verdict(8), 1, 0)
+    for index in range(1000, items):
+        assert store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    assert store.client.hlen(key("verdicts")) == items - 1000
+    status = store.status(job_id)
+    assert (status.verified, status.verified_samples, status.passed_samples, status.state) == (
+        items, items, items // 2, "completed")
+    # What `dscbatch results` writes: records from the verdict part and from Redis alike.
+    lines = [json.loads(line) for line in output.result_lines(store, status)]
+    assert [line["verification"] for line in lines] == [json.loads(_verdict(index)) for index in range(items)]
+
+    assert store.flush_due_verdicts("test") == items - 1000  # a job holding VERDICT_FLUSH_ITEMS is due at once
+    assert store.client.hlen(key("verdicts")) == 0 and store.client.llen(key("verdict_parts")) == 2
+    after = _job_redis_bytes(store, job_id)
+    assert after - before < 4096, f"{after - before} bytes of Redis for {items} verdicts"
+
+    assert finalize.finalize(store, job_id, "test")
+    written = (tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["verification"] for line in written] == [json.loads(_verdict(i)) for i in range(items)]
+    assert not any(store.client.exists(key(name)) for name in ("verdicts", "verdicted", "verdict_parts"))
+    assert not Path(store.work.job(job_id), "verdicts").exists()
+    assert sorted(path.name for path in specs.iterdir()) == ["0", "1", "2"]  # a retry verifies again
+    store.delete_job(job_id)
+    assert not specs.exists()
