@@ -11,6 +11,7 @@ import pytest
 from dscbatch.core.errors import StorageError
 from dscbatch.core.settings import Settings
 from dscbatch.jobs import finalize, output, parts
+from dscbatch.jobs import store as store_module
 from dscbatch.jobs.grouping import item_indices
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.submission import SubmitOptions, submit_job
@@ -196,3 +197,25 @@ def test_verification_keeps_only_what_is_in_flight_in_redis_and_the_results_carr
     assert sorted(path.name for path in specs.iterdir()) == ["0", "1", "2"]  # a retry verifies again
     store.delete_job(job_id)
     assert not specs.exists()
+
+
+def test_a_worker_flushes_a_jobs_verdicts_once_the_oldest_waited_and_forgets_a_deleted_job(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = private_store
+    jobs = [_submit(store, deepseek_dir, tmp_path, 3, verify=True, shard_max_requests=4) for _ in range(2)]
+    for job_id in jobs:
+        store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in range(3)],
+                     store.shard_key(job_id, 0), {0: 0, 1: 1, 2: 2})
+        for index in range(3):
+            store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    assert store.flush_due_verdicts("w1") == 0  # three records a job, just stored: not due
+    assert store.flush_due_verdicts("w2") == 0  # and one worker a round
+    kept, deleted = jobs
+    store.delete_job(deleted)
+    monkeypatch.setattr(store_module, "VERDICT_FLUSH_SECONDS", 0)
+    store.client.delete(store.keys.verdict_flush)  # the next round
+    assert store.flush_due_verdicts("w1") == 3
+    assert store.client.zcard(store.keys.verdicts_unflushed) == 0  # the deleted job's entry went too
+    assert [json.loads(record or "null") for record in store.iter_verdicts(kept, 3)] == [
+        json.loads(_verdict(index)) for index in range(3)]
+    assert len(list(Path(store.work.job(kept), "verdicts").iterdir())) == 1
