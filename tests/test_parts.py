@@ -219,3 +219,29 @@ def test_a_worker_flushes_a_jobs_verdicts_once_the_oldest_waited_and_forgets_a_d
     assert [json.loads(record or "null") for record in store.iter_verdicts(kept, 3)] == [
         json.loads(_verdict(index)) for index in range(3)]
     assert len(list(Path(store.work.job(kept), "verdicts").iterdir())) == 1
+
+
+def test_a_retry_after_the_results_file_verifies_the_new_result_with_the_spec_kept_in_the_work_folder(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    store = private_store
+    job_id = _submit(store, deepseek_dir, tmp_path, 3, verify=True, shard_max_requests=4,
+                     output_root=str(tmp_path / "out"))
+    shard = store.shard_key(job_id, 0)
+    failure = json.dumps({"id": "q1", "error": {"code": "engine_error"}})
+    store.record(job_id, [ResultEntry(0, _line(0, "r"), "done", verify=True),
+                          ResultEntry(1, failure, "retryable", retry_item=json.dumps({"i": 1, "ids": [1]})),
+                          ResultEntry(2, _line(2, "r"), "done", verify=True)], shard, {0: 0, 1: 1, 2: 2})
+    for index in (0, 2):
+        assert store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    store.flush_verdicts(job_id)
+    assert finalize.finalize(store, job_id, "test")
+    assert store.take_failed(job_id)[0] == [1]  # what `dscbatch retry` does before running it again
+    store.record(job_id, [ResultEntry(1, _line(1, "again"), "done", verify=True)])
+    spec, line = store.verification_input(job_id, 1)
+    assert spec is not None and json.loads(spec)["tests"] == "assert f1() == 1"
+    assert line is not None and json.loads(line)["text"] == "again"
+    assert not store.has_verdict(job_id, 1) and store.record_verdict(job_id, 1, _verdict(1), 1, 1)
+    assert finalize.finalize(store, job_id, "test")
+    written = [json.loads(line) for line in (tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()]
+    assert [(line["text"], line["verification"]) for line in written] == [
+        (text, json.loads(_verdict(index))) for index, text in enumerate(["r", "again", "r"])]
