@@ -40,7 +40,7 @@ import functools
 import json
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,6 +72,9 @@ VERDICT_FLUSH_SECONDS = 30
 VERDICT_FLUSH_ITEMS = 1024
 VERDICT_PART_ITEMS = 4096
 VERDICT_FLUSH_ROUND_SECONDS = 10
+# Spec files a store remembers writing, to add to one rather than replace it when a caller saves its specs in
+# pieces (``save_verify_specs``).
+SPEC_FILES_REMEMBERED = 256
 # The name under which ``iter_verdicts`` merges the records still in Redis with the verdict parts.
 IN_REDIS = "redis:verdicts"
 
@@ -176,7 +179,8 @@ class JobStore:
         self._drop = scripts.register(client, "drop_shard")
         self._flush_verdicts = scripts.register(client, "flush_verdicts")
         self._spec_cache = spec_files.SpecCache(self.work.read)
-        self._specs_written: set[str] = set()  # spec files written here (save_verify_specs)
+        # The last spec files written here (save_verify_specs): a few suffice, a job's chunks come in order.
+        self._specs_written: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
@@ -515,7 +519,9 @@ class JobStore:
             if url in self._specs_written:
                 found = {**spec_files.decode(url, self.work.read(url)), **found}
             self.work.write(url, spec_files.encode(found))
-            self._specs_written.add(url)
+            self._specs_written[url] = None
+            while len(self._specs_written) > SPEC_FILES_REMEMBERED:
+                self._specs_written.popitem(last=False)
 
     def verification_input(self, job_id: str, index: int) -> tuple[str | None, str | None]:
         """An item's ``verify`` spec and its committed result line while it awaits its verdict, else
