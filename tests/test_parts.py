@@ -10,7 +10,7 @@ import pytest
 
 from dscbatch.core.errors import StorageError
 from dscbatch.core.settings import Settings
-from dscbatch.jobs import finalize, output, parts
+from dscbatch.jobs import finalize, objectstore, output, parts
 from dscbatch.jobs import store as store_module
 from dscbatch.jobs.grouping import item_indices
 from dscbatch.jobs.store import JobStore, ResultEntry
@@ -245,3 +245,26 @@ def test_a_retry_after_the_results_file_verifies_the_new_result_with_the_spec_ke
     written = [json.loads(line) for line in (tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()]
     assert [(line["text"], line["verification"]) for line in written] == [
         (text, json.loads(_verdict(index))) for index, text in enumerate(["r", "again", "r"])]
+
+
+def test_specs_and_verdict_parts_on_s3(private_settings: Settings, bucket: str) -> None:
+    """The same data plane on an object store (moto's S3 through s3fs): the specs an executor reads, the verdict
+    parts a worker writes, and what finalization deletes and keeps."""
+    store = JobStore.connect(private_settings.model_copy(update={"work_url": f"{bucket}/work"}))
+    job_id = "s3-verify"
+    store.create_job(job_id, {"model": "m", "queue": "q", "created": 0, "total": 1500, "shards": 0})
+    store.save_verify_specs(job_id, {index: json.dumps({"tests": f"t{index}"}) for index in range(1500)})
+    store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in range(1500)])
+    assert [json.loads(store.verification_input(job_id, index)[0] or "")["tests"] for index in (3, 1499)] == [
+        "t3", "t1499"]
+    for index in range(1500):
+        store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    assert store.flush_verdicts(job_id, limit=1000) == 1500  # two parts
+    assert [json.loads(record or "") for record in store.iter_verdicts(job_id, 1500)] == [
+        json.loads(_verdict(index)) for index in range(1500)]
+    store.work.delete_data(job_id)
+    assert objectstore.exists(store.work.verify_specs(job_id, 1))
+    assert not objectstore.exists(store.work.verdict_part(job_id, store.client.lindex(
+        store.keys.job_part(job_id, "verdict_parts"), 0).decode()))
+    store.delete_job(job_id)
+    assert not objectstore.exists(store.work.verify_specs(job_id, 1))
