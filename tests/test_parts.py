@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from dscbatch.jobs import store as store_module
 from dscbatch.jobs.grouping import item_indices
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.submission import SubmitOptions, submit_job
+from dscbatch.workers.housekeeping import Housekeeper
+from dscbatch.workers.repair import Repairer
 
 from .conftest import worker_env
 from .test_cli import cli
@@ -268,3 +271,26 @@ def test_specs_and_verdict_parts_on_s3(private_settings: Settings, bucket: str) 
         store.keys.job_part(job_id, "verdict_parts"), 0).decode()))
     store.delete_job(job_id)
     assert not objectstore.exists(store.work.verify_specs(job_id, 1))
+
+
+def test_a_workers_housekeeping_round_moves_the_verdicts_out_of_redis_then_writes_the_results_file(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = private_store
+    job_id = _submit(store, deepseek_dir, tmp_path, 3, verify=True, shard_max_requests=4,
+                     output_root=str(tmp_path / "out"))
+    store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in range(3)],
+                 store.shard_key(job_id, 0), {0: 0, 1: 1, 2: 2})
+    for index in range(3):
+        store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    monkeypatch.setattr(store_module, "VERDICT_FLUSH_SECONDS", 0)
+
+    def requeue(job_id: str, shard_key: str) -> None:
+        raise AssertionError(f"nothing is stranded here, yet {shard_key} was requeued")
+
+    with caplog.at_level(logging.INFO, logger="dscbatch.workers.housekeeping"):
+        Housekeeper(store, "hk", 86400, Repairer(store, "hk", "no-such-queue", requeue)).round()
+    assert "moved 3 verification records to the work folder" in caplog.text
+    assert store.status(job_id).results_url is not None
+    written = (tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["verification"] for line in written] == [json.loads(_verdict(i)) for i in range(3)]
