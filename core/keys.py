@@ -1,6 +1,6 @@
 """Every Redis key dscbatch writes, in one place (``P`` is the settings' key prefix, ``DSCBATCH_KEY_PREFIX``).
 
-Jobs (``jobs/store.py``)::
+Jobs (``jobs/store/``)::
 
     P:jobs                      sorted set: job ids by creation time
     P:job:ID                    hash: the job record and its counters
@@ -13,10 +13,17 @@ Jobs (``jobs/store.py``)::
     P:job:ID:retry              hash: index -> the shard item of a retryable failure
     P:job:ID:attempts           hash: shard key -> deliveries claimed
     P:job:ID:item_attempts      hash: item key -> runs of a suspected poison request
-    P:job:ID:verify             hash: index -> the item's ``verify`` spec (JSON)
+    P:job:ID:verify             hash: index -> ``verify`` spec, only of a job submitted by an earlier version (the
+                                specs are in the work folder now, ``jobs/workfolder.py``)
     P:job:ID:verify_at          hash: index -> the part holding its result, while it awaits its verdict
-    P:job:ID:verdicts           hash: index -> its verification record (until the results file is written)
+    P:job:ID:verdicted          bitmap: the indices that have their verification record (first wins), until the
+                                results file is written
+    P:job:ID:verdicts           hash: index -> its verification record, only until a worker moves it to a verdict
+                                part in the work folder (``JobStore.flush_verdicts``)
+    P:job:ID:verdict_parts      list: the job's verdict parts in the work folder, in flush order
     P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
+    P:verdicts:unflushed        sorted set: jobs with records in their verdicts hash, by when the oldest came
+    P:verdicts:flush            string: the worker moving verdict records to the work folder now (expires)
     P:finalize                  set: settled jobs with an output folder whose results file is not written yet
     P:finalizing                hash: job id -> the worker writing its results file
     P:claims                    hash: [worker, shard key] -> job id, the shards workers are running
@@ -45,8 +52,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The per-job keys beside the record (``P:job:ID:SUFFIX``); a job's deletion removes them all.
+# ``verify`` is the hash of ``verify`` specs that earlier versions kept in Redis (now in the work folder).
 JOB_KEY_SUFFIXES = ("parts", "voided", "failed", "retry", "attempts", "item_attempts", "verify", "verify_at",
-                    "verdicts")
+                    "verdicts", "verdicted", "verdict_parts")
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,14 @@ class Keys:
     @property
     def verify_waiting(self) -> str:
         return f"{self.prefix}:verify:waiting"
+
+    @property
+    def verdicts_unflushed(self) -> str:
+        return f"{self.prefix}:verdicts:unflushed"
+
+    @property
+    def verdict_flush(self) -> str:
+        return f"{self.prefix}:verdicts:flush"
 
     @property
     def finalize(self) -> str:

@@ -4,6 +4,8 @@ A GPU worker queues ``dscbatch.verify(job_id, index)`` on the executor queue rig
 that needs verification (workers/tasks.py); the store already holds the item in its waiting set, written in
 the same step as the result, so a worker that dies in between loses nothing (executor/worker.py sweeps it).
 Verdicts are stored first-wins, so a task delivered twice runs its programs twice but stores one record.
+The item's ``verify`` spec and its result are read from the job's work folder (the executor only reads it);
+its record goes to Redis, from where a worker moves it to the work folder (``JobStore.flush_due_verdicts``).
 Items in a language other than Python go on from that queue to their language's (:func:`executor_queue`).
 """
 

@@ -17,8 +17,9 @@ again.
 
 The commit is one Lua script (``store/finalize_commit.lua``): it checks that the writer still holds its claim
 and that the job has not been unsettled (``retry``) since the writer read it, then records the file's URL and
-time on the job record and deletes the job's parts list, verdicts (both are in the file now) and attempt
-counters from Redis, then (once Redis has that on disk) the parts and shard payloads from the work folder: a
+time on the job record and deletes the job's parts list, verdicts and verdict parts list (all in the file now)
+and attempt counters from Redis, then (once Redis has that on disk) the parts, verdict parts and shard payloads
+from the work folder (the ``verify`` specs stay with the job: a ``retry`` verifies its new results): a
 finalized job's results are its results file, and results stored after it (a ``retry``) take precedence over
 its lines (``jobs.output``). The record keeps the counts.
 """
@@ -80,7 +81,7 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
                                status.options["output_parts"])
         part = functools.partial(store.keys.job_part, job_id)
         keys = [store.keys.finalizing, store.job_key(job_id), store.keys.finalize, part("parts"), part("voided"),
-                part("attempts"), part("item_attempts"), part("verdicts"),
+                part("attempts"), part("item_attempts"), part("verdicts"), part("verdicted"), part("verdict_parts"),
                 *(store.shard_key(job_id, number) for number in range(status.shards))]
         committed = bool(store.client.eval(
             scripts.source("finalize_commit"), len(keys), *keys, job_id, worker, settlement, url, time.time()))

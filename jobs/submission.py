@@ -34,6 +34,7 @@ from dscbatch.jobs.rendering import RenderedRequest, Renderer
 from dscbatch.jobs.requests import Params, Request
 from dscbatch.jobs.results import ItemInfo, result_line
 from dscbatch.jobs.store import JobStore, ResultEntry
+from dscbatch.jobs.store.specs import SPEC_CHUNK_ITEMS
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 
 Enqueue = Callable[[str, str, str], None]  # (queue, job id, shard key)
@@ -128,6 +129,7 @@ class _Rendering:
         self.header: dict[str, Any] = {"job": self.id, "model": model_name(options.model),
                                        "stop": self.renderer.stop_token_ids, "created": int(time.time())}
         self.errors: list[ResultEntry] = []  # error records not yet stored (skip-invalid mode)
+        self.specs: dict[int, str] = {}  # verify specs not yet stored, saved a work-folder file at a time
         self.refused: list[str] = []  # strict mode: lines the model cannot serve refuse the job
         self.total = 0
 
@@ -145,9 +147,17 @@ class _Rendering:
                 rendering = renderer.submit(self._render, following)
                 yield from self._chunk_items(chunk, rendered)
                 self.total = chunk[-1][0] + 1
+                if self.total % SPEC_CHUNK_ITEMS == 0:
+                    self._save_specs()
                 if self.progress is not None:
                     self.progress(self.total)
                 chunk = following
+        self._save_specs()
+
+    def _save_specs(self) -> None:
+        if self.specs:
+            self.store.save_verify_specs(self.id, self.specs)
+            self.specs = {}
 
     def _render(self, chunk: list[tuple[int, Line]]) -> list[RenderedRequest | RequestError]:
         # Every prompt of the chunk's lines, tokenized in one batch; a line with several gets one item for all.
@@ -156,7 +166,6 @@ class _Rendering:
     def _chunk_items(self, chunk: list[tuple[int, Line]],
                      rendered_requests: list[RenderedRequest | RequestError]) -> Iterator[dict[str, Any]]:
         rendered = iter(rendered_requests)
-        specs: dict[int, str] = {}  # the verify specs of this chunk's items that carry one
         for index, line in chunk:
             request = line.request
             kind = request.type if request is not None else "invalid"
@@ -181,9 +190,8 @@ class _Rendering:
                 item["prompt"] = [first.prompt, *(each.prompt for each in more)] if more else first.prompt
             if request.verify is not None:
                 item["verify"] = True
-                specs[index] = request.verify.model_dump_json()
+                self.specs[index] = request.verify.model_dump_json()
             yield item
-        self.store.save_verify_specs(self.id, specs)
 
     def _refuse(self, number: int, index: int, custom_id: str, kind: str, openai: bool, request: Request | None,
                 error: RequestError) -> None:

@@ -8,9 +8,16 @@ Layout::
     WORK/jobs/ID/parts/NAME     a part of the job's results (``jobs.parts``), written by a worker; the job's parts
                                 list in Redis names the committed ones, others are a dead writer's or a refused
                                 copy's and are never read; all go once the results file holds them
+    WORK/jobs/ID/verify/N       the ``verify`` specs (tests) of items ``N * 1024`` to ``N * 1024 + 1023`` that carry
+                                one, in the part format (``JobStore.save_verify_specs``), written at submit and kept
+                                until the job is deleted (a ``retry`` after the results file verifies again)
+    WORK/jobs/ID/verdicts/NAME  a verdict part: verification records a worker moved out of Redis, in the part
+                                format; the job's verdict parts list in Redis names those that count; all go once
+                                the results file holds them
 
 Redis holds coordination only (``core/keys.py``): the job record and counters, a bitmap per shard in flight,
-the names of committed parts. A job's deletion removes its work folder.
+the names of committed parts, the verification records not yet moved to a verdict part. A job's deletion
+removes its work folder.
 
 Every write and read retries with backoff while the store fails (an outage, throttling) for up to
 ``RETRY_SECONDS``, saying so in the log each time and to ``on_retry`` (the worker's metrics); a call that
@@ -52,6 +59,12 @@ class WorkFolder:
     def part(self, job_id: str, name: str) -> str:
         return objectstore.join(self.job(job_id), "parts", name)
 
+    def verify_specs(self, job_id: str, chunk: int) -> str:
+        return objectstore.join(self.job(job_id), "verify", str(chunk))
+
+    def verdict_part(self, job_id: str, name: str) -> str:
+        return objectstore.join(self.job(job_id), "verdicts", name)
+
     def write(self, url: str, data: bytes) -> None:
         self._retrying("write", url, lambda: objectstore.write_bytes(url, data))
 
@@ -68,8 +81,9 @@ class WorkFolder:
         self._retrying("delete", url, lambda: objectstore.delete_tree(url))
 
     def delete_data(self, job_id: str) -> None:
-        """Remove the job's shard payloads and parts (its results file holds what they did)."""
-        for folder in ("parts", "shards"):
+        """Remove the job's shard payloads, parts and verdict parts (its results file holds what they did); its
+        ``verify`` specs stay until the job is deleted (a ``retry`` verifies its new results)."""
+        for folder in ("parts", "shards", "verdicts"):
             self._delete_tree(objectstore.join(self.job(job_id), folder))
 
     def check_writable(self) -> None:

@@ -177,7 +177,7 @@ def settled_item(store: JobStore, job_id: str, log: Path) -> tuple[JobStatus, di
     while not (status := store.status(job_id)).settled:
         assert time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.2)
-    record: dict[str, Any] = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
+    record: dict[str, Any] = json.loads(next(store.iter_verdicts(job_id, 1)) or "null")
     return status, record
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pyarrow.dataset
@@ -11,19 +13,25 @@ import pytest
 
 from dscbatch.core.errors import StorageError
 from dscbatch.core.settings import Settings
-from dscbatch.jobs import dataset, finalize, parts
+from dscbatch.jobs import dataset, finalize, objectstore, output, parts
+from dscbatch.jobs import store as store_module
 from dscbatch.jobs.grouping import item_indices
 from dscbatch.jobs.retrying import retry_failed
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.submission import SubmitOptions, submit_job
+from dscbatch.workers.housekeeping import Housekeeper
+from dscbatch.workers.repair import Repairer
 
 from .conftest import worker_env
 from .test_cli import cli
 
 
-def _submit(store: JobStore, deepseek_dir: Path, tmp_path: Path, count: int, **options: object) -> str:
+def _submit(store: JobStore, deepseek_dir: Path, tmp_path: Path, count: int, verify: bool = False,
+            **options: object) -> str:
     path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"def f{i}():"}) + "\n" for i in range(count)))
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"def f{i}():",
+                                        **({"verify": {"tests": f"assert f{i}() == {i}"}} if verify else {})}) + "\n"
+                            for i in range(count)))
     return submit_job(store, lambda queue, job, key: None, path,
                       SubmitOptions(model=str(deepseek_dir), dedup=False, group_prefixes=False, **options))
 
@@ -132,6 +140,163 @@ def test_an_unusable_work_folder_refuses_the_submission_in_one_line(private_sett
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1 and str(blocker / "work") in result.stderr, result.stderr
     assert private_store.job_ids() == [] and not list(private_store.client.scan_iter(f"{settings.key_prefix}:*"))
+
+
+def _verdict(index: int) -> str:
+    return json.dumps({"passed": index % 2, "samples": 1, "verdicts": [{"status": "passed" if index % 2 else "failed",
+                                                                       "program": "x" * 1000}]})
+
+
+def test_verification_keeps_only_what_is_in_flight_in_redis_and_the_results_carry_every_verdict(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    """Specs go to the work folder at submit; verdicts leave Redis for verdict parts once a worker flushes them;
+    first-wins holds after the flush; the results merge both; the results file takes them and they leave."""
+    store = private_store
+    items = 2100  # three spec files (1024 items each), over three submission chunks' boundaries
+    job_id = _submit(store, deepseek_dir, tmp_path, items, verify=True, shard_max_requests=700,
+                     output_root=str(tmp_path / "out"))
+    key = functools.partial(store.keys.job_part, job_id)
+    assert not store.client.exists(key("verify"))
+    specs = Path(store.work.job(job_id), "verify")
+    assert sorted(path.name for path in specs.iterdir()) == ["0", "1", "2"]
+    for number in range(3):
+        shard = store.shard_key(job_id, number)
+        payload = store.load_shard(shard)
+        assert payload is not None
+        indices = [index for item in payload["items"] for index in item_indices(item)]
+        positions = {index: position for position, index in enumerate(indices)}
+        store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in indices],
+                     shard, positions)
+    assert store.status(job_id).to_verify == items
+    spec, line = store.verification_input(job_id, 2099)
+    assert spec is not None and json.loads(spec)["tests"] == "assert f2099() == 2099"
+    assert line is not None and json.loads(line)["id"] == "q2099"
+    before = _job_redis_bytes(store, job_id)
+
+    for index in range(1000):
+        assert store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    assert store.flush_verdicts(job_id) == 1000
+    assert store.client.hlen(key("verdicts")) == 0
+    assert store.client.zscore(store.keys.verdicts_unflushed, job_id) is None
+    # A second executor's verdict for an item whose first left Redis is refused, and counts nothing.
+    assert store.has_verdict(job_id, 7) and not store.record_verdict(job_id, 7, _verdict(8), 1, 0)
+    for index in range(1000, items):
+        assert store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    assert store.client.hlen(key("verdicts")) == items - 1000
+    status = store.status(job_id)
+    assert (status.verified, status.verified_samples, status.passed_samples, status.state) == (
+        items, items, items // 2, "completed")
+    # What `dscbatch results` writes: records from the verdict part and from Redis alike.
+    lines = [json.loads(line) for line in output.result_lines(store, status)]
+    assert [line["verification"] for line in lines] == [json.loads(_verdict(index)) for index in range(items)]
+
+    assert store.flush_due_verdicts("test") == items - 1000  # a job holding VERDICT_FLUSH_ITEMS is due at once
+    assert store.client.hlen(key("verdicts")) == 0 and store.client.llen(key("verdict_parts")) == 2
+    after = _job_redis_bytes(store, job_id)
+    assert after - before < 4096, f"{after - before} bytes of Redis for {items} verdicts"
+
+    assert finalize.finalize(store, job_id, "test")
+    written = (tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["verification"] for line in written] == [json.loads(_verdict(i)) for i in range(items)]
+    assert not any(store.client.exists(key(name)) for name in ("verdicts", "verdicted", "verdict_parts"))
+    assert not Path(store.work.job(job_id), "verdicts").exists()
+    assert sorted(path.name for path in specs.iterdir()) == ["0", "1", "2"]  # a retry verifies again
+    store.delete_job(job_id)
+    assert not specs.exists()
+
+
+def test_a_worker_flushes_a_jobs_verdicts_once_the_oldest_waited_and_forgets_a_deleted_job(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = private_store
+    jobs = [_submit(store, deepseek_dir, tmp_path, 3, verify=True, shard_max_requests=4) for _ in range(2)]
+    for job_id in jobs:
+        store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in range(3)],
+                     store.shard_key(job_id, 0), {0: 0, 1: 1, 2: 2})
+        for index in range(3):
+            store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    assert store.flush_due_verdicts("w1") == 0  # three records a job, just stored: not due
+    assert store.flush_due_verdicts("w2") == 0  # and one worker a round
+    kept, deleted = jobs
+    store.delete_job(deleted)
+    monkeypatch.setattr(store_module, "VERDICT_FLUSH_SECONDS", 0)
+    store.client.delete(store.keys.verdict_flush)  # the next round
+    assert store.flush_due_verdicts("w1") == 3
+    assert store.client.zcard(store.keys.verdicts_unflushed) == 0  # the deleted job's entry went too
+    assert [json.loads(record or "null") for record in store.iter_verdicts(kept, 3)] == [
+        json.loads(_verdict(index)) for index in range(3)]
+    assert len(list(Path(store.work.job(kept), "verdicts").iterdir())) == 1
+
+
+def test_a_retry_after_the_results_file_verifies_the_new_result_with_the_spec_kept_in_the_work_folder(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    store = private_store
+    job_id = _submit(store, deepseek_dir, tmp_path, 3, verify=True, shard_max_requests=4,
+                     output_root=str(tmp_path / "out"))
+    shard = store.shard_key(job_id, 0)
+    failure = json.dumps({"id": "q1", "error": {"code": "engine_error"}})
+    store.record(job_id, [ResultEntry(0, _line(0, "r"), "done", verify=True),
+                          ResultEntry(1, failure, "retryable", retry_item=json.dumps({"i": 1, "ids": [1]})),
+                          ResultEntry(2, _line(2, "r"), "done", verify=True)], shard, {0: 0, 1: 1, 2: 2})
+    for index in (0, 2):
+        assert store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    store.flush_verdicts(job_id)
+    assert finalize.finalize(store, job_id, "test")
+    assert store.take_failed(job_id)[0] == [1]  # what `dscbatch retry` does before running it again
+    store.record(job_id, [ResultEntry(1, _line(1, "again"), "done", verify=True)])
+    spec, line = store.verification_input(job_id, 1)
+    assert spec is not None and json.loads(spec)["tests"] == "assert f1() == 1"
+    assert line is not None and json.loads(line)["text"] == "again"
+    assert not store.has_verdict(job_id, 1) and store.record_verdict(job_id, 1, _verdict(1), 1, 1)
+    assert finalize.finalize(store, job_id, "test")
+    written = [json.loads(line) for line in (tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()]
+    assert [(line["text"], line["verification"]) for line in written] == [
+        (text, json.loads(_verdict(index))) for index, text in enumerate(["r", "again", "r"])]
+
+
+def test_specs_and_verdict_parts_on_s3(private_settings: Settings, bucket: str) -> None:
+    """The same data plane on an object store (moto's S3 through s3fs): the specs an executor reads, the verdict
+    parts a worker writes, and what finalization deletes and keeps."""
+    store = JobStore.connect(private_settings.model_copy(update={"work_url": f"{bucket}/work"}))
+    job_id = "s3-verify"
+    store.create_job(job_id, {"model": "m", "queue": "q", "created": 0, "total": 1500, "shards": 0})
+    store.save_verify_specs(job_id, {index: json.dumps({"tests": f"t{index}"}) for index in range(1500)})
+    store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in range(1500)])
+    assert [json.loads(store.verification_input(job_id, index)[0] or "")["tests"] for index in (3, 1499)] == [
+        "t3", "t1499"]
+    for index in range(1500):
+        store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    assert store.flush_verdicts(job_id, limit=1000) == 1500  # two parts
+    assert [json.loads(record or "") for record in store.iter_verdicts(job_id, 1500)] == [
+        json.loads(_verdict(index)) for index in range(1500)]
+    store.work.delete_data(job_id)
+    assert objectstore.exists(store.work.verify_specs(job_id, 1))
+    assert not objectstore.exists(store.work.verdict_part(job_id, store.client.lindex(
+        store.keys.job_part(job_id, "verdict_parts"), 0).decode()))
+    store.delete_job(job_id)
+    assert not objectstore.exists(store.work.verify_specs(job_id, 1))
+
+
+def test_a_workers_housekeeping_round_moves_the_verdicts_out_of_redis_then_writes_the_results_file(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = private_store
+    job_id = _submit(store, deepseek_dir, tmp_path, 3, verify=True, shard_max_requests=4,
+                     output_root=str(tmp_path / "out"))
+    store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in range(3)],
+                 store.shard_key(job_id, 0), {0: 0, 1: 1, 2: 2})
+    for index in range(3):
+        store.record_verdict(job_id, index, _verdict(index), 1, index % 2)
+    monkeypatch.setattr(store_module, "VERDICT_FLUSH_SECONDS", 0)
+
+    def requeue(job_id: str, shard_key: str) -> None:
+        raise AssertionError(f"nothing is stranded here, yet {shard_key} was requeued")
+
+    with caplog.at_level(logging.INFO, logger="dscbatch.workers.housekeeping"):
+        Housekeeper(store, "hk", 86400, Repairer(store, "hk", "no-such-queue", requeue)).round()
+    assert "moved 3 verification records to the work folder" in caplog.text
+    assert store.status(job_id).results_url is not None
+    written = (tmp_path / "out" / job_id / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["verification"] for line in written] == [json.loads(_verdict(i)) for i in range(3)]
 
 
 @pytest.mark.parametrize("part_format", ["parquet", "jsonl"])

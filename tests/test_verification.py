@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dscbatch.core.celery_app import enqueue_verifications, make_app
+from dscbatch.core.celery_app import enqueue_verifications, executor_queue, make_app
 from dscbatch.core.settings import Settings
 from dscbatch.jobs import parquet
 from dscbatch.jobs.requests import Verify
@@ -101,19 +101,39 @@ def test_results_stored_by_a_worker_that_died_are_verified_and_filtered(
     assert executor.poll() is None
 
 
-def test_a_verification_delivered_twice_stores_one_verdict(
-        executor: subprocess.Popen[bytes], executor_settings: Settings, store: JobStore) -> None:
+def test_a_verification_delivered_twice_stores_one_verdict_also_once_the_first_left_redis(
+        executor: subprocess.Popen[bytes], executor_settings: Settings, store: JobStore, tmp_path: Path) -> None:
     job_id = stored_job(store, [[GOOD]] * 6)
+    assert not store.client.exists(f"{store.job_key(job_id)}:verify")  # the tests are in the work folder
     app = make_app(executor_settings)
     for _ in range(2):
         enqueue_verifications(app, executor_settings.key_prefix, job_id, list(range(6)))
     status = wait_for_verdicts(store, job_id)
     assert (status.verified, status.verified_samples, status.passed_samples) == (6, 6, 6)
-    assert store.client.hlen(f"{store.job_key(job_id)}:verdicts") == 6
     assert store.client.zcard(store.waiting_key) == 0 or all(
         not member.startswith(job_id.encode()) for member in store.client.zrange(store.waiting_key, 0, -1))
-    record = json.loads(store.client.hget(f"{store.job_key(job_id)}:verdicts", "0"))
-    assert (record["passed"], record["samples"]) == (1, 1)
+    records = [json.loads(record or "null") for record in store.iter_verdicts(job_id, 6)]
+    assert [(record["passed"], record["samples"]) for record in records] == [(1, 1)] * 6
+
+    # A worker moves the records to the work folder: Redis keeps none, the results still carry every one.
+    store.flush_verdicts(job_id)
+    assert store.client.hlen(f"{store.job_key(job_id)}:verdicts") == 0
+    out = tmp_path / "results.jsonl"
+    dscbatch(executor_settings, "results", job_id, "-o", str(out))
+    assert [record["verification"] for record in read_jsonl(out)] == records
+    # The executor gets the same items again (a redelivery, another executor's sweep): nothing is stored twice.
+    queue = executor_queue(executor_settings.key_prefix)
+    enqueue_verifications(app, executor_settings.key_prefix, job_id, list(range(6)))
+    deadline = time.monotonic() + 30
+    while store.client.llen(queue) > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)  # taken: each is refused at once (the item has its verdict)
+    assert not store.record_verdict(job_id, 0, json.dumps({"passed": 0, "samples": 1, "verdicts": []}), 1, 0)
+    status = store.status(job_id)
+    assert (status.verified, status.verified_samples, status.passed_samples) == (6, 6, 6)
+    assert store.client.hlen(f"{store.job_key(job_id)}:verdicts") == 0
+    assert [json.loads(record or "null") for record in store.iter_verdicts(job_id, 6)] == records
 
 
 @pytest.mark.engine

@@ -1,5 +1,5 @@
-"""The worker's housekeeping thread: writes results files, queues stranded shards again (``workers/repair.py``)
-and applies retention.
+"""The worker's housekeeping thread: moves verification records from Redis to the work folder, writes results
+files, queues stranded shards again (``workers/repair.py``) and applies retention.
 
 Results files are written here, never in a shard slot (a slot spent writing a 2M-line file would leave the GPU
 short of work): the worker that finishes a job's last shard wakes this thread, which writes the file at once.
@@ -41,12 +41,24 @@ class Housekeeper(LoopThread):
         self._retry_at: dict[str, float] = {}  # job id -> when to try its failed write again
 
     def round(self) -> None:
+        self.flush_verdicts()
         self.write_results_files()
         self.repairer.repair()
         if self.store.client.set(self.store.keys.retention_sweep, self.hostname, nx=True, ex=RETENTION_SWEEP_SECONDS):
             removed = retention.sweep(self.store, self.job_retention)
             if removed:
                 log.info("retention: removed %d jobs finished over %d s ago", len(removed), self.job_retention)
+
+    def flush_verdicts(self) -> None:
+        """Move verification records out of Redis into verdict parts in the work folder (``JobStore.flush_verdicts``):
+        executors store them, but only workers may write the work folder (executors mount it read-only)."""
+        try:
+            moved = self.store.flush_due_verdicts(self.hostname)
+        except DscbatchError as error:
+            log.error("cannot move verification records to the work folder (tried again next round): %s", error)
+            return
+        if moved:
+            log.info("moved %d verification records to the work folder", moved)
 
     def write_results_files(self) -> None:
         now = time.monotonic()

@@ -5,8 +5,15 @@ one elsewhere. The Lua scripts are the ``.lua`` files beside this module (``scri
 
 Redis holds, per job, its record and counters, a small marker per shard that still has work (a bitmap of the
 shard's positions that have a result) and the names of the job's committed result parts: its memory grows with
-the shards in flight and the parts, never with the items' data. Shard payloads and results are objects in the
-work folder.
+the shards in flight and the parts, never with the items' data. Shard payloads, results and the items'
+``verify`` specs are objects in the work folder.
+
+**Verification** keeps in Redis only what is in flight: the results awaiting a verdict (``verify_at`` and the
+waiting set) and the verification records stored since a worker last moved them out. An executor stores an
+item's record first-wins (``verdict.lua``: a bit per index says which have one) in the job's verdicts hash; a
+worker's housekeeping thread moves them (``flush_due_verdicts``) to a verdict part in the work folder, in the
+result parts' format, and commits it in one step (``flush_verdicts.lua``) that lists it and deletes exactly the
+records it holds. ``iter_verdicts`` merges the verdict parts with what the hash still holds.
 
 **Results are committed parts** (``jobs.parts``), as Spark's and Hadoop's output committers commit task output:
 a worker writes a part (some results of one shard) to the work folder, then commits it in one Lua step
@@ -33,7 +40,7 @@ import functools
 import json
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +56,7 @@ from dscbatch.core.keys import Keys
 from dscbatch.core.settings import Settings
 from dscbatch.jobs import parts, shard_codec
 from dscbatch.jobs.store import scripts
+from dscbatch.jobs.store import specs as spec_files
 from dscbatch.jobs.workfolder import WorkFolder
 
 # appendfsync everysec writes the AOF to disk once a second; a little more covers the write in flight.
@@ -56,6 +64,19 @@ AOF_FSYNC_SECONDS = 1.2
 
 # Shards made and waiting for ``save_shards``' thread to store them (a shard is at most a few MB).
 SHARDS_SAVED_AHEAD = 2
+
+# Verification records wait in Redis until a worker moves them to a verdict part in the work folder
+# (``flush_due_verdicts``, from its housekeeping thread): once the oldest waited this long, or once a job has this
+# many; a part holds at most VERDICT_PART_ITEMS. One worker of the deployment flushes per round.
+VERDICT_FLUSH_SECONDS = 30
+VERDICT_FLUSH_ITEMS = 1024
+VERDICT_PART_ITEMS = 4096
+VERDICT_FLUSH_ROUND_SECONDS = 10
+# Spec files a store remembers writing, to add to one rather than replace it when a caller saves its specs in
+# pieces (``save_verify_specs``).
+SPEC_FILES_REMEMBERED = 256
+# The name under which ``iter_verdicts`` merges the records still in Redis with the verdict parts.
+IN_REDIS = "redis:verdicts"
 
 # A job's submit options as ``status`` shows them. Its record stores only those that differ from these, so that a
 # finished job's record is a small hash of short values, which Redis keeps in its compact listpack encoding
@@ -180,6 +201,10 @@ class JobStore:
         self._take_stale = scripts.register(client, "take_stale")
         self._drop = scripts.register(client, "drop_shard")
         self._replace_lost = scripts.register(client, "replace_lost_parts")
+        self._flush_verdicts = scripts.register(client, "flush_verdicts")
+        self._spec_cache = spec_files.SpecCache(self.work.read)
+        # The last spec files written here (save_verify_specs): a few suffice, a job's chunks come in order.
+        self._specs_written: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
     def connect(cls, settings: Settings) -> JobStore:
@@ -540,31 +565,96 @@ class JobStore:
 
     # Verification
 
-    def save_verify_specs(self, job_id: str, specs: dict[int, str]) -> None:
-        """Keep each item's ``verify`` spec (JSON) for the executor pool."""
-        if specs:
-            self.client.hset(self.keys.job_part(job_id, "verify"), mapping=dict(specs.items()))
+    def save_verify_specs(self, job_id: str, specs: Mapping[int, str]) -> None:
+        """Keep each item's ``verify`` spec (JSON) for the executor pool: in the job's work folder, a file per
+        ``specs.SPEC_CHUNK_ITEMS`` indices, kept until the job is deleted. A file this store wrote before takes
+        the new specs beside its own (submission saves a file's specs at once; this covers other callers)."""
+        for chunk, found in spec_files.chunks(specs):
+            url = self.work.verify_specs(job_id, chunk)
+            if url in self._specs_written:
+                found = {**spec_files.decode(url, self.work.read(url)), **found}
+            self.work.write(url, spec_files.encode(found))
+            self._specs_written[url] = None
+            while len(self._specs_written) > SPEC_FILES_REMEMBERED:
+                self._specs_written.popitem(last=False)
 
     def verification_input(self, job_id: str, index: int) -> tuple[str | None, str | None]:
-        """An item's ``verify`` spec and its committed result line (either None where it is missing)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(self.keys.job_part(job_id, "verify"), str(index))
-        pipe.hget(self.keys.job_part(job_id, "verify_at"), str(index))
-        spec, name = cast(list[bytes | None], pipe.execute())
-        if spec is None or name is None:
-            return (None if spec is None else spec.decode()), None
+        """An item's ``verify`` spec and its committed result line while it awaits its verdict, else
+        ``(None, None)``; the spec is None where the job has none for it (deleted meanwhile)."""
+        name = cast(bytes | None, self.client.hget(self.keys.job_part(job_id, "verify_at"), str(index)))
+        if name is None:
+            return None, None
+        spec = self._verify_spec(job_id, index)
+        if spec is None:
+            return None, None
         url = self.work.part(job_id, name.decode())
-        return spec.decode(), parts.line_of(url, self.work.read(url), index)
+        return spec, parts.line_of(url, self.work.read(url), index)
+
+    def _verify_spec(self, job_id: str, index: int) -> str | None:
+        try:
+            return self._spec_cache.get(self.work.verify_specs(job_id, index // spec_files.SPEC_CHUNK_ITEMS), index)
+        except StorageError as error:
+            if "no such file" not in str(error):
+                raise
+        # A job submitted by an earlier version keeps its specs in Redis; else the job was deleted.
+        legacy = cast(bytes | None, self.client.hget(self.keys.job_part(job_id, "verify"), str(index)))
+        return None if legacy is None else legacy.decode()
 
     def record_verdict(self, job_id: str, index: int, record: str, samples: int, passed: int) -> bool:
         """Store the item's verification record unless it has one (first wins); True if this one was new."""
-        keys = [self.keys.job_part(job_id, "verdicts"), self.job_key(job_id), self.waiting_key, self.keys.finalize,
-                self.keys.job_part(job_id, "verify_at")]
+        part = functools.partial(self.keys.job_part, job_id)
+        keys = [part("verdicts"), self.job_key(job_id), self.waiting_key, self.keys.finalize, part("verify_at"),
+                part("verdicted"), self.keys.verdicts_unflushed]
         return bool(self._verdict(keys=keys,
                                   args=[index, record, samples, passed, f"{job_id}:{index}", job_id]))
 
     def has_verdict(self, job_id: str, index: int) -> bool:
-        return bool(self.client.hexists(self.keys.job_part(job_id, "verdicts"), str(index)))
+        return bool(self.client.getbit(self.keys.job_part(job_id, "verdicted"), index))
+
+    def flush_verdicts(self, job_id: str, limit: int = VERDICT_PART_ITEMS) -> int:
+        """Move the verification records in the job's verdicts hash to verdict parts in its work folder, at most
+        ``limit`` a part, until the hash is empty; returns how many moved here. Safe beside verdicts being
+        stored and other workers flushing: a part takes only the records still in the hash unchanged."""
+        key = self.keys.job_part(job_id, "verdicts")
+        moved = 0
+        while True:
+            records: dict[bytes, bytes] = {}
+            for field_name, value in cast(Iterator[tuple[bytes, bytes]], self.client.hscan_iter(key, count=limit)):
+                records[field_name] = value
+                if len(records) >= limit:
+                    break
+            complete = len(records) < limit
+            name = uuid.uuid4().hex[:16]
+            url = self.work.verdict_part(job_id, name)
+            if records:
+                self.work.write(url, parts.encode((int(index), value.decode()) for index, value in records.items()))
+            keys = [key, self.keys.job_part(job_id, "verdict_parts"), self.keys.verdicts_unflushed]
+            args: list[EncodableT] = [job_id, name, int(complete)]
+            args += [value for pair in records.items() for value in pair]
+            taken = int(cast(int, self._flush_verdicts(keys=keys, args=args)))
+            if records and not taken:
+                self.work.delete(url)
+            moved += taken
+            if complete or not taken:
+                return moved
+
+    def flush_due_verdicts(self, worker: str) -> int:
+        """Flush the jobs whose oldest record in Redis waited ``VERDICT_FLUSH_SECONDS`` or that hold
+        ``VERDICT_FLUSH_ITEMS`` records, unless another worker did so less than ``VERDICT_FLUSH_ROUND_SECONDS``
+        ago; returns how many records moved."""
+        if not self.client.set(self.keys.verdict_flush, worker, nx=True, ex=VERDICT_FLUSH_ROUND_SECONDS):
+            return 0
+        now = float(self.client.time()[0])
+        waiting = cast(list[tuple[bytes, float]],
+                       self.client.zrange(self.keys.verdicts_unflushed, 0, -1, withscores=True))
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, _ in waiting:
+            pipe.hlen(self.keys.job_part(job_id.decode(), "verdicts"))
+        moved = 0
+        for (job_id, since), held in zip(waiting, cast(list[int], pipe.execute()), strict=True):
+            if held == 0 or held >= VERDICT_FLUSH_ITEMS or since <= now - VERDICT_FLUSH_SECONDS:
+                moved += self.flush_verdicts(job_id.decode())
+        return moved
 
     def forget_waiting(self, job_id: str, index: int) -> None:
         """Stop sweeping for an item that will never get a verdict (its job was deleted or cancelled)."""
@@ -581,9 +671,18 @@ class JobStore:
             found.append((job_id, int(index)))
         return found
 
-    def iter_verdicts(self, job_id: str, total: int, chunk: int = 1000) -> Iterator[str | None]:
-        """Each item's verification record in index order (None where it has none)."""
-        key = self.keys.job_part(job_id, "verdicts")
-        for start in range(0, total, chunk):
-            values = cast(list[bytes | None], self.client.hmget(key, list(range(start, min(start + chunk, total)))))
-            yield from (None if value is None else value.decode() for value in values)
+    def iter_verdicts(self, job_id: str, total: int) -> Iterator[str | None]:
+        """Each item's verification record in index order (None where it has none): its verdict parts merged
+        with the records still in Redis (read together in one step, so a record a flush moves meanwhile is in
+        one or the other)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lrange(self.keys.job_part(job_id, "verdict_parts"), 0, -1)
+        pipe.hgetall(self.keys.job_part(job_id, "verdicts"))
+        names, held = cast(tuple[list[bytes], dict[bytes, bytes]], pipe.execute())
+        urls = [self.work.verdict_part(job_id, name.decode()) for name in names]
+        in_redis = parts.encode((int(index), record.decode()) for index, record in held.items())
+
+        def read(url: str) -> bytes:
+            return in_redis if url == IN_REDIS else self.work.read(url)
+
+        return (record for _, record in parts.merged([*urls, IN_REDIS], read, total, set()))

@@ -1,6 +1,7 @@
 -- Commit a job's results file (jobs.finalize): only the writer that holds the claim, and only if the job has
 -- not been unsettled (`retry`) since the writer read it.
--- KEYS: finalizing, job, finalize set, then the keys to delete (attempt counters, verdicts, shard markers).
+-- KEYS: finalizing, job, finalize set, then the keys to delete (attempt counters, verdicts and verdict parts,
+-- shard markers).
 -- ARGV: job id, worker, settlement generation read before writing, results file URL, time.
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
