@@ -14,6 +14,16 @@ workers, then runs ``dscbatch submit --wait --output FOLDER`` and reports:
 - the submit command's own CPU seconds per 1,000 items.
 
 Ratios and per-item costs are what carry to other machines; absolute rates are this machine's.
+
+``--chaos`` (issue 22: every id exactly once under faults) runs one job instead, on 8 workers and a work folder on
+moto's S3 server reached through a loopback TCP proxy (``scripts/outage_proxy.py``, shared with
+``tests/test_faults_storage.py``), with redis-server on ``--appendonly yes --appendfsync everysec`` as in
+``k8s/base/redis.conf``. From the job's first stored result to its end: one worker (picked at random, ``--seed``)
+is SIGKILLed every 10 s and a replacement started, so 8 keep running; at 45 s redis-server is SIGKILLed and
+started again on the same port and data folder (the AOF reloaded); at 80 s the proxy is cut (every connection
+closed, new ones refused) for 30 s. It then reads the results file and reports whether every input id is there
+exactly once and in input order, the error lines, the kills, Redis' restart time and peak ``used_memory``, the
+outage window, the job's wall time and the workers' storage-retry log lines. ``--keep FOLDER`` keeps the logs.
 """
 
 from __future__ import annotations
@@ -274,6 +284,8 @@ def chaos(model: str, items: int, max_tokens: int, path: Path, folder: Path, see
         if submit.returncode != 0:
             raise RuntimeError(f"submit failed ({submit.returncode}): {(folder / 'submit.log').read_text()[-3000:]}")
         job = store.status(output.split()[-1])
+        record = store.client.hgetall(store.job_key(job.id))
+        first = sampler.first_result or ended
         ids, errors = [], []
         with (folder / "out" / "results.jsonl").open() as results:
             for line in results:
@@ -295,7 +307,9 @@ def chaos(model: str, items: int, max_tokens: int, path: Path, folder: Path, see
             "redis_killed_seconds_after_first_result": events.get("redis_killed"),
             "redis_restart_seconds": events.get("redis_restart_seconds"),
             "outage_seconds_after_first_result": [events.get("outage_from"), events.get("outage_to")],
-            "seconds_to_first_result": round((sampler.first_result or ended) - started, 2),
+            "seconds_to_first_result": round(first - started, 2),
+            "items_done_seconds_after_first_result": round(float(record[b"finished"]) - first, 2),
+            "results_file_seconds_after_first_result": round(float(record[b"finalized"]) - first, 2),
             "job_wall_seconds": round(ended - started, 2),
             "items_per_second": round(items / (ended - started), 1),
             "worker_storage_retry_log_lines": retries,
