@@ -211,21 +211,27 @@ AOF = ("--appendonly", "yes", "--appendfsync", "everysec")  # as k8s/base/redis.
 CHAOS_WORKERS = 8
 KILL_EVERY = 10.0  # seconds between SIGKILLs, from the first stored result to the job's end
 REDIS_RESTART_AT = 45.0  # seconds after the first stored result
+AOF_TAIL_LOST = 5.0  # --truncate-aof: the AOF is cut back to this many seconds before the kill
 OUTAGE_AT, OUTAGE_SECONDS = 80.0, 30.0
 CHAOS_DEADLINE = 1800.0
 
 
-def chaos(model: str, items: int, max_tokens: int, path: Path, folder: Path, seed: int) -> dict[str, Any]:
+def chaos(model: str, items: int, max_tokens: int, path: Path, folder: Path, seed: int,
+          truncate_aof: bool) -> dict[str, Any]:
     """One job on 8 workers, the work folder on moto's S3 server behind a proxy that is cut for 30 s, one
-    SIGKILLed worker (replaced) every 10 s, and Redis (AOF, fsync every second) SIGKILLed and restarted once."""
+    SIGKILLed worker (replaced) every 10 s, and Redis (AOF, fsync every second) SIGKILLed and restarted once
+    (``truncate_aof``: its AOF first cut back to 5 s before the kill, a lost tail)."""
     import random
     import signal
 
+    import redis_aof
     from outage_proxy import OutageProxy
+
+    aof = redis_aof.AOF if truncate_aof else AOF
 
     rng = random.Random(seed)
     port = free_port()
-    servers = [start_redis(folder, port, *AOF)]
+    servers = [start_redis(folder, port, *aof)]
     s3 = S3Server(folder)
     proxy = OutageProxy(int(s3.endpoint.rsplit(":", 1)[1]))
     settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="scale", work_url="s3://scale-work/chaos")
@@ -263,11 +269,15 @@ def chaos(model: str, items: int, max_tokens: int, path: Path, folder: Path, see
                 logs += 1
                 kills.append(round(clock, 1))
                 next_kill += KILL_EVERY
+            if clock >= REDIS_RESTART_AT - AOF_TAIL_LOST and "aof_noted" not in events:
+                events["aof_noted"] = int(now)
             if clock >= REDIS_RESTART_AT and "redis_killed" not in events:
                 events["redis_killed"] = round(clock, 2)
                 servers[-1].send_signal(signal.SIGKILL)
                 servers[-1].wait(30)
-                servers.append(start_redis(folder, port, *AOF))
+                if truncate_aof:
+                    redis_aof.truncate(folder, int(events["aof_noted"]))
+                servers.append(start_redis(folder, port, *aof))
                 events["redis_restart_seconds"] = round(time.time() - sampler.first_result - clock, 2)
             if clock >= OUTAGE_AT and "outage_from" not in events:
                 events["outage_from"] = round(clock, 2)
@@ -306,6 +316,8 @@ def chaos(model: str, items: int, max_tokens: int, path: Path, folder: Path, see
             "kills": len(kills), "kill_seconds_after_first_result": kills,
             "redis_killed_seconds_after_first_result": events.get("redis_killed"),
             "redis_restart_seconds": events.get("redis_restart_seconds"),
+            "redis_aof_cut_seconds_before_kill": (round(first + events["redis_killed"] - events["aof_noted"], 2)
+                                                  if truncate_aof else None),
             "outage_seconds_after_first_result": [events.get("outage_from"), events.get("outage_to")],
             "seconds_to_first_result": round(first - started, 2),
             "items_done_seconds_after_first_result": round(float(record[b"finished"]) - first, 2),
@@ -338,6 +350,8 @@ def main() -> None:
     parser.add_argument("--chaos", action="store_true",
                         help="one run of 8 workers under faults instead (see the docstring); --workers, --store unused")
     parser.add_argument("--seed", type=int, default=22, help="--chaos: which worker each SIGKILL picks")
+    parser.add_argument("--truncate-aof", action="store_true",
+                        help="--chaos: cut Redis' AOF back 5 s before its kill (lose its tail) before the restart")
     parser.add_argument("--keep", type=Path, help="copy the run's folders (logs, results) here")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -348,7 +362,7 @@ def main() -> None:
             folder = Path(temp) / "chaos"
             folder.mkdir()
             try:
-                report = chaos(args.model, args.items, args.max_tokens, path, folder, args.seed)
+                report = chaos(args.model, args.items, args.max_tokens, path, folder, args.seed, args.truncate_aof)
             finally:
                 if args.keep is not None:
                     shutil.copytree(folder, args.keep, dirs_exist_ok=True)
