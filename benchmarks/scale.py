@@ -20,10 +20,12 @@ moto's S3 server reached through a loopback TCP proxy (``scripts/outage_proxy.py
 ``tests/test_faults_storage.py``), with redis-server on ``--appendonly yes --appendfsync everysec`` as in
 ``k8s/base/redis.conf``. From the job's first stored result to its end: one worker (picked at random, ``--seed``)
 is SIGKILLed every 10 s and a replacement started, so 8 keep running; at 45 s redis-server is SIGKILLed and
-started again on the same port and data folder (the AOF reloaded); at 80 s the proxy is cut (every connection
-closed, new ones refused) for 30 s. It then reads the results file and reports whether every input id is there
-exactly once and in input order, the error lines, the kills, Redis' restart time and peak ``used_memory``, the
-outage window, the job's wall time and the workers' storage-retry log lines. ``--keep FOLDER`` keeps the logs.
+started again on the same port and data folder (the AOF reloaded; with ``--truncate-aof`` first cut back to
+5 s before the kill with ``redis-check-aof --truncate-to-timestamp``, ``scripts/redis_aof.py``: a lost tail);
+at 80 s the proxy is cut (every connection closed, new ones refused) for 30 s. It then reads the results file
+and reports whether every input id is there exactly once and in input order, the error lines, the kills,
+Redis' restart time and peak ``used_memory``, the outage window, the job's wall time and the workers'
+storage-retry log lines. ``--keep FOLDER`` keeps the logs.
 """
 
 from __future__ import annotations
