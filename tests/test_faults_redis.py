@@ -9,7 +9,6 @@ tail are gone, and the worker and its housekeeping must run those items again.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -23,11 +22,12 @@ from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
-from .conftest import engine_core, engines_paused, start_worker, step_until, wait_until
+from .conftest import _script, engine_core, engines_paused, start_worker, step_until, wait_until
 from .test_faults import ITEMS, check_output, submit
 
 pytestmark = [pytest.mark.faults, pytest.mark.engine, pytest.mark.timeout(600)]
-AOF = ("--appendonly", "yes", "--appendfsync", "everysec", "--aof-timestamp-enabled", "yes")
+redis_aof = _script("redis_aof")
+AOF = redis_aof.AOF
 # Within the repair's bound (workers/repair.py: 30 s grace, two looks 10 s apart) with room for a slow machine.
 RECOVERY_SECONDS = 300
 
@@ -45,10 +45,7 @@ def crash(servers: list[subprocess.Popen[bytes]], folder: Path, port: int, noted
     """SIGKILL redis-server, cut its AOF back to the ``noted`` second, start it again on what is left."""
     servers[-1].send_signal(signal.SIGKILL)
     servers[-1].wait(30)
-    manifest = folder / "appendonlydir" / "appendonly.aof.manifest"
-    truncated = subprocess.run([shutil.which("redis-check-aof") or "redis-check-aof", "--truncate-to-timestamp",
-                                str(noted), str(manifest)], capture_output=True, text=True, check=False)
-    assert truncated.returncode == 0 and "Successfully truncated" in truncated.stdout, truncated.stdout
+    redis_aof.truncate(folder, noted)
     servers.append(start_redis(folder, port, *AOF))
 
 
