@@ -24,13 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dscbatch.core.celery_app import RUN_SHARD
-from dscbatch.core.keys import UNACKED
 from dscbatch.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
-# kombu's keys (``core/keys.py``); kept here under their old names for tests.
-UNACKED_KEY = UNACKED
 
 @dataclass(frozen=True)
 class Delivery:
