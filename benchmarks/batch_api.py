@@ -179,7 +179,7 @@ def main() -> None:
                "DSCBATCH_FILES_URL": settings.files_url}
         server = start_server(env, args.model, port := free_port(), folder / "server.log")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=ApiKeys(
-            store.client, store.prefix).create("benchmark"), max_retries=0)
+            store).create("benchmark"), max_retries=0)
         try:
             while not store.workers():
                 cluster.check_worker()

@@ -341,7 +341,7 @@ def _api_keys(ctx: click.Context) -> Any:
     from dscbatch.server.keys import ApiKeys
 
     store = _store(ctx)
-    return ApiKeys(store.client, store.prefix)
+    return ApiKeys(store)
 
 
 @api_key.command(name="create")

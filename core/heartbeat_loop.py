@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 
-import redis
-
 from dscbatch.core.threads import LoopThread
 
 log = logging.getLogger(__name__)
@@ -26,6 +24,9 @@ class HeartbeatLoop(LoopThread):
     """Subclasses say what a beat and the upkeep are; ``what`` names the heartbeat in the log."""
 
     interval = HEARTBEAT_SECONDS
+    # The errors of an unreachable Redis, logged as a warning: core is below the store, so a subclass names them
+    # (``jobs.store.StoreUnavailable``).
+    unavailable: tuple[type[Exception], ...] = ()
 
     def __init__(self, name: str, what: str) -> None:
         super().__init__(name=name)
@@ -44,7 +45,7 @@ class HeartbeatLoop(LoopThread):
         self.upkeep()
 
     def failed(self, error: Exception) -> None:
-        if isinstance(error, redis.RedisError):
+        if isinstance(error, self.unavailable):
             log.warning("%s to Redis failed; retrying", self.what, exc_info=error)
         else:
             super().failed(error)

@@ -1,6 +1,6 @@
 """Every Redis key dscbatch writes, in one place (``P`` is the settings' key prefix, ``DSCBATCH_KEY_PREFIX``).
 
-Jobs (``jobs/store/``)::
+Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
 
     P:jobs                      sorted set: job ids by creation time
     P:job:ID                    hash: the job record and its counters
@@ -44,12 +44,19 @@ Batch API (``server/``)::
     P:batches:active            sorted set: the batches that have not ended (in_progress, cancelling), by creation
     P:batches:advance           string: the server advancing batches now (``server/advancer.py``), expires
 
-Celery's own keys are its queues (``P.MODEL``, ``P.executor``) and kombu's ``unacked`` hashes.
+Celery's own keys are its queues (``P.MODEL``, ``P.executor``) and kombu's ``unacked`` and ``unacked_index``
+(:data:`UNACKED`, :data:`UNACKED_INDEX`; read and restored by ``jobs/store/deliveries.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# kombu's Redis transport: every delivered, unacknowledged message (delivery tag -> JSON [message, exchange,
+# routing key]) and its delivery time (kombu.transport.redis.Channel.unacked_key and unacked_index_key; dscbatch
+# sets no global_keyprefix, so they are shared by every prefix on one Redis).
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
 
 # The per-job keys beside the record (``P:job:ID:SUFFIX``); a job's deletion removes them all.
 # ``verify`` is the hash of ``verify`` specs that earlier versions kept in Redis (now in the work folder).

@@ -33,12 +33,14 @@ from dscbatch.executor.observer import ExecutorObserver
 from dscbatch.executor.sandbox import Sandbox
 from dscbatch.executor.tasks import Verifier, register_tasks
 from dscbatch.executor.toolchain import Resources, Toolchains
-from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.store import JobStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class Sweeper(HeartbeatLoop):
+    unavailable = (StoreUnavailable,)
+
     def __init__(self, store: JobStore, app: Celery, hostname: str, stale_seconds: float,
                  observer: ExecutorObserver) -> None:
         super().__init__(name="dscbatch-sweeper", what="executor heartbeat")

@@ -15,7 +15,8 @@ housekeeping thread (never in a shard slot) in memory bounded whatever the job's
 read (missing, corrupt) leaves no file: the job shows a ``finalize_error`` naming it, and the next pass tries
 again.
 
-The commit is one Lua script (``store/finalize_commit.lua``): it checks that the writer still holds its claim
+The commit is one Lua script (``store/finalize_commit.lua``, run by ``JobStore.commit_finalize`` in
+``store/finalizing.py``): it checks that the writer still holds its claim
 and that the job has not been unsettled (``retry``) since the writer read it, then records the file's URL and
 time on the job record and deletes the job's parts list, verdicts and verdict parts list (all in the file now)
 and attempt counters from Redis, then (once Redis has that on disk) the parts, verdict parts and shard payloads
@@ -26,36 +27,32 @@ its lines (``jobs.output``). The record keeps the counts.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from typing import cast
 
 from dscbatch.core.errors import DscbatchError, MissingDataError
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.dataset import RESULTS_FILE, write_output
 from dscbatch.jobs.output import result_lines
-from dscbatch.jobs.store import JobStore, scripts
+from dscbatch.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
 def awaiting(store: JobStore) -> list[str]:
     """Settled jobs whose results file is not written yet."""
-    return sorted(job_id.decode() for job_id in cast(set[bytes], store.client.smembers(store.keys.finalize)))
+    return store.awaiting_finalize()
 
 
 def release(store: JobStore, job_id: str, worker: str) -> bool:
     """Drop ``worker``'s finalization claim of the job; True for the one caller that removed it."""
-    return bool(store.client.eval(scripts.source("finalize_release"), 1, store.keys.finalizing, job_id, worker))
+    return store.release_finalize(job_id, worker)
 
 
 def reap_finalizers(store: JobStore) -> list[str]:
     """Drop the finalization claims of workers whose heartbeat has expired; returns those jobs' ids."""
-    claims = {job.decode(): worker.decode() for job, worker in
-              cast(dict[bytes, bytes], store.client.hgetall(store.keys.finalizing)).items()}
     reaped = []
-    for job_id, worker in claims.items():
-        if not store.client.exists(store.keys.worker(worker)) and release(store, job_id, worker):
+    for job_id, worker in store.finalize_claims().items():
+        if not store.worker_alive(worker) and release(store, job_id, worker):
             log.warning("worker %s is gone while writing job %s's results; another worker writes them", worker,
                         job_id)
             reaped.append(job_id)
@@ -65,9 +62,7 @@ def reap_finalizers(store: JobStore) -> list[str]:
 def finalize(store: JobStore, job_id: str, worker: str) -> bool:
     """Write the job's results file if it awaits one and no other worker is writing it; True once written
     and committed here. A storage failure is recorded on the job (``finalize_error``) and raised."""
-    if not store.client.sismember(store.keys.finalize, job_id):
-        return False
-    if not store.client.hsetnx(store.keys.finalizing, job_id, worker):
+    if not store.claim_finalize(job_id, worker):
         return False
     try:
         settlement = store.settlement(job_id)
@@ -79,16 +74,10 @@ def finalize(store: JobStore, job_id: str, worker: str) -> bool:
         started = time.monotonic()
         written = write_output(result_lines(store, status), status.output_url, job_id,
                                status.options["output_parts"])
-        part = functools.partial(store.keys.job_part, job_id)
-        keys = [store.keys.finalizing, store.job_key(job_id), store.keys.finalize, part("parts"), part("voided"),
-                part("attempts"), part("item_attempts"), part("verdicts"), part("verdicted"), part("verdict_parts"),
-                *(store.shard_key(job_id, number) for number in range(status.shards))]
-        committed = bool(store.client.eval(
-            scripts.source("finalize_commit"), len(keys), *keys, job_id, worker, settlement, url, time.time()))
+        committed = store.commit_finalize(job_id, worker, settlement, url, status.shards)
     except DscbatchError as error:
         hint = f"; `dscbatch retry {job_id}` runs its items again" if isinstance(error, MissingDataError) else ""
-        if store.client.exists(store.job_key(job_id)):
-            store.client.hset(store.job_key(job_id), "finalize_error", f"{error}{hint}")
+        store.record_finalize_error(job_id, f"{error}{hint}")
         raise
     finally:
         release(store, job_id, worker)

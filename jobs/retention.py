@@ -8,7 +8,6 @@ file written to the user's folder is theirs and stays. A job waiting for its res
 from __future__ import annotations
 
 import time
-from typing import cast
 
 from dscbatch.core.errors import JobRunningError
 from dscbatch.jobs import finalize
@@ -31,8 +30,7 @@ def expired(store: JobStore, retention: float, now: float | None = None) -> list
     """The jobs that finished more than ``retention`` seconds ago (and do not wait for a results file)."""
     cutoff = (time.time() if now is None else now) - retention
     # A job finishes after it is created: only jobs created before the cutoff can have finished before it.
-    candidates = [job_id.decode() for job_id in
-                  cast(list[bytes], store.client.zrangebyscore(store.keys.jobs, "-inf", cutoff))]
+    candidates = store.jobs_created_before(cutoff)
     waiting = set(finalize.awaiting(store))
     return [job.id for job in store.statuses(candidates)
             if job.finished is not None and job.finished <= cutoff and job.id not in waiting]

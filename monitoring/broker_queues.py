@@ -13,12 +13,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
-import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from dscbatch.core.celery_app import ENQUEUED_HEADER
+from dscbatch.jobs.store import JobStore
 
 
 @dataclass(frozen=True)
@@ -39,21 +38,15 @@ def _enqueued(message: bytes | None) -> float | None:
     return float(value) if value is not None else None
 
 
-def read_queues(client: redis.Redis, queues: Sequence[str]) -> dict[str, QueueDepth]:
-    pipe = client.pipeline(transaction=False)
-    for queue in queues:
-        for key in priority_lists(queue):
-            pipe.llen(key)
-            pipe.lindex(key, -1)
-    pipe.hvals(str(Channel.unacked_key))
-    *lists, unacked_messages = pipe.execute()
-    unacked = Counter(str(json.loads(entry)[2]) for entry in cast(list[bytes], unacked_messages))
+def read_queues(store: JobStore, queues: Sequence[str]) -> dict[str, QueueDepth]:
+    lists, unacked_messages = store.queue_lists([key for queue in queues for key in priority_lists(queue)])
+    unacked = Counter(str(json.loads(entry)[2]) for entry in unacked_messages)
     now = time.time()
     depths: dict[str, QueueDepth] = {}
-    per_queue = 2 * len(PRIORITY_STEPS)
+    per_queue = len(PRIORITY_STEPS)
     for number, queue in enumerate(queues):
         replies = lists[number * per_queue:(number + 1) * per_queue]
-        enqueued = [at for at in map(_enqueued, replies[1::2]) if at is not None]
-        depths[queue] = QueueDepth(sum(replies[0::2]), unacked[queue],
+        enqueued = [at for at in (_enqueued(last) for _, last in replies) if at is not None]
+        depths[queue] = QueueDepth(sum(length for length, _ in replies), unacked[queue],
                                    max(0.0, now - min(enqueued)) if enqueued else 0.0)
     return depths

@@ -11,7 +11,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
@@ -46,7 +45,7 @@ class ClusterCollector:
         yield from self._workers(queues, workers)
 
     def _queues(self, queues: list[str], jobs: list[JobStatus]) -> Iterator[Metric]:
-        depths = read_queues(self.store.client, queues)
+        depths = read_queues(self.store, queues)
         pending = Counter[str]()
         for job in jobs:
             if job.state in UNFINISHED:
@@ -114,10 +113,7 @@ class ClusterCollector:
 
 
 def _redis_answers(store: JobStore) -> bool:
-    try:
-        return bool(store.client.ping())
-    except redis.RedisError:
-        return False
+    return store.answers()
 
 
 def run_exporter(store: JobStore, port: int, recent_jobs: int) -> None:

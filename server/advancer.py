@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import cast
 
 from dscbatch.core.threads import LoopThread
 from dscbatch.server.batches import BatchService
@@ -28,13 +27,13 @@ class BatchAdvancer(LoopThread):
         self.holder = f"{socket.gethostname()}-{id(self)}"
 
     def round(self) -> None:
-        client, keys = self.batches.store.client, self.batches.store.keys
-        if not client.set(keys.batches_advance, self.holder, nx=True, ex=ADVANCE_LOCK_SECONDS):
+        store = self.batches.store
+        if not store.lock(store.keys.batches_advance, self.holder, ADVANCE_LOCK_SECONDS):
             return
         try:
-            for batch_id in cast(list[bytes], client.zrange(keys.batches_active, 0, -1)):
-                status = self.batches.advance(batch_id.decode())
+            for batch_id in store.active_batches():
+                status = self.batches.advance(batch_id)
                 if status in ("completed", "cancelled", "expired"):
-                    log.info("batch %s: %s", batch_id.decode(), status)
+                    log.info("batch %s: %s", batch_id, status)
         finally:
-            client.delete(keys.batches_advance)
+            store.unlock(store.keys.batches_advance)

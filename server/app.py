@@ -92,8 +92,8 @@ def create_app(settings: Settings, models: Sequence[str]) -> FastAPI:
     from dscbatch.core.celery_app import make_app, shard_enqueuer
 
     store = JobStore.connect(settings)
-    keys = ApiKeys(store.client, store.prefix)
-    files = FileStore(store.client, store.prefix, settings.files_url)
+    keys = ApiKeys(store)
+    files = FileStore(store, settings.files_url)
     celery = make_app(settings)
     batches = BatchService(settings, store, files, {model_name(model): model for model in models},
                            lambda: shard_enqueuer(celery))
@@ -171,7 +171,7 @@ def create_app(settings: Settings, models: Sequence[str]) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
-        store.client.ping()
+        store.ping()
         if dead := threads.gone():  # the batch advancer: without it no batch would ever end
             return JSONResponse({"ok": False, "gone": dead}, status_code=503)
         return JSONResponse({"ok": True})

@@ -40,7 +40,6 @@ from dscbatch.server.models import (
     RequestCounts,
 )
 from dscbatch.server.outputs import split_results
-from dscbatch.server.records import OwnedRecords
 
 # Under the files store, each batch's job gets a folder for its results file.
 JOBS_FOLDER = "jobs"
@@ -70,7 +69,7 @@ class BatchService:
         self.files = files
         self.models = models
         self.enqueuer = enqueuer
-        self.records = OwnedRecords(store.client, store.prefix, "batch")
+        self.records = store.owned_records("batch")  # jobs/store/records.py
         self._tokenizers: dict[str, ModelTokenizer] = {}  # loaded once per model, shared by every batch
 
     def _tokenizer(self, name: str) -> ModelTokenizer:
@@ -121,7 +120,7 @@ class BatchService:
             return
         self.records.update(batch_id, {"status": "in_progress", "job_id": job_id, "model": checked.model,
                                        "in_progress_at": int(time.time())})
-        self.store.client.zadd(self.store.keys.batches_active, {batch_id: time.time()})
+        self.store.activate_batch(batch_id)
 
     def _fail(self, batch_id: str, errors: list[BatchError]) -> None:
         self.records.update(batch_id, {"status": "failed", "failed_at": int(time.time()),
@@ -218,7 +217,7 @@ class BatchService:
         returns its status."""
         record = self.records.read(batch_id)
         if record.get("status") not in ("in_progress", "cancelling"):
-            self.store.client.zrem(self.store.keys.batches_active, batch_id)  # ended, or deleted
+            self.store.deactivate_batch(batch_id)  # ended, or deleted
             return record.get("status", "deleted")
         job = self.store.status(record["job_id"])
         if record["status"] == "cancelling":
@@ -245,7 +244,7 @@ class BatchService:
         fields.update({name: value for name, value in (("output_file_id", split.output_file_id),
                                                        ("error_file_id", split.error_file_id)) if value})
         self.records.update(batch_id, fields)
-        self.store.client.zrem(self.store.keys.batches_active, batch_id)
+        self.store.deactivate_batch(batch_id)
         return final
 
     def _view(self, batch_id: str, record: dict[str, str]) -> Batch:

@@ -8,11 +8,9 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
-import redis
-
 from dscbatch.jobs import objectstore
+from dscbatch.jobs.store import JobStore
 from dscbatch.server.models import FileDeleted, FileObject, Page
-from dscbatch.server.records import OwnedRecords
 
 
 def new_file_id() -> str:
@@ -20,8 +18,8 @@ def new_file_id() -> str:
 
 
 class FileStore:
-    def __init__(self, client: redis.Redis, prefix: str, base_url: str) -> None:
-        self.records = OwnedRecords(client, prefix, "file")
+    def __init__(self, store: JobStore, base_url: str) -> None:
+        self.records = store.owned_records("file")  # jobs/store/records.py
         self.base_url = base_url
 
     def url(self, file_id: str) -> str:

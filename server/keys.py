@@ -18,12 +18,9 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import cast
-
-import redis
 
 from dscbatch.core.errors import ApiKeyError, AuthenticationApiError
-from dscbatch.core.keys import Keys
+from dscbatch.jobs.store import JobStore
 
 KEY_PREFIX = "dsc-"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -41,10 +38,8 @@ def _digest(key: str) -> str:
 
 
 class ApiKeys:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client = client
-        self.names = Keys(prefix).api_keys
-        self.hashes = Keys(prefix).api_key_hashes
+    def __init__(self, store: JobStore) -> None:
+        self.records = store.api_keys()  # jobs/store/records.py
 
     def create(self, name: str) -> str:
         """A new key for ``name``, returned once; only its hash is stored."""
@@ -53,25 +48,20 @@ class ApiKeys:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         digest = _digest(key)
         record = {"owner": secrets.token_hex(8), "sha256": digest, "created": time.time()}
-        if not self.client.hsetnx(self.names, name, json.dumps(record)):
+        if not self.records.add(name, digest, json.dumps(record)):
             raise ApiKeyError(f"an api key named {name!r} exists (revoke it first)")
-        self.client.hset(self.hashes, digest, name)
         return key
 
     def list(self) -> list[ApiKeyInfo]:
-        raw = cast(dict[bytes, bytes], self.client.hgetall(self.names))
-        infos = [ApiKeyInfo(name.decode(), (record := json.loads(value))["owner"], record["created"])
-                 for name, value in raw.items()]
+        infos = [ApiKeyInfo(name, (record := json.loads(value))["owner"], record["created"])
+                 for name, value in self.records.all().items()]
         return sorted(infos, key=lambda info: info.created)
 
     def revoke(self, name: str) -> None:
-        value = self.client.hget(self.names, name)
+        value = self.records.get(name)
         if value is None:
             raise ApiKeyError(f"no api key named {name!r} (see `dscbatch api-key list`)")
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.hashes, json.loads(cast(bytes, value))["sha256"])
-        pipe.hdel(self.names, name)
-        pipe.execute()
+        self.records.remove(name, json.loads(value)["sha256"])
 
     def owner(self, authorization: str | None) -> str:
         """The owner id of the key in an ``Authorization: Bearer KEY`` header; 401 for none, wrong or revoked."""
@@ -80,8 +70,7 @@ class ApiKeys:
             raise AuthenticationApiError("Missing API key: send the header 'Authorization: Bearer KEY' "
                                          "(create a key with `dscbatch api-key create NAME`)",
                                          code="invalid_api_key")
-        name = self.client.hget(self.hashes, _digest(key.strip()))
-        value = None if name is None else self.client.hget(self.names, cast(bytes, name))
+        value = self.records.by_digest(_digest(key.strip()))
         if value is None:
             raise AuthenticationApiError("Incorrect API key provided (unknown or revoked)", code="invalid_api_key")
-        return str(json.loads(cast(bytes, value))["owner"])
+        return str(json.loads(value)["owner"])

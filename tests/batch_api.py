@@ -104,4 +104,4 @@ def server(settings: Settings, tiny_model: Path, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def keys(store: JobStore) -> ApiKeys:
-    return ApiKeys(store.client, store.prefix)
+    return ApiKeys(store)

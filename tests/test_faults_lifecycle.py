@@ -22,9 +22,9 @@ import pytest
 import s3fs
 
 from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
+from dscbatch.core.keys import UNACKED as UNACKED_KEY
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
-from dscbatch.workers.reaper import UNACKED_KEY
 
 from . import test_faults
 from .conftest import wait_until, worker_env

@@ -2,6 +2,9 @@
 
 Both run in their own process groups so that Ctrl-C reaches only ``run``, which then stops them in order
 (worker first, with its engine's children, then Redis) and removes the temporary directory.
+
+This is the one module beside ``jobs.store`` that imports ``redis`` (pyproject's import-linter contract names it):
+it waits for the redis-server it started to answer a PING, before any store exists; it reads and writes no keys.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class Housekeeper(LoopThread):
         self.flush_verdicts()
         self.write_results_files()
         self.repairer.repair()
-        if self.store.client.set(self.store.keys.retention_sweep, self.hostname, nx=True, ex=RETENTION_SWEEP_SECONDS):
+        if self.store.lock(self.store.keys.retention_sweep, self.hostname, RETENTION_SWEEP_SECONDS):
             removed = retention.sweep(self.store, self.job_retention)
             if removed:
                 log.info("retention: removed %d jobs finished over %d s ago", len(removed), self.job_retention)

@@ -18,7 +18,7 @@ from typing import Any
 
 from dscbatch.core.heartbeat_loop import HEARTBEAT_TTL_SECONDS, HeartbeatLoop
 from dscbatch.jobs.finalize import reap_finalizers
-from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.store import JobStore, StoreUnavailable
 from dscbatch.workers import reaper
 from dscbatch.workers.batching import ENGINE_DIED_EXIT
 from dscbatch.workers.engine import Serving
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(HeartbeatLoop):
+    unavailable = (StoreUnavailable,)
+
     def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Serving,
                  observer: WorkerObserver, requeue: Requeue, running: Callable[[], set[str]]) -> None:
         super().__init__(name="dscbatch-heartbeat", what="heartbeat")

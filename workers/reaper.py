@@ -6,7 +6,8 @@ Celery's Redis transport (kombu) keeps every delivered, unacknowledged message i
 worker claims a shard in the milliseconds after its delivery (``JobStore.claim``), so a delivery older than a
 heartbeat's lifetime that no live worker claims belongs to a worker that died before claiming it. Every
 live worker's heartbeat puts such deliveries back on their queue (``requeue_unclaimed``), as kombu itself
-would after the visibility timeout; a Lua script moves each one, so one reaper wins it.
+would after the visibility timeout; a Lua script (``jobs/store/restore_delivery.lua``, run by
+``JobStore.restore_delivery``) moves each one, so one reaper wins it.
 
 When a dead worker's claim is requeued (``Heartbeat.requeue_orphans``), its delivery is dropped
 (``forget``), so the shard is not queued twice.
@@ -20,25 +21,12 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from dscbatch.core.celery_app import RUN_SHARD
 from dscbatch.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
-
-# kombu.transport.redis.Channel.unacked_key and unacked_index_key (dscbatch sets no global_keyprefix).
-UNACKED_KEY = "unacked"
-UNACKED_INDEX_KEY = "unacked_index"
-
-# KEYS: unacked, unacked_index, queue. ARGV: tag, the entry as read, the message to queue.
-_RESTORE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -64,20 +52,14 @@ def message_shard(message: dict[str, Any]) -> str | None:
 
 def deliveries(store: JobStore) -> list[Delivery]:
     """The unacknowledged deliveries of this prefix's queues."""
-    index = cast(list[tuple[bytes, float]], store.client.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True))
-    if not index:
-        return []
-    entries = cast(list[bytes | None], store.client.hmget(UNACKED_KEY, [tag for tag, _ in index]))
     found = []
-    for (tag, delivered), entry in zip(index, entries, strict=True):
-        if entry is None:
-            continue
+    for tag, entry, delivered in store.unacked_deliveries():
         message, _, queue = json.loads(entry)
         if not str(queue).startswith(store.keys.queues_prefix):
             continue  # another deployment's queue on the same Redis
         shard_key = message_shard(message)
         if shard_key is not None:
-            found.append(Delivery(tag.decode(), entry.decode(), message, str(queue), shard_key, delivered))
+            found.append(Delivery(tag, entry.decode(), message, str(queue), shard_key, delivered))
     return found
 
 
@@ -86,8 +68,7 @@ def _move(store: JobStore, delivery: Delivery, requeue: bool) -> bool:
     if requeue:
         redelivered = {**delivery.message, "headers": {**delivery.message.get("headers", {}), "redelivered": True}}
         message = json.dumps(redelivered)
-    return bool(store.client.eval(_RESTORE, 3, UNACKED_KEY, UNACKED_INDEX_KEY, delivery.queue, delivery.tag,
-                                  delivery.entry, message))
+    return store.restore_delivery(delivery.queue, delivery.tag, delivery.entry, message)
 
 
 def forget(store: JobStore, shard_key: str, found: Iterable[Delivery]) -> None:

@@ -20,9 +20,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, cast
 
-from dscbatch.jobs.store import JobStatus, JobStore
+from dscbatch.jobs.store import JobStore
 from dscbatch.workers import reaper
 
 log = logging.getLogger(__name__)
@@ -34,16 +33,8 @@ REPAIR_SECONDS = 10
 
 def _queued_shards(store: JobStore, queue: str) -> set[str]:
     """The shard keys of the messages waiting on ``queue``."""
-    messages = (reaper.message_shard(json.loads(raw)) for raw in cast(list[bytes], store.client.lrange(queue, 0, -1)))
+    messages = (reaper.message_shard(json.loads(raw)) for raw in store.queued_messages(queue))
     return {shard_key for shard_key in messages if shard_key is not None}
-
-
-def _existing_shards(store: JobStore, job: JobStatus) -> list[str]:
-    keys = [store.shard_key(job.id, number) for number in range(job.shards)]
-    pipe = store.client.pipeline(transaction=False)
-    for key in keys:
-        pipe.exists(key)
-    return [key for key, exists in zip(keys, pipe.execute(), strict=True) if exists]
 
 
 class Repairer:
@@ -69,27 +60,24 @@ class Repairer:
         busy = _queued_shards(self.store, self.queue)
         busy |= {delivery.shard_key for delivery in reaper.deliveries(self.store)}
         busy |= self.store.claimed_shards()
-        return [(job.id, key) for job in jobs for key in _existing_shards(self.store, job) if key not in busy]
+        return [(job.id, key) for job in jobs for key in self.store.existing_shards(job.id, job.shards)
+                if key not in busy]
 
     def repair(self) -> list[str]:
         """Queue again the shards stranded at two looks ``grace`` apart; returns their keys. At most one worker
         of the queue looks every ``REPAIR_SECONDS`` (the queue is read whole)."""
-        client, keys = self.store.client, self.store.keys
-        if not client.set(keys.repair_lock(self.queue), self.hostname, nx=True, ex=REPAIR_SECONDS):
+        store = self.store
+        if not store.lock(store.keys.repair_lock(self.queue), self.hostname, REPAIR_SECONDS):
             return []
         now = time.time()
         stranded = {key: job_id for job_id, key in self.stranded()}
-        seen = cast(dict[bytes, bytes], client.hgetall(keys.repair_suspects(self.queue)))
-        first_seen = {key: float(seen.get(key.encode(), now)) for key in stranded}
+        seen = store.repair_suspects(self.queue)
+        first_seen = {key: seen.get(key, now) for key in stranded}
         repaired = [key for key, first in first_seen.items() if now - first >= self.grace]
         for key in repaired:
             log.warning("job %s: shard %s is on no queue and run by no worker (lost in a Redis restart?); queueing "
                         "it again", stranded[key], key)
             self.requeue(stranded[key], key)
             del first_seen[key]
-        pipe = client.pipeline(transaction=True)
-        pipe.delete(keys.repair_suspects(self.queue))
-        if first_seen:
-            pipe.hset(keys.repair_suspects(self.queue), mapping=cast(dict[Any, Any], first_seen))
-        pipe.execute()
+        store.replace_repair_suspects(self.queue, first_seen)
         return repaired

@@ -1,7 +1,13 @@
 """Job state: coordination in Redis, data in the job's work folder (``jobs.workfolder``).
 
 Every Redis key and its meaning are listed in ``core/keys.py`` (:class:`~dscbatch.core.keys.Keys`); nothing builds
-one elsewhere. The Lua scripts are the ``.lua`` files beside this module (``scripts.py``).
+one elsewhere. The Lua scripts are the ``.lua`` files beside this module (``scripts.py``). This package is the only
+part of dscbatch that reads or writes Redis (an import-linter contract forbids ``redis`` elsewhere, but for
+``workers.embedded``, which starts a redis-server): :class:`JobStore` holds the jobs' methods, and its mixins one
+concept each: ``finalizing.py`` (the results file's claim and commit), ``deliveries.py`` (kombu's queues and
+unacknowledged deliveries), ``suspects.py`` (the stranded-shard repair), ``records.py`` (the Batch API's records,
+API keys and active batches); ``base.py`` has the locks, ``ping`` and :data:`StoreUnavailable`, the error that
+loops outside catch. ``JobStore.client`` is for tests and benchmarks.
 
 Redis holds, per job, its record and counters, a small marker per shard that still has work (a bitmap of the
 shard's positions that have a result) and the names of the job's committed result parts: its memory grows with
@@ -57,6 +63,11 @@ from dscbatch.core.settings import Settings
 from dscbatch.jobs import parts, shard_codec
 from dscbatch.jobs.store import scripts
 from dscbatch.jobs.store import specs as spec_files
+from dscbatch.jobs.store.base import StoreUnavailable as StoreUnavailable  # re-exported for loops outside
+from dscbatch.jobs.store.deliveries import Deliveries
+from dscbatch.jobs.store.finalizing import Finalizing
+from dscbatch.jobs.store.records import Records
+from dscbatch.jobs.store.suspects import Suspects
 from dscbatch.jobs.workfolder import WorkFolder
 
 # appendfsync everysec writes the AOF to disk once a second; a little more covers the write in flight.
@@ -189,7 +200,7 @@ def _int(value: bytes | None) -> int:
     return int(value) if value else 0
 
 
-class JobStore:
+class JobStore(Finalizing, Deliveries, Suspects, Records):
     def __init__(self, client: redis.Redis, prefix: str = "dscbatch", work: WorkFolder | str | None = None) -> None:
         self.client = client
         self.prefix = prefix
@@ -387,6 +398,11 @@ class JobStore:
 
     def job_ids(self) -> list[str]:
         return [job_id.decode() for job_id in cast(list[bytes], self.client.zrange(self.keys.jobs, 0, -1))]
+
+    def jobs_created_before(self, cutoff: float) -> list[str]:
+        """The ids of the jobs created at or before ``cutoff`` (a time)."""
+        return [job_id.decode() for job_id in
+                cast(list[bytes], self.client.zrangebyscore(self.keys.jobs, "-inf", cutoff))]
 
     def cancel(self, job_id: str) -> JobStatus:
         self.status(job_id)

@@ -1,9 +1,12 @@
-"""Small per-owner records in Redis (file and batch metadata), listed newest first with an ``after`` cursor.
+"""The Batch API's records in Redis (``server/``): small per-owner records (file and batch metadata) listed newest
+first with an ``after`` cursor, the API keys' records, and the index of the batches that have not ended.
 
 Keys (``P`` is the settings' key prefix, ``KIND`` is ``file`` or ``batch``)::
 
     P:KIND:ID               hash: the record, its ``owner`` among the fields
     P:owner:OWNER:KINDs     sorted set of the owner's ids by creation time (microseconds)
+    P:apikeys               hash: key name -> its record (JSON); P:apikey_hashes: key hash -> name
+    P:batches:active        sorted set: the batches that have not ended, by creation
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from redis.typing import EncodableT, FieldT
 
 from dscbatch.core.errors import ApiError, NotFoundApiError
 from dscbatch.core.keys import Keys
+from dscbatch.jobs.store.base import StoreBase
 
 Fields = Mapping[str, str | int | float]
 
@@ -26,6 +30,8 @@ def _mapping(fields: Fields) -> dict[FieldT, EncodableT]:
 
 
 class OwnedRecords:
+    """One KIND's records (``JobStore.owned_records``)."""
+
     def __init__(self, client: redis.Redis, prefix: str, kind: str) -> None:
         self.client = client
         self.keys = Keys(prefix)
@@ -77,3 +83,62 @@ class OwnedRecords:
         found = cast(list[bytes], self.client.zrevrange(self._index(owner), start, start + limit))
         ids = [record_id.decode() for record_id in found]
         return ids[:limit], len(ids) > limit
+
+
+class ApiKeyRecords:
+    """The API keys' records: name -> record (JSON), and the hash of each key -> its name (``JobStore.api_keys``)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.names = Keys(prefix).api_keys
+        self.hashes = Keys(prefix).api_key_hashes
+
+    def add(self, name: str, digest: str, record: str) -> bool:
+        """Store a new key's record under ``name`` and its hash; False (nothing stored) if ``name`` exists."""
+        if not self.client.hsetnx(self.names, name, record):
+            return False
+        self.client.hset(self.hashes, digest, name)
+        return True
+
+    def all(self) -> dict[str, str]:
+        """Name -> record of every key."""
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.names))
+        return {name.decode(): value.decode() for name, value in raw.items()}
+
+    def get(self, name: str) -> str | None:
+        value = cast(bytes | None, self.client.hget(self.names, name))
+        return None if value is None else value.decode()
+
+    def remove(self, name: str, digest: str) -> None:
+        """Drop the key ``name`` whose hash is ``digest``, in one transaction."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self.hashes, digest)
+        pipe.hdel(self.names, name)
+        pipe.execute()
+
+    def by_digest(self, digest: str) -> str | None:
+        """The record of the key whose hash is ``digest``, or None."""
+        name = self.client.hget(self.hashes, digest)
+        value = None if name is None else self.client.hget(self.names, cast(bytes, name))
+        return None if value is None else cast(bytes, value).decode()
+
+
+class Records(StoreBase):
+    def owned_records(self, kind: str) -> OwnedRecords:
+        """The per-owner records of ``kind`` (``file``, ``batch``)."""
+        return OwnedRecords(self.client, self.prefix, kind)
+
+    def api_keys(self) -> ApiKeyRecords:
+        return ApiKeyRecords(self.client, self.prefix)
+
+    def activate_batch(self, batch_id: str) -> None:
+        """Add the batch to the batches that have not ended (``P:batches:active``)."""
+        self.client.zadd(self.keys.batches_active, {batch_id: time.time()})
+
+    def deactivate_batch(self, batch_id: str) -> None:
+        self.client.zrem(self.keys.batches_active, batch_id)
+
+    def active_batches(self) -> list[str]:
+        """The batches that have not ended, oldest first."""
+        active = cast(list[bytes], self.client.zrange(self.keys.batches_active, 0, -1))
+        return [batch_id.decode() for batch_id in active]

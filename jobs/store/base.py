@@ -1,0 +1,37 @@
+"""What the store's mixins (one Redis concept per module) share with :class:`~dscbatch.jobs.store.JobStore`."""
+
+from __future__ import annotations
+
+import redis
+
+from dscbatch.core.keys import Keys
+
+# The errors of a Redis that is down or unreachable, for the loops that log them and retry: modules outside the
+# store catch this name and never import redis.
+StoreUnavailable = redis.RedisError
+
+
+class StoreBase:
+    """The Redis client and key schema that the store's methods use (set by ``JobStore.__init__``)."""
+
+    client: redis.Redis  # the store's own; tests and benchmarks read Redis through it, nothing else in dscbatch does
+    keys: Keys
+    prefix: str
+
+    def ping(self) -> None:
+        """Return if Redis answers; raise :data:`StoreUnavailable` if not."""
+        self.client.ping()
+
+    def answers(self) -> bool:
+        """Whether Redis answers."""
+        try:
+            return bool(self.client.ping())
+        except StoreUnavailable:
+            return False
+
+    def lock(self, key: str, holder: str, seconds: int) -> bool:
+        """Take the expiring lock ``key`` for ``holder`` unless someone holds it (``SET NX EX``); True if taken."""
+        return bool(self.client.set(key, holder, nx=True, ex=seconds))
+
+    def unlock(self, key: str) -> None:
+        self.client.delete(key)
