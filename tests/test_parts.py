@@ -40,6 +40,14 @@ def _line(index: int, text: str) -> str:
     return json.dumps({"id": f"q{index}", "text": text})
 
 
+def _shard(store: JobStore, shard: str) -> tuple[list[dict[str, object]], list[int], dict[int, int]]:
+    """A pending shard's items, the indices it answers (in shard order) and each index's position."""
+    payload = store.load_shard(shard)
+    assert payload is not None
+    indices = [index for item in payload["items"] for index in item_indices(item)]
+    return payload["items"], indices, {index: position for position, index in enumerate(indices)}
+
+
 def _job_redis_bytes(store: JobStore, job_id: str) -> int:
     keys = [store.job_key(job_id), *store.keys.job_parts(job_id),
             *(store.shard_key(job_id, number) for number in range(store.status(job_id).shards))]
@@ -51,10 +59,7 @@ def test_a_second_copy_of_a_shard_commits_only_what_the_first_did_not(private_st
     store = private_store
     job_id = _submit(store, deepseek_dir, tmp_path, 4, shard_max_requests=4)
     shard = store.shard_key(job_id, 0)
-    payload = store.load_shard(shard)
-    assert payload is not None
-    indices = [index for item in payload["items"] for index in item_indices(item)]
-    positions = {index: position for position, index in enumerate(indices)}
+    _, indices, positions = _shard(store, shard)
     first = [ResultEntry(index, _line(index, "first"), "done") for index in (0, 1)]
     second = [ResultEntry(index, _line(index, "second"), "done") for index in (1, 2, 3)]
     assert store.record(job_id, first, shard, positions) == 2
@@ -81,10 +86,7 @@ def test_redis_holds_no_result_data_and_its_memory_does_not_grow_with_the_result
     text = "x" * 1000  # results of about a kilobyte each: 2 MB in all
     for number in range(4):
         shard = store.shard_key(job_id, number)
-        payload = store.load_shard(shard)
-        assert payload is not None
-        indices = [index for item in payload["items"] for index in item_indices(item)]
-        positions = {index: position for position, index in enumerate(indices)}
+        _, indices, positions = _shard(store, shard)
         for start in range(0, len(indices), 100):  # parts of 100 results, as store rounds write them
             store.record(job_id, [ResultEntry(index, _line(index, text), "done", 5, 7)
                                   for index in indices[start:start + 100]], shard, positions)
@@ -161,10 +163,7 @@ def test_verification_keeps_only_what_is_in_flight_in_redis_and_the_results_carr
     assert sorted(path.name for path in specs.iterdir()) == ["0", "1", "2"]
     for number in range(3):
         shard = store.shard_key(job_id, number)
-        payload = store.load_shard(shard)
-        assert payload is not None
-        indices = [index for item in payload["items"] for index in item_indices(item)]
-        positions = {index: position for position, index in enumerate(indices)}
+        _, indices, positions = _shard(store, shard)
         store.record(job_id, [ResultEntry(index, _line(index, "r"), "done", verify=True) for index in indices],
                      shard, positions)
     assert store.status(job_id).to_verify == items
@@ -309,12 +308,10 @@ def test_the_output_folder_has_the_results_as_parts_that_read_as_one_table_and_a
                      output_parts=part_format)
     for number in range(2):
         shard = store.shard_key(job_id, number)
-        payload = store.load_shard(shard)
-        assert payload is not None
-        indices = [index for item in payload["items"] for index in item_indices(item)]
+        _, indices, positions = _shard(store, shard)
         store.record(job_id, [ResultEntry(index, json.dumps({"id": f"q{index}", "outputs": [
             {"text": f"t{index}", "finish_reason": "stop", "completion_tokens": 1}]}), "done") for index in indices],
-                     shard, {index: position for position, index in enumerate(indices)})
+                     shard, positions)
     assert finalize.finalize(store, job_id, "test")
     folder = tmp_path / "out" / job_id
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -345,13 +342,10 @@ def test_output_parts_without_an_output_folder_is_refused_in_one_line(private_se
 def _commit_all(store: JobStore, job_id: str, keys: list[str], text: str) -> None:
     """Commit every item of the shards as a worker would: two parts a shard, tokens on each run's first line."""
     for shard in keys:
-        payload = store.load_shard(shard)
-        assert payload is not None
-        indices = [index for item in payload["items"] for index in item_indices(item)]
-        firsts = {item["i"] for item in payload["items"]}
+        items, indices, positions = _shard(store, shard)
+        firsts = {item["i"] for item in items}
         entries = [ResultEntry(index, _line(index, text), "done", *((5, 7, 1) if index in firsts else (0, 0, 0)))
                    for index in indices]
-        positions = {index: position for position, index in enumerate(indices)}
         half = len(entries) // 2
         for chunk in (entries[:half], entries[half:]):
             store.record(job_id, chunk, shard, positions)
