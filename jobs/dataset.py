@@ -48,29 +48,32 @@ def write_output(lines: Iterator[str], folder: str, job_id: str, part_format: st
     size = 0
     parts: list[dict[str, Any]] = []
 
-    def flush(chunk: list[str], first: int) -> None:
+    def seen(data: bytes) -> None:
+        nonlocal size
+        digest.update(data)
+        size += len(data)
+
+    def flush(chunk: list[str]) -> None:
         assert part_format is not None
         name = f"{PARTS_FOLDER}/part-{len(parts):05d}.{part_format}"
         _write_part(objectstore.join(folder, name), chunk, part_format)
+        first = parts[-1]["first_line"] + parts[-1]["lines"] if parts else 1
         parts.append({"name": name, "first_line": first, "lines": len(chunk)})
 
-    def counted() -> Iterator[str]:
-        nonlocal size
+    def parted() -> Iterator[str]:
+        """The lines, each part written once it holds PART_LINES of them."""
         chunk: list[str] = []
-        for number, line in enumerate(lines, 1):
-            data = (line + "\n").encode("utf-8")
-            digest.update(data)
-            size += len(data)
+        for line in lines:
             yield line
-            if part_format is not None:
-                chunk.append(line)
-                if len(chunk) == PART_LINES:
-                    flush(chunk, number - PART_LINES + 1)
-                    chunk = []
+            chunk.append(line)
+            if len(chunk) == PART_LINES:
+                flush(chunk)
+                chunk = []
         if chunk:
-            flush(chunk, sum(part["lines"] for part in parts) + 1)
+            flush(chunk)
 
-    written = write_lines(counted(), objectstore.join(folder, RESULTS_FILE))
+    written = write_lines(lines if part_format is None else parted(), objectstore.join(folder, RESULTS_FILE),
+                          seen=seen)
     manifest = {"job": job_id, "written_at": time.time(), "lines": written,
                 "results": {"name": RESULTS_FILE, "lines": written, "bytes": size, "sha256": digest.hexdigest()},
                 "parts": None if part_format is None else {"format": part_format, "files": parts}}

@@ -81,23 +81,32 @@ def _lines(store: JobStore, status: JobStatus, passed_only: bool) -> Iterator[st
                 yield line
 
 
-def write_lines(lines: Iterator[str], out: str, progress: Callable[[int], None] | None = None) -> int:
-    """Write ``lines`` to ``out``, whole or not at all (``objectstore.write_atomic``); returns how many."""
+def write_lines(lines: Iterator[str], out: str, progress: Callable[[int], None] | None = None,
+                seen: Callable[[bytes], None] | None = None) -> int:
+    """Write ``lines`` to ``out``, whole or not at all (``objectstore.write_atomic``); returns how many.
+    ``seen`` gets every block of bytes written, in order (to hash or count the file)."""
     written = 0
     with objectstore.write_atomic(out) as stream:
         chunk: list[bytes] = []
         size = 0
+
+        def write() -> None:
+            data = b"".join(chunk)
+            stream.write(data)
+            if seen is not None:
+                seen(data)
+
         for line in lines:
             data = (line + "\n").encode("utf-8")
             chunk.append(data)
             size += len(data)
             written += 1
             if size >= WRITE_CHUNK_BYTES:
-                stream.write(b"".join(chunk))
+                write()
                 chunk, size = [], 0
             if progress is not None and written % 10000 == 0:
                 progress(written)
-        stream.write(b"".join(chunk))
+        write()
     return written
 
 
