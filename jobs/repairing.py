@@ -7,12 +7,13 @@ serves again is read as it was. Only a part the store answers for and says is mi
 (:class:`~dscbatch.core.errors.MissingDataError`) is replaced, and only by ``retry``, a user's decision; never
 when every part of the job is missing (a wrong ``DSCBATCH_WORK_URL`` looks like that).
 
-Finding them reads every part (the merge reads them all anyway). The items a lost part held are found from its
-shard's payload, which the work folder keeps until the results
-file is written: the shard's items that no surviving part of that shard answers and that no part committed after
-the lost one answers. The job's ``done`` and ``failed`` are counted again from the surviving parts' lines (the
-replaced items among the failures), and the tokens the lost parts counted are taken back, so the counters stay
-what the results say. Jobs whose items await verification are refused for now.
+It reads every surviving part three times: to find the lost ones, to find what they held, to count again (a rare
+repair; each pass in bounded memory but an array of one integer per item). The items a lost part held are found
+from its shard's payload, which the work folder keeps until the results file is written: the shard's items that no
+surviving part of that shard answers and that no part committed after the lost one answers. The job's ``done`` and
+``failed`` are counted again from the surviving parts' lines (the replaced items among the failures), and the
+tokens the lost parts counted are taken back, so the counters stay what the results say. Jobs whose items await
+verification are refused for now.
 """
 
 from __future__ import annotations
