@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from dscbatch.core.settings import Settings
 from dscbatch.jobs import parts
-from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.store import JobStore, PartEntry
 
 from .conftest import (
     ROOT,
@@ -57,7 +57,7 @@ def assert_counts_match_results(store: JobStore, job_id: str) -> None:
     snapshot.hmget(store.job_key(job_id), ["done", "failed", "total"])
     snapshot.lrange(f"{store.job_key(job_id)}:parts", 0, -1)
     (done, failed, total), names = snapshot.execute()
-    urls = [store.work.part(job_id, name.decode()) for name in names]
+    urls = [store.work.part(job_id, PartEntry.parse(name).name) for name in names]  # "NAME TOKENS..."
     stored = sum(len(parts.decode(url, store.work.read(url))) for url in urls)
     assert int(done or 0) + int(failed or 0) == stored <= int(total)
 
