@@ -190,8 +190,9 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(job.as_dict(), indent=2))
         return
+    reading = f" (submitting: {job.total} lines read, {job.shards} shards stored so far)" if job.submitting else ""
     click.echo(f"job {job.id}  model {job.model}  state {job.state}\n"
-               f"items: {job.total} total, {job.done} done, {job.failed} failed, {job.pending} pending\n"
+               f"items: {job.total} total, {job.done} done, {job.failed} failed, {job.pending} pending{reading}\n"
                f"deduplicated: {job.deduplicated} items answered by an identical request's run\n"
                f"tokens: {job.prompt_tokens} prompt ({job.cached_prompt_tokens} cached), "
                f"{job.completion_tokens} generated")

@@ -4,6 +4,7 @@ validate-first, refuses it before any shard), and a cancel or delete during subm
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,52 @@ def test_memory_stays_bounded_the_partitions_that_waited_longest_are_cut_first()
         handed += list(grouper.finish())
     indices = [each["i"] for shard in handed for each in shard]
     assert sorted(indices) == list(range(100))
+
+
+def run_submit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], settings: Settings,
+               *args: str) -> tuple[int, str]:
+    from dscbatch.cli.main import main
+
+    monkeypatch.setenv("DSCBATCH_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("DSCBATCH_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setenv("DSCBATCH_WORK_URL", settings.work_url)
+    with pytest.raises(SystemExit) as caught:
+        main(["submit", *args])
+    return int(caught.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("validate_first", [False, True])
+def test_submit_of_a_file_with_a_late_bad_line_exits_2_naming_it_and_leaves_nothing(
+        validate_first: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        private_settings: Settings, own_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", bad_line=2900)
+    jobs = Path(private_settings.work_url) / "jobs"
+    before = set(jobs.glob("*"))
+    code, err = run_submit(monkeypatch, capsys, private_settings, str(path), "--model", str(deepseek_dir),
+                           *(["--validate-first"] if validate_first else []))
+    assert code == 2 and f"{path}:2900: json: invalid JSON" in err and "Traceback" not in err
+    assert ("nothing was submitted" in err) == validate_first and ("was cancelled" in err) != validate_first
+    assert own_store.client.keys(f"{private_settings.key_prefix}:*") == []
+    assert set(jobs.glob("*")) == before
+
+
+def test_status_of_a_job_being_submitted_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str], private_settings: Settings,
+                                                 own_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    from dscbatch.cli.main import main
+
+    monkeypatch.setenv("DSCBATCH_REDIS_URL", private_settings.redis_url)
+    monkeypatch.setenv("DSCBATCH_KEY_PREFIX", private_settings.key_prefix)
+    shown: list[str] = []
+
+    def show_status(queue: str, job_id: str, key: str) -> None:
+        if not shown:
+            try:
+                main(["status", job_id])
+            except SystemExit as exit_:
+                assert not exit_.code
+            shown.append(capsys.readouterr().out)
+
+    submit_job(own_store, show_status, write_lines(tmp_path / "in.jsonl"), options(deepseek_dir))
+    assert "state submitting" in shown[0] and re.search(r"\(submitting: \d+ lines read, \d+ shards stored so far\)",
+                                                        shown[0])
