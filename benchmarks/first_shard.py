@@ -41,7 +41,7 @@ def make_file(path: Path, lines: int) -> None:
                 {"role": "user", "content": f"Question {i}: what does this do? {words}"}]}) + "\n")
 
 
-def measure(path: Path, model: str, redis_url: str) -> dict[str, Any]:
+def measure(path: Path, model: str, redis_url: str, stop_at_first: bool = False) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url)
     queue = queue_name("dscbatch", model)
     env = {**os.environ, "DSCBATCH_REDIS_URL": redis_url}
@@ -55,6 +55,8 @@ def measure(path: Path, model: str, redis_url: str) -> dict[str, Any]:
             break
         if first is None and client.llen(queue):
             first = time.perf_counter() - started
+            if stop_at_first:
+                process.terminate()  # the submission is cut short: its exit code and totals mean nothing
         time.sleep(0.01)
     finished = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -69,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--stop-at-first", action="store_true", help="Terminate submit at its first shard.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dscbatch-first-shard-") as tmp:
@@ -77,7 +80,8 @@ def main() -> None:
         port = free_port()
         redis_process = start_redis(Path(tmp), port)
         try:
-            report = {"lines": args.lines, **measure(path, args.model, f"redis://127.0.0.1:{port}/0")}
+            report = {"lines": args.lines, **measure(path, args.model, f"redis://127.0.0.1:{port}/0",
+                                                     args.stop_at_first)}
         finally:
             stop_process(redis_process)
     print(json.dumps(report))
