@@ -145,10 +145,13 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
 @click.option("--output-parts", type=click.Choice(PART_FORMATS),
               help=f"Also write the results to the output folder as parts/part-NNNNN.FORMAT of {PART_LINES:,} "
                    "lines each, in input order (a Parquet dataset reads as one table).")
+@click.option("--validate-first", is_flag=True,
+              help="Check the whole file before any shard is queued: a bad line anywhere refuses the job before "
+                   "anything runs (default: shards queue as the file is read; a bad line cancels the job at once).")
 @click.pass_context
 def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
            max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,
-           wait: bool, output: str | None, output_parts: str | None) -> None:
+           wait: bool, output: str | None, output_parts: str | None, validate_first: bool) -> None:
     """Validate INPUT, cut it into shards and queue them; prints the job id as the last line."""
     require_input(input_path)  # a missing file is reported as such, before Redis is reached
     settings = _settings(ctx)
@@ -156,7 +159,8 @@ def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
         raise click.UsageError("--output-parts needs an output folder: pass -o FOLDER or set DSCBATCH_OUTPUT_URL")
     store = JobStore.connect(settings)
     options = replace(_make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
-                                           max_model_len, order, no_dedup, output), output_parts=output_parts)
+                                           max_model_len, order, no_dedup, output), output_parts=output_parts,
+                      validate_first=validate_first)
     job_id = submit_file(settings, store, input_path, options)
     exit_code = 0
     if wait:
@@ -186,8 +190,9 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(job.as_dict(), indent=2))
         return
+    reading = f" (submitting: {job.total} lines read, {job.shards} shards stored so far)" if job.submitting else ""
     click.echo(f"job {job.id}  model {job.model}  state {job.state}\n"
-               f"items: {job.total} total, {job.done} done, {job.failed} failed, {job.pending} pending\n"
+               f"items: {job.total} total, {job.done} done, {job.failed} failed, {job.pending} pending{reading}\n"
                f"deduplicated: {job.deduplicated} items answered by an identical request's run\n"
                f"tokens: {job.prompt_tokens} prompt ({job.cached_prompt_tokens} cached), "
                f"{job.completion_tokens} generated")

@@ -23,14 +23,17 @@ class InvalidInputError(DscbatchError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[str], total: int) -> None:
+    def __init__(self, problems: list[str], total: int, cancelled_job: str | None = None) -> None:
         self.problems = problems
         self.total = total
         lines = list(problems)
         if total > len(problems):
             lines.append(f"... and {total - len(problems)} more problems")
-        lines.append(f"{total} problem{'s' if total != 1 else ''}: the file was refused, nothing was submitted "
-                     "(--skip-invalid runs the valid lines and reports the others as errors)")
+        outcome = ("the file was refused, nothing was submitted" if cancelled_job is None else
+                   f"job {cancelled_job} was cancelled when the first was read, its shards and work folder removed, "
+                   "no results file written (--validate-first checks the whole file before any shard runs)")
+        lines.append(f"{total} problem{'s' if total != 1 else ''}{' found so far' if cancelled_job else ''}: "
+                     f"{outcome} (--skip-invalid runs the valid lines and reports the others as errors)")
         super().__init__("\n".join(lines))
 
 
@@ -134,3 +137,12 @@ class ApiKeyError(DscbatchError):
     """Raised when an API key name is taken, unknown or malformed (``dscbatch api-key``)."""
 
     exit_code = 2
+
+
+class SubmissionCancelledError(DscbatchError):
+    """Raised when a job is cancelled or deleted while ``submit`` still reads its file: the submission stops."""
+
+    def __init__(self, job_id: str, lines_read: int, shards_queued: int) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} was cancelled while it was submitted: stopped after {lines_read} lines read "
+                         f"and {shards_queued} shards queued")

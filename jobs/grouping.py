@@ -40,7 +40,7 @@ Item = dict[str, Any]
 SortKey = tuple[bytes, str, int]
 
 
-def _sort_key(item: Item) -> SortKey:
+def sort_key(item: Item) -> SortKey:
     # Big-endian packing keeps the ids' lexicographic order, a prefix before its extensions.
     ids = item["ids"]
     rest = json.dumps([item["params"], item["more"]] if "more" in item else item["params"], sort_keys=True)
@@ -104,17 +104,21 @@ class PrefixSorter:
         if self._directory is not None:
             self._directory.cleanup()
 
-    def order(self, items: Iterable[Item]) -> Iterator[Item]:
-        """Consumes ``items`` at the first step, then yields them in prefix order."""
+    def add(self, items: Iterable[Item]) -> None:
+        """Take ``items`` into the sort (spilled to disk in sorted runs as the buffer fills)."""
         for item in items:
-            self._buffer.append((_sort_key(item), item))
+            self._buffer.append((sort_key(item), item))
             self._buffer_tokens += item_tokens(item)
             if self._buffer_tokens >= RUN_MAX_TOKENS or len(self._buffer) >= RUN_MAX_ITEMS:
                 self._spill()
+
+    def order(self, items: Iterable[Item] = ()) -> Iterator[Item]:
+        """Consumes ``items`` at the first step, then yields them and those added before in prefix order."""
+        self.add(items)
         self._buffer.sort(key=_entry_key)
         runs = [_read_run(path) for path in self._runs]
         merged = (item for _, item in heapq.merge(*runs, iter(self._buffer), key=_entry_key))
-        yield from self._fold(merged) if self.dedup else merged
+        yield from self.fold(merged) if self.dedup else merged
 
     def _spill(self) -> None:
         self._buffer.sort(key=_entry_key)
@@ -142,7 +146,8 @@ class PrefixSorter:
                 file.write(len(data).to_bytes(8, "big") + data)  # marshal.load on a file is 10x slower
         return path
 
-    def _fold(self, items: Iterable[Item]) -> Iterator[Item]:
+    def fold(self, items: Iterable[Item]) -> Iterator[Item]:
+        """Sorted ``items`` with each run of identical deterministic requests folded into its first."""
         held: Item | None = None
         for item in items:
             if (held is not None and item["ids"] == held["ids"] and item["params"] == held["params"]

@@ -280,7 +280,8 @@ def read_lines(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
         seen.close()
 
 
-def _digest(url: str) -> str:
+def file_digest(url: str) -> str:
+    """The SHA-256 of the file's bytes (hex)."""
     digest = hashlib.sha256()
     with objectstore.open_read(url) as stream:
         while chunk := stream.read(1 << 20):
@@ -318,7 +319,7 @@ def check_file(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
         problems.extend(line.problems[: MAX_REPORTED_PROBLEMS - len(problems)])
     if requests + invalid == 0:
         raise InvalidInputError([f"{path}: the file holds no requests (it is empty or only blank lines)"], 1)
-    sha256 = _digest(str(path)) if is_parquet(str(path)) else digest.hexdigest()
+    sha256 = file_digest(str(path)) if is_parquet(str(path)) else digest.hexdigest()
     return FileCheck(requests, invalid, problems, problem_count, sha256)
 
 

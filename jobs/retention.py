@@ -17,7 +17,7 @@ from dscbatch.jobs.store import JobStatus, JobStore
 def delete(store: JobStore, job_id: str, *, cancel: bool = False) -> JobStatus:
     """Remove the job from Redis; a job still running only with ``cancel`` (it is cancelled first)."""
     status = store.status(job_id)
-    if status.state in ("queued", "running"):
+    if status.state in ("submitting", "queued", "running"):
         if not cancel:
             raise JobRunningError(f"job {job_id} is {status.state} with {status.pending} of {status.total} items "
                                   "pending: pass --cancel to cancel and delete it")

@@ -1,33 +1,47 @@
-"""Submitting a job: validate, render, group by prefix, cut into shards, store them, then enqueue.
+"""Submitting a job: create its record, then render, group by prefix, cut into shards and queue each one as
+soon as it is cut, so the pool starts while the file is still being read.
 
-The file is read twice: a cheap validation pass first (strict mode refuses the job before anything is
-written), then the rendering pass, whose items an external sort puts in prefix order (``grouping``) before
-they are cut into shards. Memory stays bounded: the sort spills to disk, and one shard is held at a time.
+The record exists from the start in the ``submitting`` state: ``status`` shows the lines read so far, and the
+job cannot settle, since it has no ``total`` until the last line is read (``JobStore.submitted``). Grouping
+streams (``partitioning``): a prefix partition is cut into shards once it holds four shards' worth, the rest is
+sorted at the end of the file as a whole. Memory stays bounded: partitions and the final sort spill to disk,
+and one shard is held at a time.
+
+Validation, in strict mode (no ``skip_invalid``): by default a bad line found while the file streams stops the
+submission at once; the job is cancelled and deleted (its shards and work folder too), and the bad lines read
+so far are reported. ``validate_first`` reads the whole file once before anything else and queues no shard
+before the last line is rendered: nothing runs unless the whole file is good. Each shard is a chance to stop:
+a job cancelled or deleted while it is submitted ends the submission (``SubmissionCancelledError``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dscbatch.core.errors import InvalidInputError, RequestError
+from dscbatch.core.errors import InvalidInputError, RequestError, SubmissionCancelledError
 from dscbatch.core.keys import Keys
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.grouping import PrefixSorter, cut_shards
+from dscbatch.jobs.fileformat import is_parquet
+from dscbatch.jobs.grouping import cut_shards
+from dscbatch.jobs.partitioning import StreamingGrouper
 from dscbatch.jobs.reader import (
     DEFAULT_MAX_LINE_BYTES,
     MAX_REPORTED_PROBLEMS,
     FileCheck,
     Line,
     check_file,
+    file_digest,
     read_lines,
+    require_input,
     require_valid,
 )
 from dscbatch.jobs.rendering import RenderedRequest, Renderer
@@ -57,6 +71,7 @@ class SubmitOptions:
     model: str
     defaults: Params = Params()
     skip_invalid: bool = False
+    validate_first: bool = False  # strict mode checks the whole file before any shard is queued
     echo_prompt: bool = False
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_model_len: int | None = None
@@ -69,49 +84,106 @@ class SubmitOptions:
     output_root: str | None = None  # a folder under which the job gets a folder named by its id (the setting)
     output_parts: str | None = None  # "jsonl" or "parquet": the results also as parts (``jobs.dataset``)
 
+    def record_options(self, invalid_lines: int) -> dict[str, Any]:
+        """What the job record keeps of these options."""
+        return {"defaults": self.defaults.model_dump(exclude_none=True), "echo_prompt": self.echo_prompt,
+                "skip_invalid": self.skip_invalid, "invalid_lines": invalid_lines,
+                "group_prefixes": self.group_prefixes, "dedup": self.dedup, "output_parts": self.output_parts}
+
 
 def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: SubmitOptions,
                progress: Progress | None = None, *, check: FileCheck | None = None,
                tokenizer: ModelTokenizer | None = None) -> str:
-    """Create the job and enqueue its shards; returns the job id. Raises InvalidInputError in strict mode.
+    """Create the job and queue its shards as they are cut; returns the job id. Raises InvalidInputError in
+    strict mode (the job is removed), SubmissionCancelledError when the job is cancelled or deleted meanwhile.
     ``check``: the file's validation pass when the caller has made it; ``tokenizer``: the model's, when the
     caller holds it loaded (a server submitting many jobs)."""
-    check = check or check_file(path, max_line_bytes=options.max_line_bytes)
-    if not options.skip_invalid:
+    if check is None and options.validate_first:
+        check = check_file(path, max_line_bytes=options.max_line_bytes)
+    if check is None:
+        require_input(path)
+    elif not options.skip_invalid:
         require_valid(check)
     store.work.check_writable()
     job = _Rendering(store, path, options, progress, tokenizer or ModelTokenizer.load(options.model))
-    with PrefixSorter(dedup=options.dedup) as sorter:
-        ordered = sorter.order(job.items()) if options.group_prefixes else job.items()
-        shards = cut_shards(ordered, options.shard_max_requests, options.shard_max_tokens)
-        try:
-            keys = store.save_shards(job.id, ({**job.header, "items": items} for items in shards
-                                              if not job.refused))
-        except BaseException:
-            store.delete_job(job.id)  # the shards saved before the failure
-            raise
-    if job.refused:
-        store.delete_job(job.id, shards=len(keys))
-        raise InvalidInputError(job.refused[:MAX_REPORTED_PROBLEMS], len(job.refused))
-    store.record(job.id, job.errors)
     queue = queue_name(store.prefix, options.model)
     store.create_job(job.id, {
-        "model": job.header["model"], "queue": queue, "input": options.source or str(path), "sha256": check.sha256,
-        "created": job.header["created"], "total": job.total, "shards": len(keys), "deduplicated": sorter.folded,
+        "model": job.header["model"], "queue": queue, "input": options.source or str(path),
+        "created": job.header["created"], "stop": job.header["stop"],
         "output_url": options.output_url or (objectstore.join(options.output_root, job.id) if options.output_root
                                              else None),
-        "stop": job.header["stop"],
-        "options": {"defaults": options.defaults.model_dump(exclude_none=True), "echo_prompt": options.echo_prompt,
-                    "skip_invalid": options.skip_invalid, "invalid_lines": check.invalid_lines,
-                    "group_prefixes": options.group_prefixes, "dedup": options.dedup,
-                    "output_parts": options.output_parts},
+        "options": options.record_options(check.invalid_lines if check is not None else 0),
     })
-    for key in keys:
+    held: list[str] = []  # validate-first: shards wait until the whole file is rendered
+    with StreamingGrouper(options.shard_max_requests, options.shard_max_tokens, options.dedup) as grouper:
+        saved = _saved(store, job, ({**job.header, "items": items} for items in _shards(job, grouper, options)))
+        try:
+            for key in saved:
+                if store.submission_step(job.id, job.total):
+                    raise SubmissionCancelledError(job.id, job.total, job.queued)
+                if options.validate_first:
+                    held.append(key)
+                else:
+                    enqueue(queue, job.id, key)
+                    job.queued += 1
+            if job.refused:
+                raise InvalidInputError(job.refused[:MAX_REPORTED_PROBLEMS], len(job.refused),
+                                        cancelled_job=job.id if job.queued else None)
+            if job.total == 0:
+                raise InvalidInputError([f"{path}: the file holds no requests (it is empty or only blank lines)"], 1)
+            store.record(job.id, job.errors)
+            store.submitted(job.id, {
+                "total": job.total, "deduplicated": grouper.folded,
+                "sha256": check.sha256 if check is not None else job.sha256(),
+                "options": options.record_options(check.invalid_lines if check is not None else job.invalid)})
+        except BaseException as error:
+            saved.close()  # waits for the shard being stored
+            if isinstance(error, SubmissionCancelledError) and store.is_cancelled(job.id):
+                store.submitted(job.id, {"total": job.total})  # cancelled: the record stays, the lines read its total
+            else:  # refused, failed or deleted: everything of it goes (a worker holding a shard of it stops first)
+                store.cancel_if_present(job.id)
+                store.delete_job(job.id, shards=job.reserved)
+            raise
+    for key in held:
         enqueue(queue, job.id, key)
     store.confirm_durable()  # the job id is reported only once Redis has it on disk
     if progress is not None:
         progress(job.total)
     return job.id
+
+
+def _shards(job: _Rendering, grouper: StreamingGrouper, options: SubmitOptions) -> Iterator[list[dict[str, Any]]]:
+    """Shards in the order they can be queued: as prefix partitions fill, or in the file's order. None more
+    once a bad line stops a strict submission."""
+    if not options.group_prefixes:
+        for shard in cut_shards(job.items(), options.shard_max_requests, options.shard_max_tokens):
+            if job.stopped:
+                return
+            yield shard
+        return
+    for item in job.items():
+        yield from grouper.add(item)
+    if not job.stopped:
+        yield from grouper.finish()
+
+
+def _saved(store: JobStore, job: _Rendering, payloads: Iterable[dict[str, Any]]) -> Generator[str]:
+    """Each payload stored as the job's next shard (its number reserved first, so a delete finds it); yields
+    its key once it is stored. A thread stores each while the caller makes the next."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-shards") as saver:
+        saving: tuple[str, Any] | None = None
+        for payload in payloads:
+            number, job.reserved = job.reserved, job.reserved + 1
+            store.count_shards(job.id, job.reserved)
+            key = store.shard_key(job.id, number)
+            following = (key, saver.submit(store.save_shard, key, payload))
+            if saving is not None:
+                saving[1].result()
+                yield saving[0]
+            saving = following
+        if saving is not None:
+            saving[1].result()
+            yield saving[0]
 
 
 class _Rendering:
@@ -131,13 +203,18 @@ class _Rendering:
         self.errors: list[ResultEntry] = []  # error records not yet stored (skip-invalid mode)
         self.specs: dict[int, str] = {}  # verify specs not yet stored, saved a work-folder file at a time
         self.refused: list[str] = []  # strict mode: lines the model cannot serve refuse the job
-        self.total = 0
+        self.total = 0  # lines read (and rendered) so far
+        self.invalid = 0  # of those, lines that are not requests
+        self.queued = 0  # shards queued so far
+        self.reserved = 0  # shard numbers taken so far
+        self._digest = hashlib.sha256()
 
     def items(self) -> Iterator[dict[str, Any]]:
         """Shard items in input order. A thread renders (tokenizes) the next chunk while this one reads the
         chunk after it and builds the items of the one before: the tokenizer runs without the GIL, so reading,
         rendering and tokenizing overlap on every core."""
-        lines = enumerate(read_lines(self.path, max_line_bytes=self.options.max_line_bytes))
+        lines = enumerate(read_lines(self.path, max_line_bytes=self.options.max_line_bytes,
+                                     on_bytes=self._digest.update))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-render") as renderer:
             chunk = list(itertools.islice(lines, RENDER_CHUNK))
             rendering = renderer.submit(self._render, chunk)
@@ -151,6 +228,8 @@ class _Rendering:
                     self._save_specs()
                 if self.progress is not None:
                     self.progress(self.total)
+                if self.stopped:
+                    return
                 chunk = following
         self._save_specs()
 
@@ -158,6 +237,15 @@ class _Rendering:
         if self.specs:
             self.store.save_verify_specs(self.id, self.specs)
             self.specs = {}
+
+    @property
+    def stopped(self) -> bool:
+        """Strict mode without validate-first stops at the first chunk with a bad line."""
+        return bool(self.refused) and not self.options.validate_first
+
+    def sha256(self) -> str:
+        """The file's SHA-256, once every line is read."""
+        return file_digest(str(self.path)) if is_parquet(str(self.path)) else self._digest.hexdigest()
 
     def _render(self, chunk: list[tuple[int, Line]]) -> list[RenderedRequest | RequestError]:
         # Every prompt of the chunk's lines, tokenized in one batch; a line with several gets one item for all.
@@ -172,11 +260,16 @@ class _Rendering:
             prompts = [next(rendered) for _ in line.requests]
             result = next((each for each in prompts if isinstance(each, RequestError)), None)
             if request is None:
+                self.invalid += 1
+                if not self.options.skip_invalid:
+                    self.refused.extend(str(problem) for problem in line.problems)
+                    continue
                 result = RequestError("invalid_request", "; ".join(f"{p.field}: {p.message}" for p in line.problems))
             if result is not None:
                 self._refuse(line.number, index, line.id, kind, line.openai, request, result)
                 continue
             assert request is not None
+            self.total = index + 1
             first, *more = (each for each in prompts if not isinstance(each, RequestError))
             item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": first.prompt_token_ids,
                                     "params": first.params.model_dump(exclude_none=True)}

@@ -18,7 +18,7 @@ from dscbatch.jobs.store import JOB_STATES, JobStatus, JobStore
 from dscbatch.monitoring.broker_queues import read_queues
 from dscbatch.monitoring.server import MetricsServer
 
-UNFINISHED = ("queued", "running")
+UNFINISHED = ("submitting", "queued", "running")
 
 
 def shown_jobs(jobs: list[JobStatus], recent: int) -> list[JobStatus]:

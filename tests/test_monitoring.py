@@ -421,8 +421,8 @@ def test_exporter_keeps_finished_jobs_to_the_most_recent(settings: Settings, sto
     # One scrape's own view: jobs may settle meanwhile.
     by_state = {labels["state"]: count for labels, count in samples(scrape)["dscbatch_jobs"]}
     shown = Counter(labels["state"] for labels, _ in samples(scrape)["dscbatch_job_info"])
-    unfinished = by_state["queued"] + by_state["running"]
-    assert shown["queued"] + shown["running"] == unfinished
+    unfinished = by_state["submitting"] + by_state["queued"] + by_state["running"]
+    assert shown["submitting"] + shown["queued"] + shown["running"] == unfinished
     assert shown.total() - unfinished == min(1, sum(by_state.values()) - unfinished)
     assert sum(by_state.values()) == len(store.job_ids())
 

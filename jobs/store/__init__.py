@@ -97,7 +97,7 @@ JOB_OPTION_DEFAULTS: dict[str, Any] = {"defaults": {}, "echo_prompt": False, "sk
                                        "group_prefixes": True, "dedup": True, "output_parts": None}
 
 # The job's keys besides its record and its shards.
-JOB_STATES = ("queued", "running", "completed", "completed_with_errors", "cancelled")
+JOB_STATES = ("submitting", "queued", "running", "completed", "completed_with_errors", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,8 @@ class JobStatus:
     results_file: str | None = None  # where it was last written (kept while a retry runs)
     finalized: float | None = None  # when it was written, for the job's present results; None: not (yet)
     finalize_error: str | None = None  # why the last attempt to write it failed
+    # While ``submit`` still reads the file: ``total`` is the lines read so far and the job cannot settle.
+    submitting: bool = False
 
     @property
     def results_url(self) -> str | None:
@@ -180,12 +182,14 @@ class JobStatus:
     @property
     def settled(self) -> bool:
         """Every item has a result and every verdict is in (or the job is cancelled): the job's end."""
-        return self.cancelled or (self.pending == 0 and self.verifying == 0)
+        return self.cancelled or (not self.submitting and self.pending == 0 and self.verifying == 0)
 
     @property
     def state(self) -> str:
         if self.cancelled:
             return "cancelled"
+        if self.submitting:
+            return "submitting"
         if self.pending == 0 and self.verifying == 0:
             return "completed_with_errors" if self.failed else "completed"
         return "running" if self.done or self.failed else "queued"
@@ -194,6 +198,16 @@ class JobStatus:
         values = {key: value for key, value in vars(self).items() if key != "cancelled"}
         return {**values, "pending": self.pending, "verifying": self.verifying, "state": self.state,
                 "results_url": self.results_url}
+
+
+def _encoded(fields: dict[str, Any]) -> dict[FieldT, EncodableT]:
+    """A job record's fields as Redis stores them: options that differ from their defaults, dicts and lists
+    as JSON, None left out."""
+    if "options" in fields:
+        options = {name: value for name, value in fields["options"].items() if JOB_OPTION_DEFAULTS.get(name) != value}
+        fields = {**fields, "options": options or None}
+    return {key: json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else value
+            for key, value in fields.items() if value is not None}
 
 
 def _int(value: bytes | None) -> int:
@@ -264,14 +278,15 @@ class JobStore(Finalizing, Deliveries, Suspects, Records):
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-shards") as saver:
             for number, payload in enumerate(payloads, first):
                 keys.append(self.shard_key(job_id, number))
-                saving.append(saver.submit(self._save_shard, keys[-1], payload))
+                saving.append(saver.submit(self.save_shard, keys[-1], payload))
                 if len(saving) > SHARDS_SAVED_AHEAD:
                     saving.popleft().result()
             for saved in saving:
                 saved.result()
         return keys
 
-    def _save_shard(self, key: str, payload: dict[str, Any]) -> None:
+    def save_shard(self, key: str, payload: dict[str, Any]) -> None:
+        """Store one shard's payload in the work folder, then its marker in Redis."""
         self.work.write(self.work.shard(*self.keys.parse_shard(key)), shard_codec.encode(payload))
         self.client.set(key, b"\x00")  # the marker: no position has a result yet
 
@@ -316,17 +331,37 @@ class JobStore(Finalizing, Deliveries, Suspects, Records):
     # Jobs
 
     def create_job(self, job_id: str, fields: dict[str, Any]) -> None:
-        """Publish the job record; before this the job is invisible to ``list`` and ``status``."""
-        options = {name: value for name, value in fields.get("options", {}).items()
-                   if JOB_OPTION_DEFAULTS.get(name) != value}
-        values: dict[FieldT, EncodableT] = {
-            key: json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else value
-            for key, value in {**fields, "options": options or None}.items() if value is not None}
+        """Publish the job record; before this the job is invisible to ``list`` and ``status``. A record
+        without ``total`` is a job still being submitted: it cannot settle until :meth:`submitted` gives it one."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.job_key(job_id), mapping=values)
+        pipe.hset(self.job_key(job_id), mapping=_encoded(fields))
+        if "total" not in fields:
+            pipe.hset(self.job_key(job_id), mapping={"submitting": 1, "read": 0, "shards": 0})
         pipe.zadd(self.keys.jobs, {job_id: float(fields["created"])})
         pipe.execute()
-        self.record(job_id, [])  # marks the job finished when submission already settled every item
+        if "total" in fields:
+            self.record(job_id, [])  # marks the job finished when submission already settled every item
+
+    def submission_step(self, job_id: str, lines_read: int) -> bool:
+        """Publish how many lines a running submission has read; returns whether it must stop (the job was
+        cancelled or deleted meanwhile)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(self.job_key(job_id), "cancelled")
+        pipe.hexists(self.job_key(job_id), "created")
+        cancelled, exists = pipe.execute()
+        if cancelled == b"1" or not exists:
+            return True
+        self.client.hset(self.job_key(job_id), "read", lines_read)
+        return False
+
+    def submitted(self, job_id: str, fields: dict[str, Any]) -> None:
+        """End a submission: the record gets its ``total`` (and what else was learned reading the file), so it
+        can settle now; it settles at once if every item already has its result."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.job_key(job_id), mapping=_encoded(fields))
+        pipe.hdel(self.job_key(job_id), "submitting", "read")
+        pipe.execute()
+        self.record(job_id, [])
 
     def delete_job(self, job_id: str, shards: int | None = None) -> None:
         """Remove every key of the job from Redis and its work folder (a refused submission leaves nothing
@@ -374,18 +409,19 @@ class JobStore(Finalizing, Deliveries, Suspects, Records):
         for job_id in job_ids:
             pipe.hgetall(self.job_key(job_id))
         found = zip(job_ids, cast(list[dict[bytes, bytes]], pipe.execute()), strict=True)
-        return [self._status(job_id, raw) for job_id, raw in found if b"total" in raw]
+        return [self._status(job_id, raw) for job_id, raw in found if b"created" in raw]
 
     @staticmethod
     def _status(job_id: str, raw: dict[bytes, bytes]) -> JobStatus:
-        if not raw or b"total" not in raw:
+        if not raw or b"created" not in raw:
             raise JobNotFoundError(f"no job {job_id!r} in Redis (see `dscbatch list`)")
         values = {key.decode(): value.decode() for key, value in raw.items()}
         return JobStatus(
             id=job_id, model=values["model"], queue=values["queue"], input=values.get("input", ""),
             sha256=values.get("sha256", ""), created=float(values["created"]),
             finished=float(values["finished"]) if "finished" in values else None,
-            total=int(values["total"]),
+            total=int(values["total"] if "total" in values else values.get("read", 0)),
+            submitting=values.get("submitting") == "1",
             **{name: _int(raw.get(name.encode())) for name in
                ("done", "failed", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "shards",
                 "deduplicated", "to_verify", "verified", "verified_samples", "passed_samples")},
@@ -408,6 +444,18 @@ class JobStore(Finalizing, Deliveries, Suspects, Records):
         self.status(job_id)
         self.client.hset(self.job_key(job_id), mapping={"cancelled": "1", "finished": time.time()})
         return self.status(job_id)
+
+    def cancel_if_present(self, job_id: str) -> None:
+        """Mark the job cancelled if its record exists (a deleted job is not brought back)."""
+        self._set_if_present(job_id, "cancelled", 1)
+
+    def count_shards(self, job_id: str, shards: int) -> None:
+        """Record how many shard numbers a running submission has used, so a delete finds every shard."""
+        self._set_if_present(job_id, "shards", shards)
+
+    def _set_if_present(self, job_id: str, name: str, value: int) -> None:
+        self.client.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) "
+                         "end", 1, self.job_key(job_id), name, value)
 
     def settlement(self, job_id: str) -> int | None:
         """The job's settlement generation while every item has its result (``_SETTLE`` decides, ``retry``

@@ -1,0 +1,221 @@
+"""Submission streams: shards queue while the file is read, a bad line cancels the job at once (or, with
+validate-first, refuses it before any shard), and a cancel or delete during submission stops it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
+from dscbatch.core.settings import Settings
+from dscbatch.jobs.grouping import item_indices
+from dscbatch.jobs.partitioning import StreamingGrouper
+from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.submission import SubmitOptions, submit_job
+
+HEADER = "# repository context shared by every question of this file\n" * 20  # over one 128-token block
+LINES = 3000
+
+
+def write_lines(path: Path, bad_line: int | None = None) -> Path:
+    with path.open("w", encoding="utf-8") as file:
+        for n in range(1, LINES + 1):
+            if n == bad_line:
+                file.write('{"id": "broken", "type": "completion", "prompt": \n')
+                continue
+            file.write(json.dumps({"id": f"q{n}", "type": "completion", "prompt": f"{HEADER}question {n}"}) + "\n")
+    return path
+
+
+class Recorder:
+    """An enqueue callback that notes, for each shard, how many lines had been read and the job's state then."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.read = 0
+        self.queued: list[tuple[str, int, str]] = []  # (shard key, lines read, job state)
+        self.job_id = ""
+
+    def progress(self, lines: int) -> None:
+        self.read = lines
+
+    def __call__(self, queue: str, job_id: str, key: str) -> None:
+        self.job_id = job_id
+        self.queued.append((key, self.read, self.store.status(job_id).state))
+
+
+def leftovers(store: JobStore, settings: Settings, job_id: str) -> list[str]:
+    keys = [key.decode() for key in store.client.keys(f"{settings.key_prefix}:*")]
+    files = [str(path) for path in Path(settings.work_url).rglob("*") if job_id in str(path)]
+    return [key for key in keys if job_id in key or key.endswith(":jobs")] + files
+
+
+@pytest.fixture
+def own_store(private_settings: Settings) -> JobStore:
+    return JobStore.connect(private_settings)
+
+
+def options(model: Path, **changes: Any) -> SubmitOptions:
+    return SubmitOptions(model=str(model), shard_max_requests=16, **changes)
+
+
+def test_the_first_shards_queue_while_the_file_is_still_read(own_store: JobStore, deepseek_dir: Path,
+                                                             tmp_path: Path) -> None:
+    recorder = Recorder(own_store)
+    job_id = submit_job(own_store, recorder, write_lines(tmp_path / "in.jsonl"), options(deepseek_dir),
+                        recorder.progress)
+    _, read, state = recorder.queued[0]
+    assert read <= 1024 + 256 and state == "submitting"  # the first shard ran ahead of the reading
+    status = own_store.status(job_id)
+    assert (status.state, status.total, status.shards, status.submitting) == ("queued", LINES, len(recorder.queued),
+                                                                              False)
+    items = [each for key, _, _ in recorder.queued for each in (own_store.load_shard(key) or {})["items"]]
+    assert sorted(index for each in items for index in item_indices(each)) == list(range(LINES))
+
+
+def test_status_shows_the_lines_read_while_the_job_is_submitted(own_store: JobStore, deepseek_dir: Path,
+                                                                tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+    submit_job(own_store, lambda queue, job, key: seen.append(own_store.status(job).as_dict()),
+               write_lines(tmp_path / "in.jsonl"), options(deepseek_dir))
+    first = seen[0]
+    assert (first["state"], first["submitting"]) == ("submitting", True)
+    assert 0 < first["total"] < LINES and first["finished"] is None  # lines read so far; it cannot settle
+
+
+def test_a_bad_line_late_in_the_file_cancels_the_job_and_leaves_nothing(own_store: JobStore, deepseek_dir: Path,
+                                                                        private_settings: Settings,
+                                                                        tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", bad_line=2800)
+    recorder = Recorder(own_store)
+    with pytest.raises(InvalidInputError) as caught:
+        submit_job(own_store, recorder, path, options(deepseek_dir), recorder.progress)
+    assert recorder.queued  # shards ran before the bad line was read
+    assert caught.value.problems == [f"{path}:2800: json: invalid JSON: Expecting value (column 50)"]
+    assert f"job {recorder.job_id} was cancelled" in str(caught.value)
+    assert leftovers(own_store, private_settings, recorder.job_id) == []
+
+
+def test_validate_first_refuses_a_bad_file_before_any_shard(own_store: JobStore, deepseek_dir: Path,
+                                                            private_settings: Settings, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", bad_line=2999)
+    recorder = Recorder(own_store)
+    with pytest.raises(InvalidInputError) as caught:
+        submit_job(own_store, recorder, path, options(deepseek_dir, validate_first=True))
+    assert recorder.queued == [] and str(caught.value).startswith(f"{path}:2999: json: invalid JSON")
+    assert "nothing was submitted" in str(caught.value)
+    assert [key for key in own_store.client.keys(f"{private_settings.key_prefix}:*")] == []
+
+
+def test_validate_first_queues_every_shard_once_the_whole_file_is_read(own_store: JobStore, deepseek_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    recorder = Recorder(own_store)
+    job_id = submit_job(own_store, recorder, write_lines(tmp_path / "in.jsonl"),
+                        options(deepseek_dir, validate_first=True), recorder.progress)
+    assert {(read, state) for _, read, state in recorder.queued} == {(LINES, "queued")}
+    assert own_store.status(job_id).shards == len(recorder.queued)
+
+
+def test_a_cancel_during_submission_stops_it_at_the_next_shard(own_store: JobStore, deepseek_dir: Path,
+                                                               tmp_path: Path) -> None:
+    queued: list[str] = []
+
+    def cancel_at_first(queue: str, job_id: str, key: str) -> None:
+        queued.append(job_id)
+        own_store.cancel(job_id)
+
+    with pytest.raises(SubmissionCancelledError) as caught:
+        submit_job(own_store, cancel_at_first, write_lines(tmp_path / "in.jsonl"), options(deepseek_dir))
+    assert len(queued) == 1 and "was cancelled while it was submitted" in str(caught.value)
+    status = own_store.status(queued[0])
+    assert (status.state, status.submitting, status.settled) == ("cancelled", False, True)
+    assert status.total < LINES
+
+
+def test_a_delete_during_submission_stops_it_and_leaves_nothing(own_store: JobStore, deepseek_dir: Path,
+                                                                private_settings: Settings, tmp_path: Path) -> None:
+    queued: list[str] = []
+
+    def delete_at_first(queue: str, job_id: str, key: str) -> None:
+        queued.append(job_id)
+        own_store.delete_job(job_id)
+
+    with pytest.raises(SubmissionCancelledError):
+        submit_job(own_store, delete_at_first, write_lines(tmp_path / "in.jsonl"), options(deepseek_dir))
+    assert len(queued) == 1 and leftovers(own_store, private_settings, queued[0]) == []
+
+
+def item(index: int, ids: list[int]) -> dict[str, Any]:
+    return {"i": index, "id": f"r{index}", "type": "completion", "ids": ids, "params": {"temperature": 0}}
+
+
+def test_a_partition_is_cut_once_it_holds_four_shards_and_the_rest_is_sorted_at_the_end() -> None:
+    with StreamingGrouper(max_requests=2, max_tokens=1 << 20, key_tokens=2, flush_min_items=0) as grouper:
+        early = [grouper.add(item(n, [1, 2, 100 + n])) for n in range(8)]
+        others = [grouper.add(item(8 + n, [3, 4, n])) for n in range(3)]
+        rest = list(grouper.finish())
+    assert [len(shards) for shards in early] == [0] * 7 + [4] and not any(others)
+    assert [[each["i"] for each in shard] for shard in early[-1]] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [[each["i"] for each in shard] for shard in rest] == [[8, 9], [10]]
+
+
+def test_memory_stays_bounded_the_partitions_that_waited_longest_are_cut_first() -> None:
+    with StreamingGrouper(max_requests=4, max_tokens=1 << 20, key_tokens=1, held_max_items=10) as grouper:
+        handed = [shard for n in range(100) for shard in grouper.add(item(n, [n % 50, n]))]
+        assert grouper._held_items <= 10
+        handed += list(grouper.finish())
+    indices = [each["i"] for shard in handed for each in shard]
+    assert sorted(indices) == list(range(100))
+
+
+def run_submit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], settings: Settings,
+               *args: str) -> tuple[int, str]:
+    from dscbatch.cli.main import main
+
+    monkeypatch.setenv("DSCBATCH_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("DSCBATCH_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setenv("DSCBATCH_WORK_URL", settings.work_url)
+    with pytest.raises(SystemExit) as caught:
+        main(["submit", *args])
+    return int(caught.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("validate_first", [False, True])
+def test_submit_of_a_file_with_a_late_bad_line_exits_2_naming_it_and_leaves_nothing(
+        validate_first: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        private_settings: Settings, own_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", bad_line=2900)
+    jobs = Path(private_settings.work_url) / "jobs"
+    before = set(jobs.glob("*"))
+    code, err = run_submit(monkeypatch, capsys, private_settings, str(path), "--model", str(deepseek_dir),
+                           *(["--validate-first"] if validate_first else []))
+    assert code == 2 and f"{path}:2900: json: invalid JSON" in err and "Traceback" not in err
+    assert ("nothing was submitted" in err) == validate_first and ("was cancelled" in err) != validate_first
+    assert own_store.client.keys(f"{private_settings.key_prefix}:*") == []
+    assert set(jobs.glob("*")) == before
+
+
+def test_status_of_a_job_being_submitted_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str], private_settings: Settings,
+                                                 own_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    from dscbatch.cli.main import main
+
+    monkeypatch.setenv("DSCBATCH_REDIS_URL", private_settings.redis_url)
+    monkeypatch.setenv("DSCBATCH_KEY_PREFIX", private_settings.key_prefix)
+    shown: list[str] = []
+
+    def show_status(queue: str, job_id: str, key: str) -> None:
+        if not shown:
+            try:
+                main(["status", job_id])
+            except SystemExit as exit_:
+                assert not exit_.code
+            shown.append(capsys.readouterr().out)
+
+    submit_job(own_store, show_status, write_lines(tmp_path / "in.jsonl"), options(deepseek_dir))
+    assert "state submitting" in shown[0] and re.search(r"\(submitting: \d+ lines read, \d+ shards stored so far\)",
+                                                        shown[0])
