@@ -60,7 +60,10 @@ def plan_ranges(size: int, range_bytes: int = DEFAULT_RANGE_BYTES) -> list[tuple
 def range_lines(url: str, start: int, end: int, max_line_bytes: int) -> Iterator[bytes | None]:
     """The physical lines starting in ``[start, end)``, without their endings, as ``read_lines`` sees them
     (the BOM of the file's first line dropped); ``None`` stands for a line over ``max_line_bytes``."""
-    with objectstore.open_read(url) as stream:
+    # Read-ahead of the range's own length (and a little past it for the last line), not the store's default
+    # block (50 MiB for s3fs): a range would otherwise fetch far more than it owns.
+    block_size = max(1 << 20, min(end - start + (1 << 20), 64 << 20))
+    with objectstore.open_read(url, block_size) as stream:
         position = start
         if start > 0:
             stream.seek(start - 1)

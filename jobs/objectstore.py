@@ -70,12 +70,14 @@ def is_local(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def open_read(url: str) -> Iterator[IO[bytes]]:
+def open_read(url: str, block_size: int | None = None) -> Iterator[IO[bytes]]:
     """``url`` opened for streaming, seekable binary reads with ``readline(limit)``; an unreadable URL raises
-    :class:`StorageError`, whenever it fails (at the open or in the middle of the stream)."""
+    :class:`StorageError`, whenever it fails (at the open or in the middle of the stream). ``block_size``, for
+    object stores, caps each request's read-ahead (a byte range's reader asks for about its own length)."""
     fs, path = _filesystem(url)
     try:
-        stream = fs.open(path, "rb")
+        extra = {} if block_size is None or is_local(url) else {"block_size": block_size}
+        stream = fs.open(path, "rb", **extra)
         if not is_local(url):  # fsspec's buffered files take no limit in readline
             stream = io.BufferedReader(stream, buffer_size=1 << 20)
     except Exception as error:
