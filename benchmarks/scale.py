@@ -194,7 +194,8 @@ def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folde
         assert lines == items == job.done, (lines, items, job.done)
         per_thousand = 1000 / items
         return {
-            "code": str(code) if code is not None else "this tree", "store": store_kind, "workers": workers, "items": items, "max_tokens": max_tokens,
+            "code": str(code) if code is not None else "this tree", "store": store_kind, "workers": workers,
+            "items": items, "max_tokens": max_tokens,
             "items_per_second": round(items / (finished - started), 1),
             "seconds_to_first_result": round((sampler.first_result or finished) - started, 2),
             "seconds_submit_to_results_file": round(finalized - started, 2),

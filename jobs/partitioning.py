@@ -15,9 +15,10 @@ evicted partition of one item (a prompt that met no sibling) is cut into shards 
 it; one of several items (siblings that may have more to come, spread over the file) is deferred to a
 ``PrefixSorter``, which spills to disk, to meet them at the end of the file, once a first shard is out and
 while the deferred items hold fewer than ``DEFER_MAX_TOKENS`` tokens; otherwise evicted partitions are all cut
-at once, so the pool gets its first shard within ``HELD_MAX_TOKENS`` read, whatever the file. The last, partial shard of what is cut goes to the sorter too. At the end of the file the
-partitions left join it, and its sorted rest is cut as today. ``benchmarks/grouping_stream.py`` measures the
-hit rate this keeps against the full sort.
+at once, so the pool gets its first shard within ``HELD_MAX_TOKENS`` read, whatever the file. The last,
+partial shard of what is cut goes to the sorter too. At the end of the file the partitions left join it, and
+its sorted rest is cut as today. ``benchmarks/grouping_stream.py`` measures the hit rate this keeps against
+the full sort.
 """
 
 from __future__ import annotations
