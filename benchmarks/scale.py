@@ -155,7 +155,9 @@ def start_workers(model: str, env: dict[str, str], folder: Path, store: JobStore
 
 
 def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folder: Path,
-        store_kind: str) -> dict[str, Any]:
+        store_kind: str, code: Path | None = None) -> dict[str, Any]:
+    """One job through ``submit --wait --output``; ``code``: a folder holding another ``dscbatch`` package to run
+    instead (submit and workers), for a side-by-side comparison with an earlier commit."""
     port = free_port()
     server = start_redis(folder, port)
     s3 = S3Server(folder) if store_kind == "s3" else None
@@ -163,6 +165,8 @@ def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folde
     settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", key_prefix="scale", work_url=work_url)
     store = JobStore.connect(settings)
     env = {**environment(settings), **(s3.env if s3 is not None else {})}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         start_workers(model, env, folder, store, processes, workers)
@@ -190,7 +194,8 @@ def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folde
         assert lines == items == job.done, (lines, items, job.done)
         per_thousand = 1000 / items
         return {
-            "store": store_kind, "workers": workers, "items": items, "max_tokens": max_tokens,
+            "code": str(code) if code is not None else "this tree", "store": store_kind, "workers": workers,
+            "items": items, "max_tokens": max_tokens,
             "items_per_second": round(items / (finished - started), 1),
             "seconds_to_first_result": round((sampler.first_result or finished) - started, 2),
             "seconds_submit_to_results_file": round(finalized - started, 2),
@@ -355,6 +360,9 @@ def main() -> None:
     parser.add_argument("--truncate-aof", action="store_true",
                         help="--chaos: cut Redis' AOF back 5 s before its kill (lose its tail) before the restart")
     parser.add_argument("--keep", type=Path, help="copy the run's folders (logs, results) here")
+    parser.add_argument("--before", type=Path,
+                        help="a folder holding a dscbatch package of an earlier commit (docs/benchmarks.md): each "
+                             "run is made with it first, then with this tree, and the end-to-end ratio reported")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dscbatch-scale-") as temp:
@@ -374,10 +382,15 @@ def main() -> None:
         runs = []
         for store_kind in args.store:
             for workers in args.workers:
-                folder = Path(temp) / f"{store_kind}-w{workers}"
-                folder.mkdir()
-                runs.append(run(args.model, args.items, workers, args.max_tokens, path, folder, store_kind))
-                print(json.dumps(runs[-1]), flush=True)
+                for code in ([args.before] if args.before is not None else []) + [None]:
+                    folder = Path(temp) / f"{store_kind}-w{workers}{'-before' if code is not None else ''}"
+                    folder.mkdir()
+                    runs.append(run(args.model, args.items, workers, args.max_tokens, path, folder, store_kind, code))
+                    if code is None and args.before is not None:
+                        before = runs[-2]["seconds_submit_to_results_file"]
+                        runs[-1]["end_to_end_speedup_vs_before"] = round(
+                            before / runs[-1]["seconds_submit_to_results_file"], 3)
+                    print(json.dumps(runs[-1]), flush=True)
     print_report({"engine": "SIMULATED (dscbatch worker --engine sim): control plane only", "runs": runs},
                  args.json)
 

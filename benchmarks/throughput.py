@@ -7,7 +7,8 @@ Systems, each on every workload (see workloads.py), one vLLM engine at a time:
 
 - ``a``: ``vllm.LLM.generate`` over the file in order, as a user's script (throughput_raw.py); engine start
   not timed. ``a-sorted``: the same, requests sorted by prompt token ids by hand. ``a-per-shard``: one
-  generate call per consecutive shard of ``--shard-size`` requests.
+  generate call per consecutive shard of ``--shard-size`` requests. ``script``: the plain script, end to end
+  with a warm engine (read, tokenize in one batch, sort by prompt ids, one generate, write).
 - ``b``: vLLM's run-batch (throughput_runbatch.py); its engine start, measured in the same run with a
   one-request file, is subtracted.
 - ``c`` and the other VARIANTS of throughput_dscbatch.py: dscbatch end to end with warm workers, from
@@ -53,8 +54,8 @@ from workloads import DEFAULT_MODEL, DEFAULT_WORKLOADS, WORKLOADS, ideal_cached_
 from dscbatch.jobs.tokenizer import ModelTokenizer
 from dscbatch.workers.embedded import stop_process
 
-RAW_ORDERS = {"a": "file", "a-sorted": "sorted", "a-per-shard": "shards"}
-BASELINES = ("a", "b", "a-sorted", "a-per-shard")
+RAW_ORDERS = {"a": "file", "a-sorted": "sorted", "a-per-shard": "shards", "script": "script"}
+BASELINES = ("a", "b", "a-sorted", "a-per-shard", "script")
 SYSTEMS = (*RAW_ORDERS, "b", *VARIANTS)
 MiB = 1 << 20
 
@@ -338,7 +339,7 @@ def main() -> None:
             "rounds": args.rounds,
             "vllm": vllm.__version__, "cpus": os.cpu_count(), "machine": platform.machine(), "work_dir": str(work),
             "notes": [
-                "a, a-sorted, a-per-shard: one engine for all runs, prefix cache reset before each; "
+                "a, a-sorted, a-per-shard, script: one engine for all runs, prefix cache reset before each; "
                 "engine start and a warm-up request not timed",
                 "b: seconds = wall time minus the mean engine start, measured in this run with a one-request "
                 "file before and after the workloads (systems.b.startups_s); in_process_s is run-batch's own "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import logging
 import os
@@ -95,7 +96,26 @@ def _summary(status: JobStatus) -> int:
     return ITEMS_FAILED_EXIT if status.failed else 0
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands imported when named: their modules bring numpy and the evaluation code, which every other command's
+# start would pay for.
+LAZY_COMMANDS = {"eval": ("dscbatch.cli.evaluation", "eval_group"), "curate": ("dscbatch.cli.curate", "curate")}
+
+
+class _Commands(click.Group):
+    """The command group, with ``LAZY_COMMANDS`` imported when named (or listed by ``--help``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, name = LAZY_COMMANDS[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), name)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--redis-url", envvar=None, default=None,
               help="Redis URL (default: $DSCBATCH_REDIS_URL; prefer the variable for passwords).")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
@@ -403,17 +423,6 @@ def run(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: boo
         status = wait_for_job(store, job_id, check=cluster.check_worker)
         _write_results(store, status, output)
     sys.exit(_summary(status))
-
-
-def _add_commands() -> None:
-    from dscbatch.cli.curate import curate
-    from dscbatch.cli.evaluation import eval_group
-
-    cli.add_command(eval_group)
-    cli.add_command(curate)
-
-
-_add_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

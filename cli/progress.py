@@ -35,13 +35,15 @@ def progress_line(status: JobStatus, first: JobStatus, elapsed: float) -> str:
     tokens = status.completion_tokens - first.completion_tokens
     rate = items / elapsed if elapsed > 0 else 0.0
     eta = _duration(status.pending / rate) if rate > 0 else "-:--:--"
+    # While the file is still read, the total is the lines read so far: the ETA is a lower bound.
+    more, at_least = ("+", ">") if status.submitting else ("", "")
     filled = BAR_WIDTH * settled // status.total if status.total else BAR_WIDTH
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
     percent = 100 * settled // status.total if status.total else 100
     # A job that ended before this command first looked has no speed to show (not 0 items/s).
-    speed = (f"{_count(rate)} items/s  {_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {eta}  "
+    speed = (f"{_count(rate)} items/s  {_count(tokens / elapsed if elapsed > 0 else 0.0)} tok/s  ETA {at_least}{eta}  "
              if items or not status.settled else "")
-    return (f"[{bar}] {settled}/{status.total} items {percent:3d}%  {speed}failed {status.failed}"
+    return (f"[{bar}] {settled}/{status.total}{more} items {percent:3d}%  {speed}failed {status.failed}"
             + (f"  verified {status.verified}/{status.to_verify}" if status.to_verify else ""))
 
 

@@ -10,11 +10,15 @@ meet later siblings.
 
 Memory stays bounded, and files whose partitions stay small (unique prompts, contexts with a few questions
 each) stream too: when the partitions together hold more than ``HELD_MAX_ITEMS`` items or ``HELD_MAX_TOKENS``
-tokens, the partitions that waited longest since their last item (those whose siblings are least likely still
-to come) are sorted together and cut into shards at once, until half of that is held; the last, partial
-shard of what they give goes to a ``PrefixSorter``, which spills to disk. At the end of the file the partitions
-left join it, and its sorted rest is cut as today. ``benchmarks/grouping_stream.py`` measures the hit rate this
-keeps against the full sort.
+tokens, the partitions that waited longest since their last item are evicted, until half of that is held. An
+evicted partition of one item (a prompt that met no sibling) is cut into shards at once with the others like
+it; one of several items (siblings that may have more to come, spread over the file) is deferred to a
+``PrefixSorter``, which spills to disk, to meet them at the end of the file, once a first shard is out and
+while the deferred items hold fewer than ``DEFER_MAX_TOKENS`` tokens; otherwise evicted partitions are all cut
+at once, so the pool gets its first shard within ``HELD_MAX_TOKENS`` read, whatever the file. The last,
+partial shard of what is cut goes to the sorter too. At the end of the file the partitions left join it, and
+its sorted rest is cut as today. ``benchmarks/grouping_stream.py`` measures the hit rate this keeps against
+the full sort.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ FLUSH_SHARDS = 4  # a partition is cut once it holds this many full shards' wort
 FLUSH_MIN_ITEMS = 1024
 HELD_MAX_ITEMS = RUN_MAX_ITEMS  # what the partitions hold in memory at most, as the sorter's runs
 HELD_MAX_TOKENS = RUN_MAX_TOKENS
+# Evicted partitions of siblings wait on disk for the end of the file up to this many prompt tokens in all.
+DEFER_MAX_TOKENS = 16 * RUN_MAX_TOKENS
 
 
 class _Partition:
@@ -46,7 +52,7 @@ class StreamingGrouper:
 
     def __init__(self, max_requests: int, max_tokens: int, dedup: bool = True, key_tokens: int = KEY_TOKENS,
                  held_max_items: int = HELD_MAX_ITEMS, held_max_tokens: int = HELD_MAX_TOKENS,
-                 flush_min_items: int = FLUSH_MIN_ITEMS) -> None:
+                 flush_min_items: int = FLUSH_MIN_ITEMS, defer_max_tokens: int = DEFER_MAX_TOKENS) -> None:
         self.max_requests = max_requests
         self.max_tokens = max_tokens
         self.dedup = dedup
@@ -54,6 +60,9 @@ class StreamingGrouper:
         self.held_max_items = held_max_items
         self.held_max_tokens = held_max_tokens
         self.flush_min_items = flush_min_items
+        self.defer_max_tokens = defer_max_tokens
+        self._deferred_tokens = 0
+        self._handed_out = False  # a shard was cut: deferring no longer keeps the pool waiting for its first
         self._partitions: dict[tuple[int, ...], _Partition] = {}
         self._held_items = self._held_tokens = 0
         self._rest = PrefixSorter(dedup=dedup)  # the end-of-file sort: deferred partitions wait there, spilled
@@ -83,6 +92,7 @@ class StreamingGrouper:
             ready = self._cut(key, partition)
         if self._held_items > self.held_max_items or self._held_tokens > self.held_max_tokens:
             ready += self._evict_oldest()
+        self._handed_out = self._handed_out or bool(ready)
         return ready
 
     def finish(self) -> Iterator[list[Item]]:
@@ -111,15 +121,21 @@ class StreamingGrouper:
 
     def _evict_oldest(self) -> list[list[Item]]:
         # The partitions least recently added to go, until half the limits are held; a dict keeps the order in
-        # which keys were (re)inserted, and ``add`` moves a partition to its end.
+        # which keys were (re)inserted, and ``add`` moves a partition to its end. Singletons are cut, siblings
+        # deferred (within the budget).
         evicted: list[Item] = []
         while self._partitions and (self._held_items > self.held_max_items // 2
                                     or self._held_tokens > self.held_max_tokens // 2):
             key = next(iter(self._partitions))
             partition = self._partitions.pop(key)
-            evicted.extend(partition.items)
             self._held_items -= len(partition.items)
             self._held_tokens -= partition.tokens
+            if (self._handed_out and len(partition.items) > 1
+                    and self._deferred_tokens + partition.tokens <= self.defer_max_tokens):
+                self._rest.add(partition.items)  # siblings: more may come later in the file
+                self._deferred_tokens += partition.tokens
+            else:
+                evicted.extend(partition.items)
         evicted.sort(key=sort_key)
         shards = list(cut_shards(self._rest.fold(evicted) if self.dedup else evicted, self.max_requests,
                                  self.max_tokens))

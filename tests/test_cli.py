@@ -124,3 +124,7 @@ def test_progress_line_shows_a_speed_only_for_what_it_watched() -> None:
     # A job that ended before the command first looked (a small job under `dscbatch run`): no "0.0 items/s".
     ended = dataclasses.replace(first, done=9, failed=1, finished=1.0)
     assert progress_line(ended, ended, 0.5) == "[########################] 10/10 items 100%  failed 1"
+    # While the file is still read, the total is the lines read so far, and the ETA a lower bound.
+    reading = dataclasses.replace(later, submitting=True)
+    assert progress_line(reading, first, 2.0) == ("[###################.....] 8/10+ items  80%  2.0 items/s  "
+                                                  "40.0 tok/s  ETA >0:00:01  failed 0")

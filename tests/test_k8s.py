@@ -158,7 +158,8 @@ def container_env(docs: list[Doc], container: Doc) -> dict[str, str]:
 
 def parse_cli(args: list[str]) -> tuple[str, dict[str, Any]]:
     """The dscbatch subcommand and its parameters, parsed by dscbatch's own command line."""
-    command = cli.commands[args[0]]
+    command = cli.get_command(click.Context(cli), args[0])
+    assert command is not None, args[0]
     context = command.make_context(args[0], list(args[1:]), parent=click.Context(cli))
     return args[0], dict(context.params)
 

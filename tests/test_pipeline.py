@@ -313,7 +313,10 @@ def test_run_interrupted_cleans_up(tiny_model: Path, tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     with subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "run", str(EXAMPLES), "-o",
                            str(tmp_path / "never.jsonl"), "--model", str(tiny_model)],
-                          env=env, stderr=subprocess.PIPE, text=True) as process:
+                          env=env, stderr=subprocess.PIPE, text=True,
+                          # SIGINT as at a terminal, even when this suite runs in the background (a shell then
+                          # starts it with SIGINT ignored, and a Python child would inherit that)
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as process:
         assert process.stderr is not None
         lines = []
         for line in process.stderr:

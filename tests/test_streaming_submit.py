@@ -172,6 +172,24 @@ def test_memory_stays_bounded_the_partitions_that_waited_longest_are_cut_first()
     assert sorted(indices) == list(range(100))
 
 
+def test_evicted_siblings_wait_to_meet_their_later_siblings_and_lone_prompts_are_cut() -> None:
+    # 50 contexts of two adjacent questions each, 40 lone prompts, then a third question for each context: the
+    # partitions hold 10 items at most, so every pair is evicted long before its third question comes.
+    lines = [[k, 2 * k + q] for k in range(50) for q in (0, 1)] + [[1000 + n, n] for n in range(40)]
+    lines += [[k, 999] for k in range(50)]
+    with StreamingGrouper(max_requests=4, max_tokens=1 << 20, key_tokens=1, held_max_items=10) as grouper:
+        early = [shard for n, ids in enumerate(lines) for shard in grouper.add(item(n, ids))]
+        rest = list(grouper.finish())
+    early_items = {each["i"] for shard in early for each in shard}
+    assert sorted([*early_items, *(each["i"] for shard in rest for each in shard)]) == list(range(190))
+    assert early_items  # the first evictions are cut: the pool starts early
+    waited = [k for k in range(50) if not early_items & {2 * k, 2 * k + 1}]
+    assert len(waited) >= 40, waited  # the later pairs waited for the end of the file, where their third is
+    assert early_items & set(range(100, 140))  # lone prompts are cut as they are evicted
+    assert [each["ids"][0] for shard in rest for each in shard] == sorted(each["ids"][0] for shard in rest
+                                                                           for each in shard)
+
+
 def run_submit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], settings: Settings,
                *args: str) -> tuple[int, str]:
     from dscbatch.cli.main import main
