@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from dscbatch.core.errors import InvalidInputError, StorageError
 from dscbatch.jobs import objectstore
+from dscbatch.jobs.byteranges import range_lines
 from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.requests import (
     MODEL_BY_TYPE,
@@ -233,7 +234,12 @@ def _raw_lines(url: str, max_line_bytes: int,
 
 def _jsonl_lines(path: str, parser: _LineParser, max_line_bytes: int,
                  on_bytes: Callable[[bytes], None] | None) -> Iterator[Line]:
-    for number, body in _raw_lines(path, max_line_bytes, on_bytes):
+    return _parsed(_raw_lines(path, max_line_bytes, on_bytes), parser, max_line_bytes)
+
+
+def _parsed(raw_lines: Iterable[tuple[int, bytes | None]], parser: _LineParser, max_line_bytes: int) -> Iterator[Line]:
+    """Numbered physical lines (``None``: over the limit) as ``Line``s, blank lines left out."""
+    for number, body in raw_lines:
         if body is None:
             message = f"line is longer than the limit of {max_line_bytes} bytes (--max-line-bytes)"
             yield Line(number, None, (parser.problem(number, "line", message),), str(number))
@@ -267,6 +273,20 @@ def read_lines(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     url = str(path)
     parser = _LineParser(url)
     lines = (_parquet_lines(url, parser) if is_parquet(url) else _jsonl_lines(url, parser, max_line_bytes, on_bytes))
+    yield from _with_unique_ids(lines, parser)
+
+
+def read_range_lines(path: str, start: int, end: int, first_line: int, *,
+                     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Line]:
+    """The non-blank lines of a JSONL file that start in the byte range ``[start, end)``
+    (``byteranges.range_lines``), numbered from ``first_line`` as ``read_lines`` numbers them; duplicate ids are
+    found within the range only."""
+    parser = _LineParser(path)
+    raw = enumerate(range_lines(path, start, end, max_line_bytes), start=first_line)
+    return _with_unique_ids(_parsed(raw, parser, max_line_bytes), parser)
+
+
+def _with_unique_ids(lines: Iterable[Line], parser: _LineParser) -> Iterator[Line]:
     seen = _SeenIds()
     try:
         for line in lines:

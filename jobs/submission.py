@@ -105,7 +105,7 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     elif not options.skip_invalid:
         require_valid(check)
     store.work.check_writable()
-    job = _Rendering(store, path, options, progress, tokenizer or ModelTokenizer.load(options.model))
+    job = Rendering(store, path, options, progress, tokenizer or ModelTokenizer.load(options.model))
     queue = queue_name(store.prefix, options.model)
     store.create_job(job.id, {
         "model": job.header["model"], "queue": queue, "input": options.source or str(path),
@@ -152,7 +152,7 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     return job.id
 
 
-def _shards(job: _Rendering, grouper: StreamingGrouper, options: SubmitOptions) -> Iterator[list[dict[str, Any]]]:
+def _shards(job: Rendering, grouper: StreamingGrouper, options: SubmitOptions) -> Iterator[list[dict[str, Any]]]:
     """Shards in the order they can be queued: as prefix partitions fill, or in the file's order. None more
     once a bad line stops a strict submission."""
     if not options.group_prefixes:
@@ -167,7 +167,7 @@ def _shards(job: _Rendering, grouper: StreamingGrouper, options: SubmitOptions) 
         yield from grouper.finish()
 
 
-def _saved(store: JobStore, job: _Rendering, payloads: Iterable[dict[str, Any]]) -> Generator[str]:
+def _saved(store: JobStore, job: Rendering, payloads: Iterable[dict[str, Any]]) -> Generator[str]:
     """Each payload stored as the job's next shard (its number reserved first, so a delete finds it); yields
     its key once it is stored. A thread stores each while the caller makes the next."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-shards") as saver:
@@ -186,20 +186,21 @@ def _saved(store: JobStore, job: _Rendering, payloads: Iterable[dict[str, Any]])
             yield saving[0]
 
 
-class _Rendering:
+class Rendering:
     """The rendering pass: shard items for the lines the model can serve, error records for the others."""
 
     def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None,
-                 tokenizer: ModelTokenizer) -> None:
+                 tokenizer: ModelTokenizer, header: dict[str, Any] | None = None) -> None:
         self.store = store
         self.path = path
         self.options = options
         self.progress = progress
         self.tokenizer = tokenizer
         self.renderer = Renderer(self.tokenizer, options.defaults, options.max_model_len)
-        self.id = new_job_id()
-        self.header: dict[str, Any] = {"job": self.id, "model": model_name(options.model),
-                                       "stop": self.renderer.stop_token_ids, "created": int(time.time())}
+        # ``header``: the shard header of a job created before (a range of it rendered on the cluster)
+        self.header: dict[str, Any] = header or {"job": new_job_id(), "model": model_name(options.model),
+                                                 "stop": self.renderer.stop_token_ids, "created": int(time.time())}
+        self.id = str(self.header["job"])
         self.errors: list[ResultEntry] = []  # error records not yet stored (skip-invalid mode)
         self.specs: dict[int, str] = {}  # verify specs not yet stored, saved a work-folder file at a time
         self.refused: list[str] = []  # strict mode: lines the model cannot serve refuse the job
@@ -209,12 +210,13 @@ class _Rendering:
         self.reserved = 0  # shard numbers taken so far
         self._digest = hashlib.sha256()
 
-    def items(self) -> Iterator[dict[str, Any]]:
-        """Shard items in input order. A thread renders (tokenizes) the next chunk while this one reads the
-        chunk after it and builds the items of the one before: the tokenizer runs without the GIL, so reading,
-        rendering and tokenizing overlap on every core."""
-        lines = enumerate(read_lines(self.path, max_line_bytes=self.options.max_line_bytes,
-                                     on_bytes=self._digest.update))
+    def items(self, source: Iterator[tuple[int, Line]] | None = None) -> Iterator[dict[str, Any]]:
+        """Shard items in input order, of ``source`` (item index, line) or else the whole file. A thread
+        renders (tokenizes) the next chunk while this one reads the chunk after it and builds the items of the
+        one before: the tokenizer runs without the GIL, so reading, rendering and tokenizing overlap on every
+        core."""
+        lines = source or enumerate(read_lines(self.path, max_line_bytes=self.options.max_line_bytes,
+                                               on_bytes=self._digest.update))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-render") as renderer:
             chunk = list(itertools.islice(lines, RENDER_CHUNK))
             rendering = renderer.submit(self._render, chunk)

@@ -1,0 +1,68 @@
+"""Rendering a job range by range (the render tasks' work, issue 23) gives the items the local path gives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dscbatch.jobs.byteranges import count_range, offsets, plan_ranges
+from dscbatch.jobs.rangerender import render_range
+from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.submission import Rendering, SubmitOptions
+from dscbatch.jobs.tokenizer import ModelTokenizer
+
+
+def write_file(path: Path) -> Path:
+    lines = []
+    for n in range(60):
+        if n % 3 == 0:
+            lines.append(json.dumps({"id": f"c{n}", "messages": [
+                {"role": "system", "content": "Answer in Python."},
+                {"role": "user", "content": f"Question {n}: sort {n} numbers"}]}))
+        else:
+            lines.append(json.dumps({"id": f"p{n}", "prompt": f"def f_{n % 7}(x):\n    return x * {n}\n"}))
+        if n % 11 == 0:
+            lines.append("   ")  # blank lines: numbered, not indexed
+    path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def essentials(items: list[dict[str, Any]]) -> list[tuple[int, str, list[int]]]:
+    return sorted((item["i"], item["id"], item["ids"]) for item in items)
+
+
+def test_a_job_rendered_range_by_range_has_the_local_items(private_store: JobStore, deepseek_dir: Path,
+                                                           tmp_path: Path) -> None:
+    path = str(write_file(tmp_path / "job.jsonl"))
+    options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=8, dedup=False)
+    tokenizer = ModelTokenizer.load(str(deepseek_dir))
+    local = Rendering(private_store, path, options, None, tokenizer)
+    expected = essentials(list(local.items()))
+    size = Path(path).stat().st_size
+    for range_bytes in (97, 500, size):
+        ranges = plan_ranges(size, range_bytes)
+        firsts = offsets([count_range(path, start, end, options.max_line_bytes) for start, end in ranges])
+        rendered = [render_range(private_store, local.header, options, tokenizer, path, start, end, line, index)
+                    for (start, end), (line, index) in zip(ranges, firsts, strict=True)]
+        items = [item for each in rendered for shard in each.shards for item in shard]
+        assert essentials(items) == expected, range_bytes
+        assert all(len(shard) <= 8 for each in rendered for shard in each.shards)
+
+
+def test_a_bad_line_in_a_range_is_named_with_its_line_in_the_file(private_store: JobStore, deepseek_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    path = write_file(tmp_path / "job.jsonl")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[40] = '{"id": "bad", "prompt": 7}'
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = SubmitOptions(model=str(deepseek_dir))
+    tokenizer = ModelTokenizer.load(str(deepseek_dir))
+    header = Rendering(private_store, str(path), options, None, tokenizer).header
+    size = path.stat().st_size
+    ranges = plan_ranges(size, 400)
+    firsts = offsets([count_range(str(path), start, end, options.max_line_bytes) for start, end in ranges])
+    refused = [problem for (start, end), (line, index) in zip(ranges, firsts, strict=True)
+               for problem in render_range(private_store, header, options, tokenizer, str(path), start, end, line,
+                                           index).refused]
+    assert len(refused) == 1 and refused[0].startswith(f"{path}:41: prompt:"), refused
