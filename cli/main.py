@@ -17,10 +17,11 @@ import click
 
 from dscbatch.cli.engine_context import local_context
 from dscbatch.cli.progress import wait_for_engine, wait_for_finalized, wait_for_job
-from dscbatch.cli.submitting import key_values, parse_params, submit_file
+from dscbatch.cli.submitting import key_values, parse_params, submit_file, submit_file_on_cluster
 from dscbatch.core.errors import DscbatchError, InvalidInputError, RequestError
 from dscbatch.core.process_exit import lingering_threads
 from dscbatch.core.settings import Settings
+from dscbatch.jobs.byteranges import DEFAULT_RANGE_BYTES
 from dscbatch.jobs.dataset import PART_FORMATS, PART_LINES
 from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES, check_file, read_lines, require_input, require_valid
 from dscbatch.jobs.rendering import Renderer
@@ -168,10 +169,16 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
 @click.option("--validate-first", is_flag=True,
               help="Check the whole file before any shard is queued: a bad line anywhere refuses the job before "
                    "anything runs (default: shards queue as the file is read; a bad line cancels the job at once).")
+@click.option("--render", type=click.Choice(["local", "cluster"]), default="local", show_default=True,
+              help="cluster: the workers render the input (a JSONL file every worker can read: an object-store "
+                   "URL) in byte ranges, and this command only plans and watches (EXPERIMENTAL, docs/usage.md).")
+@click.option("--range-bytes", type=click.IntRange(min=1), default=DEFAULT_RANGE_BYTES, show_default=True,
+              help="--render cluster: the size of the byte ranges one render task takes.")
 @click.pass_context
 def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
            max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,
-           wait: bool, output: str | None, output_parts: str | None, validate_first: bool) -> None:
+           wait: bool, output: str | None, output_parts: str | None, validate_first: bool, render: str,
+           range_bytes: int) -> None:
     """Validate INPUT, cut it into shards and queue them; prints the job id as the last line."""
     require_input(input_path)  # a missing file is reported as such, before Redis is reached
     settings = _settings(ctx)
@@ -181,7 +188,8 @@ def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
     options = replace(_make_submit_options(settings, model, params, skip_invalid, echo_prompt, max_line_bytes,
                                            max_model_len, order, no_dedup, output), output_parts=output_parts,
                       validate_first=validate_first)
-    job_id = submit_file(settings, store, input_path, options)
+    job_id = (submit_file(settings, store, input_path, options) if render == "local"
+              else submit_file_on_cluster(settings, store, input_path, options, range_bytes))
     exit_code = 0
     if wait:
         status = wait_for_job(store, job_id)

@@ -48,3 +48,18 @@ def submit_file(settings: Settings, store: JobStore, input_path: str, options: S
         job_id = submit_job(store, enqueue, input_path, options, reading)
         reading.done()
     return job_id
+
+
+def submit_file_on_cluster(settings: Settings, store: JobStore, input_path: str, options: SubmitOptions,
+                           range_bytes: int) -> str:
+    """``submit --render cluster``: the workers render the input's byte ranges (``jobs.clusterrender``)."""
+    from dscbatch.core.celery_app import enqueue_render, make_app, shard_enqueuer
+    from dscbatch.jobs.clusterrender import submit_on_cluster
+
+    app = make_app(settings)
+    reading = ReadingProgress(sys.stderr)
+    with shard_enqueuer(app) as enqueue:
+        job_id = submit_on_cluster(store, enqueue, lambda *args: enqueue_render(app, *args), input_path, options,
+                                   reading, range_bytes)
+        reading.done()
+    return job_id

@@ -23,6 +23,7 @@ from dscbatch.core.settings import Settings
 
 RUN_SHARD = "dscbatch.run_shard"
 VERIFY = "dscbatch.verify"
+RENDER_RANGE = "dscbatch.render_range"
 # TLS options a rediss:// URL may carry in its query, e.g. ?ssl_ca_certs=/etc/dscbatch/ca.crt
 TLS_OPTIONS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"})
 TLS_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -99,6 +100,18 @@ def serve(app: Celery, hostname: str, queue: str | list[str], concurrency: int, 
 def enqueue_shard(app: Celery, queue: str, job_id: str, shard_key: str, **options: Any) -> None:
     app.send_task(RUN_SHARD, args=[job_id, shard_key], queue=queue, headers={ENQUEUED_HEADER: time.time()},
                   **options)
+
+
+def render_queue(queue: str) -> str:
+    """The queue of render tasks for the model served on ``queue``: its workers serve both."""
+    return f"{queue}.render"
+
+
+def enqueue_render(app: Celery, queue: str, job_id: str, number: int, first_line: int, first_index: int) -> None:
+    """Queue range ``number`` of a job rendered on the cluster: counted when ``first_line`` is 0, else rendered
+    with its lines numbered from ``first_line`` and its items from ``first_index``."""
+    app.send_task(RENDER_RANGE, args=[job_id, number, first_line, first_index], queue=render_queue(queue),
+                  headers={ENQUEUED_HEADER: time.time()})
 
 
 @contextlib.contextmanager

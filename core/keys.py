@@ -21,6 +21,10 @@ Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
     P:job:ID:verdicts           hash: index -> its verification record, only until a worker moves it to a verdict
                                 part in the work folder (``JobStore.flush_verdicts``)
     P:job:ID:verdict_parts      list: the job's verdict parts in the work folder, in flush order
+    P:job:ID:ranges             hash: a job rendered on the cluster (``jobs.store.ranges``): ``plan`` (JSON),
+                                ``count:N`` ("physical nonblank" lines of range N), ``done:N`` ("base n folded": its
+                                shard numbers, first-wins, and duplicates folded), ``saved:N`` (the same,
+                                once its shards are saved), ``refused:N`` (JSON list of its bad lines' messages)
     P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
     P:verdicts:unflushed        sorted set: jobs with records in their verdicts hash, by when the oldest came
     P:verdicts:flush            string: the worker moving verdict records to the work folder now (expires)
@@ -61,7 +65,7 @@ UNACKED_INDEX = "unacked_index"
 # The per-job keys beside the record (``P:job:ID:SUFFIX``); a job's deletion removes them all.
 # ``verify`` is the hash of ``verify`` specs that earlier versions kept in Redis (now in the work folder).
 JOB_KEY_SUFFIXES = ("parts", "voided", "failed", "retry", "attempts", "item_attempts", "verify", "verify_at",
-                    "verdicts", "verdicted", "verdict_parts")
+                    "verdicts", "verdicted", "verdict_parts", "ranges")
 
 
 @dataclass(frozen=True)

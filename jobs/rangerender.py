@@ -31,7 +31,7 @@ class RenderedRange:
 def render_range(store: JobStore, header: dict[str, Any], options: SubmitOptions, tokenizer: ModelTokenizer,
                  url: str, start: int, end: int, first_line: int, first_index: int) -> RenderedRange:
     """The shards of the lines starting in ``[start, end)`` of ``url``, for the job of shard ``header``."""
-    rendering = Rendering(store, url, options, None, tokenizer, header=header)
+    rendering = Rendering(store, url, options, None, tokenizer, header=header, keeps_specs=False)
     lines = enumerate(read_range_lines(url, start, end, first_line, max_line_bytes=options.max_line_bytes),
                       start=first_index)
     with PrefixSorter(dedup=options.dedup) as sorter:

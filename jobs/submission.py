@@ -190,9 +190,10 @@ class Rendering:
     """The rendering pass: shard items for the lines the model can serve, error records for the others."""
 
     def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None,
-                 tokenizer: ModelTokenizer, header: dict[str, Any] | None = None) -> None:
+                 tokenizer: ModelTokenizer, header: dict[str, Any] | None = None, keeps_specs: bool = True) -> None:
         self.store = store
         self.path = path
+        self.keeps_specs = keeps_specs  # False: a range of the job (its spec files would straddle ranges)
         self.options = options
         self.progress = progress
         self.tokenizer = tokenizer
@@ -271,6 +272,10 @@ class Rendering:
                 self._refuse(line.number, index, line.id, kind, line.openai, request, result)
                 continue
             assert request is not None
+            if request.verify is not None and not self.keeps_specs:
+                self.refused.append(f"{self.path}:{line.number}: verify: lines with verify render locally "
+                                    "(--render local)")
+                continue
             self.total = index + 1
             first, *more = (each for each in prompts if not isinstance(each, RequestError))
             item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": first.prompt_token_ids,

@@ -16,7 +16,14 @@ from typing import Any
 
 from celery import signals
 
-from dscbatch.core.celery_app import enqueue_shard, enqueue_verifications, make_app, require_json_only, serve
+from dscbatch.core.celery_app import (
+    enqueue_shard,
+    enqueue_verifications,
+    make_app,
+    render_queue,
+    require_json_only,
+    serve,
+)
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import queue_name
@@ -26,6 +33,7 @@ from dscbatch.workers.engine import Engine, Serving
 from dscbatch.workers.housekeeping import Housekeeper
 from dscbatch.workers.liveness import Heartbeat
 from dscbatch.workers.observer import WorkerObserver
+from dscbatch.workers.render_tasks import register_render_task
 from dscbatch.workers.repair import Repairer
 from dscbatch.workers.sim_engine import SIM, SimulatedEngine
 from dscbatch.workers.tasks import ShardRunner, register_tasks
@@ -75,7 +83,8 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     housekeeper.start()
     try:
         register_tasks(app, runner)
-        return serve(app, hostname, queue, in_flight, loglevel)
+        register_render_task(app, store, model)
+        return serve(app, hostname, [queue, render_queue(queue)], in_flight, loglevel)
     finally:
         housekeeper.stop()
         heartbeat.stop()

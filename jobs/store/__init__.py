@@ -66,6 +66,7 @@ from dscbatch.jobs.store import specs as spec_files
 from dscbatch.jobs.store.base import StoreUnavailable as StoreUnavailable  # re-exported for loops outside
 from dscbatch.jobs.store.deliveries import Deliveries
 from dscbatch.jobs.store.finalizing import Finalizing
+from dscbatch.jobs.store.ranges import Ranges
 from dscbatch.jobs.store.records import Records
 from dscbatch.jobs.store.suspects import Suspects
 from dscbatch.jobs.workfolder import WorkFolder
@@ -214,7 +215,7 @@ def _int(value: bytes | None) -> int:
     return int(value) if value else 0
 
 
-class JobStore(Finalizing, Deliveries, Suspects, Records):
+class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
     def __init__(self, client: redis.Redis, prefix: str = "dscbatch", work: WorkFolder | str | None = None) -> None:
         self.client = client
         self.prefix = prefix
@@ -227,6 +228,7 @@ class JobStore(Finalizing, Deliveries, Suspects, Records):
         self._drop = scripts.register(client, "drop_shard")
         self._replace_lost = scripts.register(client, "replace_lost_parts")
         self._flush_verdicts = scripts.register(client, "flush_verdicts")
+        self._commit_range = scripts.register(client, "commit_range")
         self._spec_cache = spec_files.SpecCache(self.work.read)
         # The last spec files written here (save_verify_specs): a few suffice, a job's chunks come in order.
         self._specs_written: OrderedDict[str, None] = OrderedDict()

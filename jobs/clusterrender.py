@@ -1,0 +1,155 @@
+"""Rendering on the cluster (issue 23): the submitter plans and watches, render tasks on the workers do the work.
+
+The submitter stats the input (size and ETag or mtime: ``byteranges.stat_input``), cuts it into byte ranges,
+creates the job (``submitting``) with its plan in the store and queues one **count** task per range. Once
+every range is counted it knows each range's first line number and item index (``byteranges.offsets``) and
+queues one **render** task per range, which renders, groups and cuts the range (``rangerender``), takes the
+range's shard numbers first-wins (``JobStore.commit_range``: a task run again after its worker died gets the
+same numbers and rewrites the same shards), saves and queues its shards. The submitter's memory and CPU do
+not grow with the file: it holds the plan and polls the store.
+
+Every task checks the input's size and version against the plan: an input that changed since planning
+fails the job in one line. Strict mode: a bad line found by any task cancels and deletes the job, reporting the
+bad lines found (``FILE:LINE: field: message``); ``validate_first`` queues no shard before every range is
+rendered and clean. Not yet here: ``skip_invalid`` and ``verify`` lines (the local path takes them), duplicate
+ids in different ranges (found within a range only), prefix grouping across ranges, Parquet row groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dscbatch.core.errors import InvalidInputError, SettingsError, SubmissionCancelledError
+from dscbatch.jobs import objectstore
+from dscbatch.jobs.byteranges import DEFAULT_RANGE_BYTES, RangeCount, count_range, offsets, plan_ranges, stat_input
+from dscbatch.jobs.fileformat import is_parquet
+from dscbatch.jobs.rangerender import render_range
+from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS
+from dscbatch.jobs.rendering import Renderer
+from dscbatch.jobs.requests import Params
+from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.submission import Enqueue, Progress, SubmitOptions, new_job_id, queue_name
+from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
+
+EnqueueRender = Callable[[str, str, int, int, int], None]  # (model queue, job id, range, first line, first index)
+POLL_SECONDS = 0.1
+
+
+def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: EnqueueRender, path: str,
+                      options: SubmitOptions, progress: Progress | None = None,
+                      range_bytes: int = DEFAULT_RANGE_BYTES) -> str:
+    """Create the job and have its ranges rendered by the workers; returns the job id once every range is
+    rendered (and, with ``validate_first``, its shards queued). Raises as ``submit_job`` does."""
+    if options.skip_invalid:
+        raise SettingsError("--skip-invalid renders locally (--render local)")
+    if is_parquet(path):
+        raise SettingsError(f"{path}: Parquet inputs render locally (--render local)")
+    stat = stat_input(path)
+    store.work.check_writable()
+    tokenizer = ModelTokenizer.load(options.model)
+    renderer = Renderer(tokenizer, options.defaults, options.max_model_len)
+    job_id = new_job_id()
+    header = {"job": job_id, "model": model_name(options.model), "stop": renderer.stop_token_ids,
+              "created": int(time.time())}
+    queue = queue_name(store.prefix, options.model)
+    ranges = plan_ranges(stat.size, range_bytes)
+    store.create_job(job_id, {
+        "model": header["model"], "queue": queue, "input": options.source or path, "created": header["created"],
+        "stop": header["stop"],
+        "output_url": options.output_url or (objectstore.join(options.output_root, job_id) if options.output_root
+                                             else None),
+        "options": options.record_options(0),
+    })
+    store.save_render_plan(job_id, {"input": path, "size": stat.size, "version": stat.version, "ranges": ranges,
+                                    "header": header, "options": _options_record(options)})
+    try:
+        for number in range(len(ranges)):
+            enqueue_render(queue, job_id, number, 0, 0)
+        counts = _await(store, job_id, "count", len(ranges), progress)
+        total = sum(count[1] for count in counts)
+        for number, (line, index) in enumerate(offsets([RangeCount(*count) for count in counts])):
+            enqueue_render(queue, job_id, number, line, index)
+        done = _await(store, job_id, "saved", len(ranges), progress, total)
+        if options.validate_first:
+            for base, shards, _ in done:
+                for number in range(base, base + shards):
+                    enqueue(queue, job_id, store.shard_key(job_id, number))
+        store.submitted(job_id, {"total": total, "deduplicated": sum(each[2] for each in done),
+                                 "sha256": f"version {stat.version}"})
+    except BaseException as error:
+        if isinstance(error, SubmissionCancelledError) and store.is_cancelled(job_id):
+            store.submitted(job_id, {"total": 0})
+        else:  # refused, changed or failed: everything of it goes
+            store.cancel_if_present(job_id)
+            store.delete_job(job_id)
+        raise
+    store.confirm_durable()
+    if progress is not None:
+        progress(total)
+    return job_id
+
+
+def _await(store: JobStore, job_id: str, kind: str, ranges: int, progress: Progress | None,
+           total: int = 0) -> list[tuple[int, ...]]:
+    """Poll until every range has its ``kind`` figures; stop on a refusal, a cancel or a delete."""
+    while True:
+        found = store.range_fields(job_id, kind)
+        refused = store.refused_range_lines(job_id)
+        if refused:
+            raise InvalidInputError(refused[:MAX_REPORTED_PROBLEMS], len(refused))
+        if store.submission_step(job_id, sum(each[1] for each in found.values()) if kind == "count" else total):
+            raise SubmissionCancelledError(job_id, 0, 0)
+        if len(found) == ranges:
+            return [found[number] for number in range(ranges)]
+        if progress is not None and kind == "done":
+            progress(sum(1 for _ in found))
+        time.sleep(POLL_SECONDS)
+
+
+def _options_record(options: SubmitOptions) -> dict[str, Any]:
+    record = dataclasses.asdict(options)
+    record["defaults"] = options.defaults.model_dump(exclude_none=True)
+    return record
+
+
+def _options(record: dict[str, Any]) -> SubmitOptions:
+    return SubmitOptions(**{**record, "defaults": Params(**record["defaults"])})
+
+
+def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job_id: str, number: int,
+                   first_line: int, first_index: int) -> None:
+    """A render task: count range ``number`` (``first_line`` 0) or render it; nothing when the job is gone."""
+    plan = store.render_plan(job_id)
+    if plan is None or store.is_cancelled(job_id):
+        return
+    url, (start, end) = plan["input"], plan["ranges"][number]
+    options = _options(plan["options"])
+    now = stat_input(url)
+    if (now.size, now.version) != (plan["size"], plan["version"]):
+        store.refuse_range_lines(job_id, number, [
+            f"{url}: the input changed since submit planned it (size {plan['size']} -> {now.size}, version "
+            f"{plan['version']!r} -> {now.version!r}); the job is cancelled"])
+        return
+    if first_line == 0:
+        counted = count_range(url, start, end, options.max_line_bytes)
+        store.save_range_count(job_id, number, counted.physical, counted.nonblank)
+        return
+    rendered = render_range(store, plan["header"], options, tokenizer, url, start, end, first_line, first_index)
+    if rendered.refused:
+        store.refuse_range_lines(job_id, number, rendered.refused[:MAX_REPORTED_PROBLEMS])
+        return
+    committed = store.commit_range(job_id, number, len(rendered.shards), rendered.folded)
+    if committed is None:
+        return
+    base, _ = committed
+    keys = [store.shard_key(job_id, base + offset) for offset in range(len(rendered.shards))]
+    for key, shard in zip(keys, rendered.shards, strict=True):
+        store.save_shard(key, {**plan["header"], "items": shard})
+    if not options.validate_first:
+        queue = queue_name(store.prefix, options.model)
+        for key in keys:  # again when the range is rendered again: a shard queued twice commits once
+            enqueue(queue, job_id, key)
+    store.range_saved(job_id, number)

@@ -1,0 +1,66 @@
+"""A job rendered on the cluster (issue 23): its plan, each byte range's line counts and shard numbers, and the
+bad lines its render tasks found, in ``P:job:ID:ranges`` (``core/keys.py``); deleted with the job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from redis.commands.core import Script
+
+from dscbatch.jobs.store.base import StoreBase
+
+
+class Ranges(StoreBase):
+    _commit_range: Script
+
+    def _ranges(self, job_id: str) -> str:
+        return self.keys.job_part(job_id, "ranges")
+
+    def save_render_plan(self, job_id: str, plan: dict[str, Any]) -> None:
+        self.client.hset(self._ranges(job_id), "plan", json.dumps(plan))
+
+    def render_plan(self, job_id: str) -> dict[str, Any] | None:
+        """The plan of a job being rendered on the cluster, or None (the job is gone)."""
+        plan = cast(bytes | None, self.client.hget(self._ranges(job_id), "plan"))
+        return None if plan is None else cast(dict[str, Any], json.loads(plan))
+
+    def save_range_count(self, job_id: str, number: int, physical: int, nonblank: int) -> None:
+        self.client.hset(self._ranges(job_id), f"count:{number}", f"{physical} {nonblank}")
+
+    def range_fields(self, job_id: str, kind: str) -> dict[int, tuple[int, ...]]:
+        """``count``, ``done`` or ``saved`` of every range that has it: number -> its figures (physical and
+        non-blank lines; first shard number, shards and folded duplicates)."""
+        found = cast(dict[bytes, bytes], self.client.hgetall(self._ranges(job_id)))
+        result = {}
+        for name, value in found.items():
+            prefix, _, number = name.decode().partition(":")
+            if prefix == kind:
+                result[int(number)] = tuple(int(figure) for figure in value.split())
+        return result
+
+    def commit_range(self, job_id: str, number: int, shards: int, folded: int) -> tuple[int, bool] | None:
+        """The first shard number of range ``number``'s ``shards`` shards and whether this commit took them
+        (False: an earlier render of the range did); None when the job is gone."""
+        base, fresh = cast(list[int], self._commit_range(keys=[self._ranges(job_id), self.keys.job(job_id)],
+                                                         args=[number, shards, folded]))
+        return None if base < 0 else (int(base), bool(fresh))
+
+    def range_saved(self, job_id: str, number: int) -> None:
+        """Range ``number``'s shards are saved (and queued, unless the job validates first): ``saved:N`` gets
+        its ``done:N`` figures."""
+        key = self._ranges(job_id)
+        done = self.client.hget(key, f"done:{number}")
+        if done is not None:
+            self.client.hset(key, f"saved:{number}", done)
+
+    def refuse_range_lines(self, job_id: str, number: int, messages: list[str]) -> None:
+        """Record the bad lines range ``number``'s render task found (strict mode: the submitter cancels the job)."""
+        self.client.hset(self._ranges(job_id), f"refused:{number}", json.dumps(messages))
+
+    def refused_range_lines(self, job_id: str) -> list[str]:
+        """Every range's bad lines, in the file's order."""
+        found = cast(dict[bytes, bytes], self.client.hgetall(self._ranges(job_id)))
+        refused = sorted((int(name.decode().partition(":")[2]), json.loads(value)) for name, value in found.items()
+                         if name.startswith(b"refused:"))
+        return [message for _, messages in refused for message in messages]

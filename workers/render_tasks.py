@@ -1,0 +1,24 @@
+"""The render task a worker serves beside its shards (``jobs.clusterrender``): count or render one byte range of
+a job's input on this machine's CPU, with the model's tokenizer loaded once per process."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from dscbatch.core.celery_app import RENDER_RANGE, enqueue_shard
+from dscbatch.jobs.clusterrender import run_range_task
+from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.tokenizer import ModelTokenizer
+
+
+def register_render_task(app: Celery, store: JobStore, model: str) -> None:
+    tokenizer: list[ModelTokenizer] = []
+
+    def enqueue(queue: str, job_id: str, shard_key: str) -> None:
+        enqueue_shard(app, queue, job_id, shard_key)
+
+    @app.task(name=RENDER_RANGE, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    def render_range(job_id: str, number: int, first_line: int, first_index: int) -> None:
+        if not tokenizer:
+            tokenizer.append(ModelTokenizer.load(model))
+        run_range_task(store, enqueue, tokenizer[0], job_id, number, first_line, first_index)
