@@ -12,8 +12,9 @@ identity of the object (size and ETag, or size and modification time) that a ren
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import fsspec
 
@@ -57,6 +58,31 @@ def plan_ranges(size: int, range_bytes: int = DEFAULT_RANGE_BYTES) -> list[tuple
     return [(start, min(start + range_bytes, size)) for start in range(0, size, range_bytes)]
 
 
+def read_physical_line(stream: IO[bytes], first: bool, max_line_bytes: int,
+                       on_bytes: Callable[[bytes], None] | None = None) -> tuple[bytes | None, int] | None:
+    """The next physical line of ``stream`` without its ending (the BOM dropped from the file's ``first``),
+    ``None`` for a line over ``max_line_bytes`` (read to its end), and the bytes it took; None at the end of
+    the stream. ``on_bytes`` sees every byte read."""
+    raw = stream.readline(max_line_bytes + 2)
+    if not raw:
+        return None
+    if on_bytes is not None:
+        on_bytes(raw)
+    taken = len(raw)
+    if first and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    ended = raw.endswith(b"\n")
+    body = raw.rstrip(b"\n").removesuffix(b"\r")
+    if len(body) <= max_line_bytes:
+        return body, taken
+    while not ended and (rest := stream.readline(1 << 20)):
+        if on_bytes is not None:
+            on_bytes(rest)
+        taken += len(rest)
+        ended = rest.endswith(b"\n")
+    return None, taken
+
+
 def range_lines(url: str, start: int, end: int, max_line_bytes: int) -> Iterator[bytes | None]:
     """The physical lines starting in ``[start, end)``, without their endings, as ``read_lines`` sees them
     (the BOM of the file's first line dropped); ``None`` stands for a line over ``max_line_bytes``."""
@@ -75,23 +101,10 @@ def range_lines(url: str, start: int, end: int, max_line_bytes: int) -> Iterator
                     break
         else:
             stream.seek(0)
-        while position < end:
-            raw = stream.readline(max_line_bytes + 2)
-            if not raw:
-                return
-            line_start = position
-            position += len(raw)
-            if line_start == 0 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
-            ended = raw.endswith(b"\n")
-            body = raw.rstrip(b"\n").removesuffix(b"\r")
-            if len(body) > max_line_bytes:
-                while not ended and (rest := stream.readline(1 << 20)):
-                    position += len(rest)
-                    ended = rest.endswith(b"\n")
-                yield None
-            else:
-                yield body
+        while position < end and (line := read_physical_line(stream, position == 0, max_line_bytes)) is not None:
+            body, taken = line
+            position += taken
+            yield body
 
 
 def count_range(url: str, start: int, end: int, max_line_bytes: int) -> RangeCount:

@@ -7,7 +7,6 @@ error results. Only an unreadable file, an empty file or a caller's strict check
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 
 from dscbatch.core.errors import InvalidInputError, StorageError
 from dscbatch.jobs import objectstore
-from dscbatch.jobs.byteranges import range_lines
+from dscbatch.jobs.byteranges import range_lines, read_physical_line
 from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.requests import (
     MODEL_BY_TYPE,
@@ -214,22 +213,9 @@ def _raw_lines(url: str, max_line_bytes: int,
     sees every byte of the file, in order."""
     with objectstore.open_read(url) as stream:
         number = 0
-        while raw := stream.readline(max_line_bytes + 2):
-            if on_bytes is not None:
-                on_bytes(raw)
+        while (line := read_physical_line(stream, number == 0, max_line_bytes, on_bytes)) is not None:
             number += 1
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
-            ended = raw.endswith(b"\n")
-            body = raw.rstrip(b"\n").removesuffix(b"\r")
-            if len(body) > max_line_bytes:
-                while not ended and (rest := stream.readline(1 << 20)):
-                    if on_bytes is not None:
-                        on_bytes(rest)
-                    ended = rest.endswith(b"\n")
-                yield number, None
-            else:
-                yield number, body
+            yield number, line[0]
 
 
 def _jsonl_lines(path: str, parser: _LineParser, max_line_bytes: int,
