@@ -68,11 +68,13 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
     try:
         for number in range(len(ranges)):
             enqueue_render(queue, job_id, number, 0, 0)
-        counts = _await(store, job_id, "count", len(ranges), progress)
+        counts = _await(store, job_id, "count", len(ranges), progress,
+                        lambda found: sum(count[1] for count in found.values()))
         total = sum(count[1] for count in counts)
         for number, (line, index) in enumerate(offsets([RangeCount(*count) for count in counts])):
             enqueue_render(queue, job_id, number, line, index)
-        done = _await(store, job_id, "saved", len(ranges), progress, total)
+        done = _await(store, job_id, "saved", len(ranges), progress,
+                      lambda found: sum(counts[number][1] for number in found))
         if options.validate_first:
             for base, shards, _ in done:
                 for number in range(base, base + shards):
@@ -81,7 +83,9 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
                                  "sha256": f"version {stat.version}"})
     except BaseException as error:
         if isinstance(error, SubmissionCancelledError) and store.is_cancelled(job_id):
-            store.submitted(job_id, {"total": 0})
+            counted = store.range_fields(job_id, "count")  # total: the lines of the ranges saved before the cancel
+            store.submitted(job_id, {"total": sum(counted[number][1] for number in store.range_fields(job_id, "saved")
+                                                  if number in counted)})
         else:  # refused, changed or failed: everything of it goes
             store.cancel_if_present(job_id)
             store.delete_job(job_id)
@@ -93,19 +97,20 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
 
 
 def _await(store: JobStore, job_id: str, kind: str, ranges: int, progress: Progress | None,
-           total: int = 0) -> list[tuple[int, ...]]:
-    """Poll until every range has its ``kind`` figures; stop on a refusal, a cancel or a delete."""
+           lines: Callable[[dict[int, tuple[int, ...]]], int]) -> list[tuple[int, ...]]:
+    """Poll until every range has its ``kind`` figures; stop on a refusal, a cancel or a delete. ``lines``: the
+    lines counted or rendered so far, from the ranges found, for ``status`` and ``progress``."""
     while True:
         found = store.range_fields(job_id, kind)
         refused = store.refused_range_lines(job_id)
         if refused:
             raise InvalidInputError(refused[:MAX_REPORTED_PROBLEMS], len(refused))
-        if store.submission_step(job_id, sum(each[1] for each in found.values()) if kind == "count" else total):
-            raise SubmissionCancelledError(job_id, 0, 0)
+        if store.submission_step(job_id, lines(found)):
+            raise SubmissionCancelledError(job_id, lines(found), 0)
         if len(found) == ranges:
             return [found[number] for number in range(ranges)]
-        if progress is not None and kind == "done":
-            progress(sum(1 for _ in found))
+        if progress is not None:
+            progress(lines(found))
         time.sleep(POLL_SECONDS)
 
 

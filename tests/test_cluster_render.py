@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dscbatch.core.errors import InvalidInputError
+from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.clusterrender import run_range_task, submit_on_cluster
 from dscbatch.jobs.store import JobStore
@@ -117,3 +117,22 @@ def test_a_bad_line_on_the_cluster_is_named_and_the_job_leaves_nothing(
     assert not private_store.client.keys(f"{private_store.prefix}:job:*")
     if validate_first:
         assert inline.queued == []
+
+
+def test_a_cancel_while_the_cluster_renders_stops_the_render_tasks(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    path = write_file(tmp_path / "job.jsonl")
+
+    def cancelled(inline: Inline, job_id: str, number: int, line: int, index: int) -> None:
+        if line and number == 1:  # range 0 is rendered; the cancel comes before range 1's task
+            private_store.cancel_if_present(job_id)
+
+    inline = Inline(private_store, str(deepseek_dir), cancelled)
+    with pytest.raises(SubmissionCancelledError):
+        submit_on_cluster(private_store, inline.enqueue, inline.render, str(path),
+                          SubmitOptions(model=str(deepseek_dir)), range_bytes=250)
+    (job_id,) = private_store.job_ids()
+    rendered = items_of(private_store, inline.queued)
+    status = private_store.status(job_id)
+    assert status.state == "cancelled" and rendered == list(range(len(rendered)))
+    assert status.total == len(rendered) > 0  # the lines of the one range rendered before the cancel
