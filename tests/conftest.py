@@ -230,19 +230,32 @@ def engine_core(worker: subprocess.Popen[bytes]) -> psutil.Process:
                 or any("EngineCore" in part for part in p.cmdline()))
 
 
+def _suspend(core: psutil.Process) -> None:
+    """SIGSTOP to an engine: its EngineCore and the model runner processes under it (a stopped EngineCore
+    alone does not stop the runner, which went on generating for a second or more)."""
+    for process in [core, *core.children(recursive=True)]:
+        process.suspend()
+
+
+def _resume(core: psutil.Process) -> None:
+    for process in [*core.children(recursive=True), core]:
+        with contextlib.suppress(psutil.NoSuchProcess):  # killed while stopped
+            process.resume()
+
+
 @contextlib.contextmanager
 def engines_paused(*cores: psutil.Process) -> Iterator[None]:
     """Workers' engines (their ``engine_core``) stopped with SIGSTOP while the block runs: their shards stay
     mid-run for as long as the test needs, on any machine, while the workers themselves (Celery, heartbeat)
     go on."""
     for core in cores:
-        core.suspend()
+        _suspend(core)
     try:
         yield
     finally:
         for core in cores:
             with contextlib.suppress(psutil.NoSuchProcess):  # killed in the block
-                core.resume()
+                _resume(core)
 
 
 def claimants(store: JobStore, prefix: str) -> set[int]:
@@ -266,7 +279,7 @@ def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: flo
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        core.resume()
+        _resume(core)
         time.sleep(slice_seconds)
-        core.suspend()
+        _suspend(core)
         time.sleep(pause_seconds)  # what the engine produced reaches the worker, which stores it

@@ -243,8 +243,10 @@ def test_results_are_stored_while_their_shard_still_runs(settings: Settings, sto
     # One shard: three short requests and a long one. The engine runs a few steps at a time from the moment the
     # shard is claimed, so the short ones finish at once and the long one runs on; theirs must reach the job
     # (its progress, and what a worker that dies keeps) without waiting for the long one or any other result.
+    # The long one needs some 15 s of the engine's time here: far more than the slices it is given, however
+    # late the test wakes from one (2,048 tokens once finished within a few slices on a loaded machine).
     lines = [{"id": f"short{i}", "prompt": f"# short {i}\n", "params": {"max_tokens": 2}} for i in range(3)]
-    lines.append({"id": "long", "prompt": "# long\n", "params": {"max_tokens": 2048, "ignore_eos": True}})
+    lines.append({"id": "long", "prompt": "# long\n", "params": {"max_tokens": 8192, "ignore_eos": True}})
     path = tmp_path / "tail.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     core = engine_core(worker)
