@@ -306,15 +306,23 @@ def retry(ctx: click.Context, job_id: str) -> None:
 @click.option("--engine", "engine_kind", type=click.Choice(["vllm", "sim"]), default="vllm", show_default=True,
               help="sim: a SIMULATED engine (no model runs; deterministic token ids at a GPU's pace), for "
                    "control-plane scale benchmarks only.")
+@click.option("--render-only", is_flag=True,
+              help="No engine: serve only the model's render tasks (submit --render cluster), one at a time. Run "
+                   "one per spare CPU core.")
 @click.pass_context
 def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None,
-           engine_kind: str) -> None:
-    """Start one vLLM engine and serve the model's queue."""
+           engine_kind: str, render_only: bool) -> None:
+    """Start one vLLM engine and serve the model's queue (and its render tasks)."""
     from dscbatch.core.process_exit import exit_process
     from dscbatch.monitoring.worker_metrics import serve_worker_metrics
-    from dscbatch.workers.worker import run_worker
+    from dscbatch.workers.worker import run_render_worker, run_worker
 
     logging.getLogger().setLevel(logging.INFO)
+    if render_only:
+        if engine_args or metrics_port is not None or engine_kind != "vllm":
+            raise click.UsageError("--render-only runs no engine: --engine-arg, --engine and --metrics-port do not "
+                                   "apply")
+        exit_process(run_render_worker(_settings(ctx), model))
     metrics = None if metrics_port is None else serve_worker_metrics(metrics_port, _settings(ctx), model)
     exit_process(run_worker(_settings(ctx), model, key_values(engine_args, "--engine-arg"), observer=metrics,
                             engine_kind=engine_kind))

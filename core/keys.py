@@ -31,6 +31,8 @@ Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
     P:finalize                  set: settled jobs with an output folder whose results file is not written yet
     P:finalizing                hash: job id -> the worker writing its results file
     P:claims                    hash: [worker, shard key] -> job id, the shards workers are running
+    P:render_claims             hash: [worker, range task] -> job id, the render tasks workers are running
+                                (``jobs.store.ranges.range_task``: "JOB:count:N" or "JOB:render:N")
     P:repair:QUEUE              string: the worker looking for its queue's stranded shards (``workers/repair.py``)
     P:repair:QUEUE:suspects     hash: shard key -> when it was first seen stranded
 
@@ -123,6 +125,10 @@ class Keys:
     @property
     def claims(self) -> str:
         return f"{self.prefix}:claims"
+
+    @property
+    def render_claims(self) -> str:
+        return f"{self.prefix}:render_claims"
 
     def repair_lock(self, queue: str) -> str:
         return f"{self.prefix}:repair:{queue}"

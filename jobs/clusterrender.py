@@ -5,7 +5,9 @@ creates the job (``submitting``) with its plan in the store and queues one **cou
 every range is counted it knows each range's first line number and item index (``byteranges.offsets``) and
 queues one **render** task per range, which renders, groups and cuts the range (``rangerender``), takes the
 range's shard numbers first-wins (``JobStore.commit_range``: a task run again after its worker died gets the
-same numbers and rewrites the same shards), saves and queues its shards. The submitter's memory and CPU do
+same numbers and rewrites the same shards), saves and queues its shards. A task is claimed while it runs
+(``JobStore.claim_range``); the heartbeat of any live worker puts the task of a dead one back on its queue
+(``workers/liveness.py``), as it does a shard. The submitter's memory and CPU do
 not grow with the file: it holds the plan and polls the store.
 
 Every task checks the input's size and version against the plan: an input that changed since planning
@@ -31,6 +33,7 @@ from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.store.ranges import range_task
 from dscbatch.jobs.submission import Enqueue, Progress, SubmitOptions, new_job_id, queue_name
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 
@@ -124,9 +127,20 @@ def _options(record: dict[str, Any]) -> SubmitOptions:
     return SubmitOptions(**{**record, "defaults": Params(**record["defaults"])})
 
 
-def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job_id: str, number: int,
-                   first_line: int, first_index: int) -> None:
-    """A render task: count range ``number`` (``first_line`` 0) or render it; nothing when the job is gone."""
+def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, worker: str, job_id: str,
+                   number: int, first_line: int, first_index: int) -> None:
+    """A render task: count range ``number`` (``first_line`` 0) or render it; nothing when the job is gone. It is
+    claimed in ``worker``'s name while it runs: a live worker's heartbeat queues it again if this one dies."""
+    task = range_task(job_id, number, first_line)
+    store.claim_range(worker, job_id, task)
+    try:
+        _run_range(store, enqueue, tokenizer, job_id, number, first_line, first_index)
+    finally:
+        store.release_range(worker, task)
+
+
+def _run_range(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job_id: str, number: int,
+               first_line: int, first_index: int) -> None:
     plan = store.render_plan(job_id)
     if plan is None or store.is_cancelled(job_id):
         return

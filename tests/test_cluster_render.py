@@ -4,18 +4,23 @@ byte ranges; the job has the items local rendering gives it, exactly once."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
+from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.clusterrender import run_range_task, submit_on_cluster
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
+from .conftest import wait_until, worker_env
 from .test_pipeline import dscbatch, read_jsonl
 
 
@@ -64,7 +69,7 @@ class Inline:
         self.calls += 1
         if self.before is not None:
             self.before(self, job_id, number, line, index)
-        run_range_task(self.store, self.enqueue, self.tokenizer, job_id, number, line, index)
+        run_range_task(self.store, self.enqueue, self.tokenizer, "inline", job_id, number, line, index)
 
 
 def items_of(store: JobStore, keys: list[str]) -> list[int]:
@@ -78,7 +83,8 @@ def test_a_range_rendered_again_after_its_worker_died_queues_the_same_shards(
 
     def rendered_twice(inline: Inline, job_id: str, number: int, line: int, index: int) -> None:
         if line:  # the first render of each range "dies" after it committed and saved: it runs again in full
-            run_range_task(inline.store, lambda *_: None, inline.tokenizer, job_id, number, line, index)
+            run_range_task(inline.store, lambda *_: None, inline.tokenizer, "inline", job_id, number, line,
+                           index)
 
     inline = Inline(private_store, str(deepseek_dir), rendered_twice)
     options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=4)
@@ -136,3 +142,77 @@ def test_a_cancel_while_the_cluster_renders_stops_the_render_tasks(
     status = private_store.status(job_id)
     assert status.state == "cancelled" and rendered == list(range(len(rendered)))
     assert status.total == len(rendered) > 0  # the lines of the one range rendered before the cancel
+
+
+def start_render_worker(settings: Settings, store: JobStore, model: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A real ``dscbatch worker --render-only`` process, returned once its heartbeat is in Redis."""
+    with log.open("wb") as stream:
+        process = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "worker", "--render-only", "--model",
+                                    str(model)], stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings),
+                                   start_new_session=True)
+    wait_until(lambda: any(name.endswith(f"-{process.pid}") for name in store.workers(render_only=True))
+               or process.poll() is not None, 60, "the render worker's heartbeat")
+    assert process.poll() is None, log.read_text()[-3000:]
+    return process
+
+
+def job_items(store: JobStore, job_id: str) -> dict[int, Any]:
+    """Every item of the job's saved shards, by index; an item in two shards fails."""
+    items: dict[int, Any] = {}
+    for number in range(store.status(job_id).shards):
+        payload = store.load_shard(store.shard_key(job_id, number))
+        assert payload is not None, number
+        for item in payload["items"]:
+            assert item["i"] not in items, f"item {item['i']} is in two shards"
+            items[item["i"]] = item
+    return items
+
+
+def test_a_render_worker_killed_mid_range_has_its_range_rendered_again_with_no_line_lost_or_twice(
+        settings: Settings, store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    # Ranges of some 5,000 lines, each a second or so of a render worker's time: the worker is SIGKILLed as soon
+    # as it claims its first range to render. A second render worker's heartbeat finds the dead claim once the
+    # first worker's heartbeat expires and puts its task back (and the ranges the dead one had taken from the
+    # queue without claiming them); submit then ends with every line in exactly one shard, as rendered locally.
+    # No engine serves this model's queue: the shards stay saved for the test to read.
+    path = tmp_path / "job.jsonl"
+    lines = 15_000
+    path.write_text("".join(json.dumps({"id": f"r{n}", "prompt": f"def f_{n % 50}(x):\n    return x * {n}\n"}) + "\n"
+                            for n in range(lines)))
+    range_bytes = path.stat().st_size // 3 + 1
+    first = start_render_worker(settings, store, deepseek_dir, tmp_path / "render1.log")
+    second = None
+    submit = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model",
+                               str(deepseek_dir), "--render", "cluster", "--range-bytes", str(range_bytes)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=worker_env(settings))
+    try:
+        def rendering() -> bool:
+            return any(f"-{first.pid}" in worker and ":render:" in task
+                       for worker, task in (json.loads(field) for field in
+                                            store.client.hkeys(store.keys.render_claims)))
+
+        deadline = time.monotonic() + 120
+        while not rendering():
+            assert time.monotonic() < deadline and submit.poll() is None, "no range was claimed for rendering"
+            time.sleep(0.005)
+        first.kill()
+        first.wait()
+        second = start_render_worker(settings, store, deepseek_dir, tmp_path / "render2.log")
+        out, err = submit.communicate(timeout=HEARTBEAT_TTL_SECONDS + 4 * HEARTBEAT_SECONDS + 60)
+        assert submit.returncode == 0, err.decode()
+    finally:
+        for process in (first, second, submit):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    job_id = out.decode().split()[-1]
+    assert "queueing its render task" in (tmp_path / "render2.log").read_text()
+    status = store.status(job_id)
+    assert status.total == lines
+    cluster = job_items(store, job_id)
+    local = dscbatch(settings, "submit", str(path), "--model", str(deepseek_dir)).stdout.split()[-1]
+    assert sorted(cluster) == list(range(lines))
+    assert cluster == job_items(store, local)
+    for each in (job_id, local):
+        dscbatch(settings, "cancel", each)
+        dscbatch(settings, "delete", each)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class Heartbeat(HeartbeatLoop):
     unavailable = (StoreUnavailable,)
 
-    def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Serving,
+    def __init__(self, store: JobStore, hostname: str, info: dict[str, Any], engine: Serving | None,
                  observer: WorkerObserver, requeue: Requeue, running: Callable[[], set[str]]) -> None:
         super().__init__(name="dscbatch-heartbeat", what="heartbeat")
         self.store = store
@@ -43,7 +43,7 @@ class Heartbeat(HeartbeatLoop):
         self.running = running
 
     def beat(self) -> None:
-        if not self.engine.alive():
+        if self.engine is not None and not self.engine.alive():  # None: a render-only worker
             # A dead engine child never answers: the shard in flight would wait forever. Exit instead;
             # the claim is requeued by the next worker's heartbeat.
             log.critical("the vLLM engine's process died; exiting with status %d", ENGINE_DIED_EXIT)
@@ -75,5 +75,10 @@ class Heartbeat(HeartbeatLoop):
                 log.warning("worker %s is gone; requeueing its shard %s", worker, shard_key)
                 reaper.forget(self.store, shard_key, delivered)  # its delivery could only come back later
                 self.requeue(job_id, shard_key)
+        for worker, task in self.store.orphaned_range_claims():
+            if self.store.release_range(worker, task):
+                log.warning("worker %s is gone; queueing its render task %s again", worker, task)
+                reaper.restore(self.store, task, delivered)
         # Delivered to a worker that died before claiming it: back on the queue, not after the visibility timeout.
-        reaper.requeue_unclaimed(self.store, delivered, HEARTBEAT_TTL_SECONDS, self.store.live_claims())
+        reaper.requeue_unclaimed(self.store, delivered, HEARTBEAT_TTL_SECONDS,
+                                 self.store.live_claims() | self.store.live_range_claims())

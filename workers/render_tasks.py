@@ -11,7 +11,7 @@ from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
 
-def register_render_task(app: Celery, store: JobStore, model: str) -> None:
+def register_render_task(app: Celery, store: JobStore, model: str, hostname: str) -> None:
     tokenizer: list[ModelTokenizer] = []
 
     def enqueue(queue: str, job_id: str, shard_key: str) -> None:
@@ -21,4 +21,4 @@ def register_render_task(app: Celery, store: JobStore, model: str) -> None:
     def render_range(job_id: str, number: int, first_line: int, first_index: int) -> None:
         if not tokenizer:
             tokenizer.append(ModelTokenizer.load(model))
-        run_range_task(store, enqueue, tokenizer[0], job_id, number, first_line, first_index)
+        run_range_task(store, enqueue, tokenizer[0], hostname, job_id, number, first_line, first_index)

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import signals
@@ -61,9 +61,7 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
         engine = Engine(model, engine_args)
     observer.engine_started(time.monotonic() - starting)
     hostname = f"{model_name(model)}@{socket.gethostname()}-{os.getpid()}"
-
-    def requeue(job_id: str, shard_key: str) -> None:
-        enqueue_shard(app, queue, job_id, shard_key)
+    requeue = _requeuer(app, store, queue)
 
     loop = EngineLoop(engine)
     loop.start()
@@ -83,10 +81,41 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
     housekeeper.start()
     try:
         register_tasks(app, runner)
-        register_render_task(app, store, model)
+        register_render_task(app, store, model, hostname)
         return serve(app, hostname, [queue, render_queue(queue)], in_flight, loglevel)
     finally:
         housekeeper.stop()
         heartbeat.stop()
         loop.stop()
         engine.close()
+
+
+def run_render_worker(settings: Settings, model: str, loglevel: str = "INFO") -> int:
+    """Serve only the model's render queue (``submit --render cluster``), one task at a time, without an engine:
+    a CPU-only process beside the GPU workers (one per core). Its heartbeat keeps its render claims alive and
+    takes over what dead workers left, as a GPU worker's does. Returns Celery's exit status."""
+    app = make_app(settings)
+    require_json_only(app)
+    store = JobStore.connect(settings)
+    store.work.check_writable()
+    queue = queue_name(settings.key_prefix, model)
+    hostname = f"render.{model_name(model)}@{socket.gethostname()}-{os.getpid()}"
+    log.info("serving the render queue of %s (%s, Redis %s)", model, render_queue(queue),
+             settings.redacted_redis_url)
+    info = {"model": model_name(model), "queue": render_queue(queue), "pid": os.getpid(), "started": time.time(),
+            "render_only": True}
+    heartbeat = Heartbeat(store, hostname, info, None, WorkerObserver(), _requeuer(app, store, queue), set)
+    heartbeat.start()
+    try:
+        register_render_task(app, store, model, hostname)
+        return serve(app, hostname, render_queue(queue), 1, loglevel)
+    finally:
+        heartbeat.stop()
+
+
+def _requeuer(app: Any, store: JobStore, fallback: str) -> Callable[[str, str], None]:
+    """Puts a shard back on its job's queue (a worker takes over the orphans of any model's workers); on
+    ``fallback`` once the job is gone (the shard then finds nothing to run)."""
+    def requeue(job_id: str, shard_key: str) -> None:
+        enqueue_shard(app, store.job_queue(job_id) or fallback, job_id, shard_key)
+    return requeue

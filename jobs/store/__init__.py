@@ -257,6 +257,11 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
     def job_key(self, job_id: str) -> str:
         return self.keys.job(job_id)
 
+    def job_queue(self, job_id: str) -> str | None:
+        """The queue of the job's shards (its model's), or None once the job is gone."""
+        queue = cast(bytes | None, self.client.hget(self.job_key(job_id), "queue"))
+        return None if queue is None else queue.decode()
+
     def shard_key(self, job_id: str, number: int) -> str:
         return self.keys.shard(job_id, number)
 
@@ -474,13 +479,14 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
         """Say that a worker is alive for the next ``ttl`` seconds."""
         self.client.set(self.keys.worker(hostname), json.dumps(info), ex=ttl)
 
-    def workers(self) -> dict[str, dict[str, Any]]:
-        """Workers whose heartbeat has not expired, by hostname."""
+    def workers(self, render_only: bool = False) -> dict[str, dict[str, Any]]:
+        """Workers with an engine whose heartbeat has not expired, by hostname; with ``render_only``, the
+        render-only workers (``dscbatch worker --render-only``) instead."""
         found: dict[str, dict[str, Any]] = {}
         for key in cast(list[bytes], list(self.client.scan_iter(self.keys.workers_pattern, count=1000))):
             value = self.client.get(key)
-            if value is not None:
-                found[key.decode().rsplit(":", 1)[-1]] = json.loads(cast(bytes, value))
+            if value is not None and bool((info := json.loads(cast(bytes, value))).get("render_only")) == render_only:
+                found[key.decode().rsplit(":", 1)[-1]] = info
         return found
 
     def beat_executor(self, hostname: str, info: dict[str, Any], ttl: int) -> None:
@@ -515,15 +521,9 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
         jobs = cast(list[bytes], self.client.hvals(self.keys.claims))
         return sum(1 for job in jobs if job.decode() == job_id)
 
-    def _claims(self) -> list[tuple[str, str, str, bool]]:
-        """(worker, job id, shard key, whether the worker's heartbeat is alive) of every claim."""
-        claims = [(*json.loads(field), job.decode()) for field, job in
-                  cast(dict[bytes, bytes], self.client.hgetall(self.keys.claims)).items()]
-        pipe = self.client.pipeline(transaction=False)
-        for worker, _, _ in claims:
-            pipe.exists(self.keys.worker(worker))
-        return [(worker, job_id, shard_key, bool(alive)) for (worker, shard_key, job_id), alive in
-                zip(claims, pipe.execute(), strict=True)]
+    def _shard_claims(self) -> list[tuple[str, str, str, bool]]:
+        """(worker, job id, shard key, whether the worker's heartbeat is alive) of every shard claim."""
+        return self._claims_in(self.keys.claims)
 
     def claimed_shards(self) -> set[str]:
         """The shard keys of every claim, the worker alive or not (a dead one's is requeued by heartbeats)."""
@@ -531,15 +531,15 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
 
     def claims_of(self, worker: str) -> list[tuple[str, str]]:
         """(job id, shard key) of the claims held in ``worker``'s name."""
-        return [(job_id, shard_key) for holder, job_id, shard_key, _ in self._claims() if holder == worker]
+        return [(job_id, shard_key) for holder, job_id, shard_key, _ in self._shard_claims() if holder == worker]
 
     def orphaned_claims(self) -> list[tuple[str, str, str]]:
         """(worker, job id, shard key) of claims whose worker's heartbeat has expired."""
-        return [(worker, job_id, shard_key) for worker, job_id, shard_key, alive in self._claims() if not alive]
+        return [(worker, job_id, shard_key) for worker, job_id, shard_key, alive in self._shard_claims() if not alive]
 
     def live_claims(self) -> set[str]:
         """The shard keys live workers claim."""
-        return {shard_key for _, _, shard_key, alive in self._claims() if alive}
+        return {shard_key for _, _, shard_key, alive in self._shard_claims() if alive}
 
     # Results
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import cast
+
 import redis
 
 from dscbatch.core.keys import Keys
@@ -35,3 +38,14 @@ class StoreBase:
 
     def unlock(self, key: str) -> None:
         self.client.delete(key)
+
+    def _claims_in(self, key: str) -> list[tuple[str, str, str, bool]]:
+        """(worker, job id, claimed task, whether the worker's heartbeat is alive) of every claim in the claims
+        hash ``key`` (field: JSON [worker, task], value: job id)."""
+        claims = [(*json.loads(field), job.decode()) for field, job in
+                  cast(dict[bytes, bytes], self.client.hgetall(key)).items()]
+        pipe = self.client.pipeline(transaction=False)
+        for worker, _, _ in claims:
+            pipe.exists(self.keys.worker(worker))
+        return [(worker, job_id, task, bool(alive)) for (worker, task, job_id), alive in
+                zip(claims, pipe.execute(), strict=True)]

@@ -1,5 +1,7 @@
 """A job rendered on the cluster (issue 23): its plan, each byte range's line counts and shard numbers, and the
-bad lines its render tasks found, in ``P:job:ID:ranges`` (``core/keys.py``); deleted with the job."""
+bad lines its render tasks found, in ``P:job:ID:ranges`` (``core/keys.py``); deleted with the job. And the
+render tasks running now, claimed in ``P:render_claims`` as shards are in ``P:claims``: a task whose worker died
+is put back on its queue by a live worker's heartbeat (``workers/liveness.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,11 @@ from typing import Any, cast
 from redis.commands.core import Script
 
 from dscbatch.jobs.store.base import StoreBase
+
+
+def range_task(job_id: str, number: int, first_line: int) -> str:
+    """The name under which a render task is claimed: ``JOB:count:N`` (``first_line`` 0) or ``JOB:render:N``."""
+    return f"{job_id}:{'count' if first_line == 0 else 'render'}:{number}"
 
 
 class Ranges(StoreBase):
@@ -64,3 +71,20 @@ class Ranges(StoreBase):
         refused = sorted((int(name.decode().partition(":")[2]), json.loads(value)) for name, value in found.items()
                          if name.startswith(b"refused:"))
         return [message for _, messages in refused for message in messages]
+
+    def claim_range(self, worker: str, job_id: str, task: str) -> None:
+        """Note that ``worker`` runs the render task ``task`` (``range_task``), so that it is queued again if the
+        worker dies."""
+        self.client.hset(self.keys.render_claims, json.dumps([worker, task]), job_id)
+
+    def release_range(self, worker: str, task: str) -> bool:
+        """Drop ``worker``'s claim of the render task; True for the one caller that removed it."""
+        return bool(self.client.hdel(self.keys.render_claims, json.dumps([worker, task])))
+
+    def orphaned_range_claims(self) -> list[tuple[str, str]]:
+        """(worker, render task) of the render claims whose worker's heartbeat has expired."""
+        return [(worker, task) for worker, _, task, alive in self._claims_in(self.keys.render_claims) if not alive]
+
+    def live_range_claims(self) -> set[str]:
+        """The render tasks live workers claim."""
+        return {task for _, _, task, alive in self._claims_in(self.keys.render_claims) if alive}
