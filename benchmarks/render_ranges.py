@@ -6,7 +6,7 @@ times: ``stat_s`` (the planning read: size and ETag), one process reading the wh
 (``whole_read_lines_per_s``, the floor any single-process submit pays before rendering), and the count wave
 (:func:`dscbatch.jobs.byteranges.count_range` over every range) in this process, then in a pool of one
 and of two fresh processes (their start, imports and S3 client included). The counts
-are checked against the file's line count. Rendering itself is not timed here (render tasks are not built).
+are checked against the file's line count. Rendering is timed by ``benchmarks/cluster_render.py``.
 """
 
 from __future__ import annotations
