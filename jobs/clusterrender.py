@@ -7,14 +7,16 @@ queues one **render** task per range, which renders, groups and cuts the range (
 range's shard numbers first-wins (``JobStore.commit_range``: a task run again after its worker died gets the
 same numbers and rewrites the same shards), saves and queues its shards. A task is claimed while it runs
 (``JobStore.claim_range``); the heartbeat of any live worker puts the task of a dead one back on its queue
-(``workers/liveness.py``), as it does a shard. The submitter's memory and CPU do
-not grow with the file: it holds the plan and polls the store.
+(``workers/liveness.py``), as it does a shard. The submitter's memory does not
+grow with the file: it holds the plan and polls the store; its CPU grows only by the merge of the ranges' ids
+(``rangeids``: 1.7 s for 2,000,000 ids).
 
 Every task checks the input's size and version against the plan: an input that changed since planning
 fails the job in one line. Strict mode: a bad line found by any task cancels and deletes the job, reporting the
 bad lines found (``FILE:LINE: field: message``); ``validate_first`` queues no shard before every range is
-rendered and clean. Not yet here: ``skip_invalid`` and ``verify`` lines (the local path takes them), duplicate
-ids in different ranges (found within a range only), prefix grouping across ranges, Parquet row groups.
+rendered and clean. An id used in two ranges is found once every range is rendered (``rangeids``): strict mode
+again. Not yet here: ``skip_invalid`` and ``verify`` lines (the local path takes them), prefix grouping across
+ranges, Parquet row groups.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dscbatch.core.errors import InvalidInputError, SettingsError, SubmissionCan
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.byteranges import DEFAULT_RANGE_BYTES, RangeCount, count_range, offsets, plan_ranges, stat_input
 from dscbatch.jobs.fileformat import is_parquet
+from dscbatch.jobs.rangeids import duplicate_ids
 from dscbatch.jobs.rangerender import render_range
 from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS
 from dscbatch.jobs.rendering import Renderer
@@ -78,6 +81,10 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
             enqueue_render(queue, job_id, number, line, index)
         done = _await(store, job_id, "saved", len(ranges), progress,
                       lambda found: sum(counts[number][1] for number in found))
+        duplicates = [str(problem) for problem in duplicate_ids(
+            path, [store.work.ids(job_id, number) for number in range(len(ranges))])]
+        if duplicates:
+            raise InvalidInputError(duplicates[:MAX_REPORTED_PROBLEMS], len(duplicates))
         if options.validate_first:
             for base, shards, _ in done:
                 for number in range(base, base + shards):
@@ -160,6 +167,7 @@ def _run_range(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job
     if rendered.refused:
         store.refuse_range_lines(job_id, number, rendered.refused[:MAX_REPORTED_PROBLEMS])
         return
+    store.work.write(store.work.ids(job_id, number), rendered.ids)  # before saved:N: the submitter reads it then
     committed = store.commit_range(job_id, number, len(rendered.shards), rendered.folded)
     if committed is None:
         return

@@ -5,16 +5,19 @@ The range's lines are numbered from its first line number and its items indexed 
 the planning wave's counts give them (``byteranges.offsets``), so a job rendered range by range has the items,
 indices and token ids the local path gives it. Within the range, items are grouped by prefix as a whole job is
 (``PrefixSorter``); siblings in different ranges are not grouped together. Rendering is deterministic: a
-range rendered again (its task's worker killed) gives the same shards.
+range rendered again (its task's worker killed) gives the same shards. The range's ids come back sorted, for the
+check across ranges (``rangeids``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from dscbatch.jobs.grouping import Item, PrefixSorter, cut_shards
-from dscbatch.jobs.reader import read_range_lines
+from dscbatch.jobs.rangeids import encode_run
+from dscbatch.jobs.reader import Line, read_range_lines
 from dscbatch.jobs.store import JobStore, ResultEntry
 from dscbatch.jobs.submission import Rendering, SubmitOptions
 from dscbatch.jobs.tokenizer import ModelTokenizer
@@ -26,16 +29,24 @@ class RenderedRange:
     refused: list[str] = field(default_factory=list)  # strict mode: the bad lines, as FILE:LINE: messages
     errors: list[ResultEntry] = field(default_factory=list)  # --skip-invalid: error records of bad lines
     folded: int = 0  # duplicates folded into an identical request's item
+    ids: bytes = b""  # the range's ids, sorted (``rangeids.encode_run``), for the check across ranges
 
 
 def render_range(store: JobStore, header: dict[str, Any], options: SubmitOptions, tokenizer: ModelTokenizer,
                  url: str, start: int, end: int, first_line: int, first_index: int) -> RenderedRange:
     """The shards of the lines starting in ``[start, end)`` of ``url``, for the job of shard ``header``."""
     rendering = Rendering(store, url, options, None, tokenizer, header=header, keeps_specs=False)
-    lines = enumerate(read_range_lines(url, start, end, first_line, max_line_bytes=options.max_line_bytes),
+    read: list[tuple[str, int, bool]] = []  # each line's id, number and whether it is an OpenAI line
+
+    def noted(lines: Iterator[Line]) -> Iterator[Line]:
+        for line in lines:
+            read.append((line.id, line.number, line.openai))
+            yield line
+
+    lines = enumerate(noted(read_range_lines(url, start, end, first_line, max_line_bytes=options.max_line_bytes)),
                       start=first_index)
     with PrefixSorter(dedup=options.dedup) as sorter:
         ordered = sorter.order(rendering.items(lines)) if options.group_prefixes else rendering.items(lines)
         shards = list(cut_shards(ordered, options.shard_max_requests, options.shard_max_tokens))
         folded = sorter.folded
-    return RenderedRange(shards, rendering.refused, rendering.errors, folded)
+    return RenderedRange(shards, rendering.refused, rendering.errors, folded, encode_run(read))

@@ -56,6 +56,10 @@ class WorkFolder:
     def shard(self, job_id: str, number: int) -> str:
         return objectstore.join(self.job(job_id), "shards", str(number))
 
+    def ids(self, job_id: str, number: int) -> str:
+        """The sorted ids of range ``number`` of a job rendered on the cluster (``jobs.rangeids``)."""
+        return objectstore.join(self.job(job_id), "ids", str(number))
+
     def part(self, job_id: str, name: str) -> str:
         return objectstore.join(self.job(job_id), "parts", name)
 

@@ -216,3 +216,37 @@ def test_a_render_worker_killed_mid_range_has_its_range_rendered_again_with_no_l
     for each in (job_id, local):
         dscbatch(settings, "cancel", each)
         dscbatch(settings, "delete", each)
+
+
+@pytest.mark.parametrize("validate_first", [False, True])
+def test_an_id_used_in_two_ranges_is_named_as_local_rendering_names_it_and_the_job_leaves_nothing(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path, validate_first: bool) -> None:
+    path = tmp_path / "job.jsonl"
+    rows = [{"id": f"r{n}", "prompt": f"def f_{n}(x):\n"} for n in range(40)]
+    rows[30]["id"] = rows[33]["id"] = "r3"  # line 4 first; 31 and 34 in later ranges
+    rows[35] = {"custom_id": "r5", "method": "POST", "url": "/v1/completions",
+                "body": {"model": "m", "prompt": "x"}}  # an OpenAI line's custom_id
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    local = dscbatch_render_problems(path, deepseek_dir)
+    inline = Inline(private_store, str(deepseek_dir))
+    jobs = Path(private_store.work.root) / "jobs"
+    before = set(jobs.iterdir()) if jobs.exists() else set()
+    with pytest.raises(InvalidInputError) as raised:
+        submit_on_cluster(private_store, inline.enqueue, inline.render, str(path),
+                          SubmitOptions(model=str(deepseek_dir), validate_first=validate_first), range_bytes=250)
+    assert raised.value.problems == local == [
+        f'{path}:31: id: duplicate id "r3" (first used on line 4)',
+        f'{path}:34: id: duplicate id "r3" (first used on line 4)',
+        f'{path}:36: custom_id: duplicate id "r5" (first used on line 6)']
+    assert private_store.job_ids() == [] and not private_store.client.keys(f"{private_store.prefix}:job:*")
+    assert (set(jobs.iterdir()) if jobs.exists() else set()) == before  # its shards and id runs are deleted
+    if validate_first:
+        assert inline.queued == []
+
+
+def dscbatch_render_problems(path: Path, model: Path) -> list[str]:
+    """The problems local rendering finds in the file (``dscbatch render``'s refusal)."""
+    done = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "render", str(path), "--model", str(model)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stderr
+    return [line.removeprefix("error: ") for line in done.stderr.splitlines() if ": duplicate id" in line]
