@@ -170,10 +170,12 @@ def render(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
               help="Check the whole file before any shard is queued: a bad line anywhere refuses the job before "
                    "anything runs (default: shards queue as the file is read; a bad line cancels the job at once).")
 @click.option("--render", type=click.Choice(["local", "cluster"]), default="local", show_default=True,
-              help="cluster: the workers render the input (a JSONL file every worker can read: an object-store "
-                   "URL) in byte ranges, and this command only plans and watches (EXPERIMENTAL, docs/usage.md).")
+              help="cluster: the workers render the input (a file every worker can read: an object-store URL) in "
+                   "byte ranges (row groups of a Parquet file), and this command only plans and watches "
+                   "(EXPERIMENTAL, docs/usage.md).")
 @click.option("--range-bytes", type=click.IntRange(min=1), default=DEFAULT_RANGE_BYTES, show_default=True,
-              help="--render cluster: the size of the byte ranges one render task takes.")
+              help="--render cluster: the size of the byte ranges one render task takes (of a Parquet file: "
+                   "consecutive row groups up to this size, compressed).")
 @click.pass_context
 def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: bool, echo_prompt: bool,
            max_line_bytes: int, max_model_len: int | None, input_path: str, order: str, no_dedup: bool,

@@ -15,8 +15,8 @@ Every task checks the input's size and version against the plan: an input that c
 fails the job in one line. Strict mode: a bad line found by any task cancels and deletes the job, reporting the
 bad lines found (``FILE:LINE: field: message``); ``validate_first`` queues no shard before every range is
 rendered and clean. An id used in two ranges is found once every range is rendered (``rangeids``): strict mode
-again. Not yet here: ``skip_invalid`` and ``verify`` lines (the local path takes them), prefix grouping across
-ranges, Parquet row groups.
+again. A Parquet input's ranges are runs of its row groups (``parquet.plan_row_groups``, from its footer). Not
+yet here: ``skip_invalid`` and ``verify`` lines (the local path takes them), prefix grouping across ranges.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
     rendered (and, with ``validate_first``, its shards queued). Raises as ``submit_job`` does."""
     if options.skip_invalid:
         raise SettingsError("--skip-invalid renders locally (--render local)")
-    if is_parquet(path):
-        raise SettingsError(f"{path}: Parquet inputs render locally (--render local)")
     stat = stat_input(path)
     store.work.check_writable()
     tokenizer = ModelTokenizer.load(options.model)
@@ -61,7 +59,7 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
     header = {"job": job_id, "model": model_name(options.model), "stop": renderer.stop_token_ids,
               "created": int(time.time())}
     queue = queue_name(store.prefix, options.model)
-    ranges = plan_ranges(stat.size, range_bytes)
+    ranges = _plan(path, stat.size, range_bytes)
     store.create_job(job_id, {
         "model": header["model"], "queue": queue, "input": options.source or path, "created": header["created"],
         "stop": header["stop"],
@@ -104,6 +102,15 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
     if progress is not None:
         progress(total)
     return job_id
+
+
+def _plan(path: str, size: int, range_bytes: int) -> list[tuple[int, int]]:
+    """The input's ranges: byte ranges of a JSONL file, row groups of a Parquet file (its footer read)."""
+    if not is_parquet(path):
+        return plan_ranges(size, range_bytes)
+    from dscbatch.jobs import parquet  # pyarrow: only for Parquet files
+
+    return parquet.plan_row_groups(path, range_bytes)
 
 
 def _await(store: JobStore, job_id: str, kind: str, ranges: int, progress: Progress | None,
@@ -160,8 +167,14 @@ def _run_range(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job
             f"{plan['version']!r} -> {now.version!r}); the job is cancelled"])
         return
     if first_line == 0:
-        counted = count_range(url, start, end, options.max_line_bytes)
-        store.save_range_count(job_id, number, counted.physical, counted.nonblank)
+        if is_parquet(url):
+            from dscbatch.jobs import parquet  # pyarrow: only for Parquet files
+
+            rows = parquet.count_rows(url, (start, end))
+            store.save_range_count(job_id, number, rows, rows)
+        else:
+            counted = count_range(url, start, end, options.max_line_bytes)
+            store.save_range_count(job_id, number, counted.physical, counted.nonblank)
         return
     rendered = render_range(store, plan["header"], options, tokenizer, url, start, end, first_line, first_index)
     if rendered.refused:

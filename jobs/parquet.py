@@ -77,19 +77,59 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def read_rows(url: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number from 1, the row as a JSONL line's object) for every row of the file."""
+def read_rows(url: str, row_groups: tuple[int, int] | None = None,
+              first_number: int = 1) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, the row as a JSONL line's object) for every row of the file, numbered from 1; or of its row
+    groups ``[start, end)`` only (a range of a job rendered on the cluster), numbered from ``first_number``."""
     with objectstore.open_read(url) as stream:
-        try:
-            file = pq.ParquetFile(stream)
-        except (pa.ArrowException, OSError) as error:
-            raise InputFormatError(f"{url}: not a Parquet file: {error}") from None
-        _check_schema(url, file.schema_arrow)
-        number = 0
-        for batch in file.iter_batches(batch_size=ROWS_PER_BATCH):
+        file = _open(url, stream)
+        groups = None if row_groups is None else list(range(*row_groups))
+        if groups == []:
+            return
+        number = first_number - 1
+        for batch in file.iter_batches(batch_size=ROWS_PER_BATCH, row_groups=groups):
             for row in batch.to_pylist():
                 number += 1
                 yield number, _without_nulls(row)
+
+
+def plan_row_groups(url: str, range_bytes: int) -> list[tuple[int, int]]:
+    """The file's row groups as ranges ``[start, end)`` of consecutive groups of at most ``range_bytes``
+    (compressed; a larger group is a range of its own); reads the footer only. One empty range for a file
+    without row groups."""
+    ranges: list[tuple[int, int]] = []
+    start = size = 0
+    metadata = _metadata(url)
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        group_bytes = sum(row_group.column(column).total_compressed_size for column in range(row_group.num_columns))
+        if group > start and size + group_bytes > range_bytes:
+            ranges.append((start, group))
+            start, size = group, 0
+        size += group_bytes
+    ranges.append((start, metadata.num_row_groups))
+    return ranges
+
+
+def count_rows(url: str, row_groups: tuple[int, int]) -> int:
+    """The rows of the file's row groups ``[start, end)``, from its footer."""
+    metadata = _metadata(url)
+    return sum(metadata.row_group(group).num_rows for group in range(*row_groups))
+
+
+def _metadata(url: str) -> pq.FileMetaData:
+    with objectstore.open_read(url) as stream:
+        return _open(url, stream).metadata
+
+
+def _open(url: str, stream: Any) -> pq.ParquetFile:
+    """The Parquet file on ``stream``, its schema checked."""
+    try:
+        file = pq.ParquetFile(stream)
+    except (pa.ArrowException, OSError) as error:
+        raise InputFormatError(f"{url}: not a Parquet file: {error}") from None
+    _check_schema(url, file.schema_arrow)
+    return file
 
 
 def _unknown(value: Any, kind: pa.DataType, path: str) -> str | None:

@@ -265,9 +265,15 @@ def read_lines(path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 def read_range_lines(path: str, start: int, end: int, first_line: int, *,
                      max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Line]:
     """The non-blank lines of a JSONL file that start in the byte range ``[start, end)``
-    (``byteranges.range_lines``), numbered from ``first_line`` as ``read_lines`` numbers them; duplicate ids are
-    found within the range only."""
+    (``byteranges.range_lines``), or the rows of a Parquet file's row groups ``[start, end)``
+    (``parquet.plan_row_groups``), numbered from ``first_line`` as ``read_lines`` numbers them; duplicate ids are
+    found within the range only (``rangeids``: across ranges)."""
     parser = _LineParser(path)
+    if is_parquet(path):
+        from dscbatch.jobs import parquet  # pyarrow: only for Parquet files
+
+        rows = parquet.read_rows(path, (start, end), first_line)
+        return _with_unique_ids((parser.parse_value(number, row) for number, row in rows), parser)
     raw = enumerate(range_lines(path, start, end, max_line_bytes), start=first_line)
     return _with_unique_ids(_parsed(raw, parser, max_line_bytes), parser)
 

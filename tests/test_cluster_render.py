@@ -17,7 +17,7 @@ from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECOND
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.clusterrender import run_range_task, submit_on_cluster
 from dscbatch.jobs.store import JobStore
-from dscbatch.jobs.submission import SubmitOptions
+from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
 from .conftest import wait_until, worker_env
@@ -250,3 +250,36 @@ def dscbatch_render_problems(path: Path, model: Path) -> list[str]:
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2, done.stderr
     return [line.removeprefix("error: ") for line in done.stderr.splitlines() if ": duplicate id" in line]
+
+
+def test_a_parquet_input_is_rendered_on_the_cluster_by_row_groups_as_locally(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "job.parquet"
+    rows = [{"id": f"r{n}", "prompt": f"def f_{n % 6}(x):\n    # step {n}\n"} for n in range(50)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=7)  # 8 row groups
+    inline = Inline(private_store, str(deepseek_dir))
+    options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=4)
+    job_id = submit_on_cluster(private_store, inline.enqueue, inline.render, str(path), options, range_bytes=1)
+    assert inline.calls == 16  # each row group a range (each over 1 byte): counted, then rendered
+    local = dscbatch_submit_local(private_store, path, deepseek_dir)
+    assert private_store.status(job_id).total == 50
+    assert job_items(private_store, job_id) == job_items(private_store, local)
+
+    rows[44]["params"] = {"max_tokens": -1}  # a bad row in the last row group but one: named as locally
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()),
+                        ("params", pa.struct([("max_tokens", pa.int64())]))])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=7)
+    with pytest.raises(InvalidInputError) as locally:
+        dscbatch_submit_local(private_store, path, deepseek_dir)
+    with pytest.raises(InvalidInputError) as raised:
+        submit_on_cluster(private_store, inline.enqueue, inline.render, str(path), options, range_bytes=1)
+    assert raised.value.problems == locally.value.problems
+    assert raised.value.problems[0].startswith(f"{path}:45: params.max_tokens: ")
+
+
+def dscbatch_submit_local(store: JobStore, path: Path, model: Path) -> str:
+    """The id of a job of ``path`` rendered locally into ``store``'s Redis (its shards saved, queued for no one)."""
+    return submit_job(store, lambda *_: None, str(path), SubmitOptions(model=str(model), shard_max_requests=4))
