@@ -25,6 +25,7 @@ Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
                                 ``count:N`` ("physical nonblank" lines of range N), ``done:N`` ("base n folded": its
                                 shard numbers, first-wins, and duplicates folded), ``saved:N`` (the same,
                                 once its shards are saved), ``refused:N`` (JSON list of its bad lines' messages)
+    P:job:ID:range_errors       bitmap: the item indices whose error record a render task stored (--skip-invalid)
     P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
     P:verdicts:unflushed        sorted set: jobs with records in their verdicts hash, by when the oldest came
     P:verdicts:flush            string: the worker moving verdict records to the work folder now (expires)
@@ -67,7 +68,7 @@ UNACKED_INDEX = "unacked_index"
 # The per-job keys beside the record (``P:job:ID:SUFFIX``); a job's deletion removes them all.
 # ``verify`` is the hash of ``verify`` specs that earlier versions kept in Redis (now in the work folder).
 JOB_KEY_SUFFIXES = ("parts", "voided", "failed", "retry", "attempts", "item_attempts", "verify", "verify_at",
-                    "verdicts", "verdicted", "verdict_parts", "ranges")
+                    "verdicts", "verdicted", "verdict_parts", "ranges", "range_errors")
 
 
 @dataclass(frozen=True)

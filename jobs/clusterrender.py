@@ -15,8 +15,11 @@ Every task checks the input's size and version against the plan: an input that c
 fails the job in one line. Strict mode: a bad line found by any task cancels and deletes the job, reporting the
 bad lines found (``FILE:LINE: field: message``); ``validate_first`` queues no shard before every range is
 rendered and clean. An id used in two ranges is found once every range is rendered (``rangeids``): strict mode
-again. A Parquet input's ranges are runs of its row groups (``parquet.plan_row_groups``, from its footer). Not
-yet here: ``skip_invalid`` and ``verify`` lines (the local path takes them), prefix grouping across ranges.
+again, also with ``skip_invalid`` (the line was queued before the duplicate could be known). With
+``skip_invalid`` a range's bad lines become error records, stored against the job's ``range_errors`` bitmap
+so that a range rendered twice stores each once. A Parquet input's ranges are runs of its row groups
+(``parquet.plan_row_groups``, from its footer). Not yet here: ``verify`` lines (the local path takes them),
+prefix grouping across ranges.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dscbatch.core.errors import InvalidInputError, SettingsError, SubmissionCancelledError
+from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.byteranges import DEFAULT_RANGE_BYTES, RangeCount, count_range, offsets, plan_ranges, stat_input
 from dscbatch.jobs.fileformat import is_parquet
@@ -49,8 +52,6 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
                       range_bytes: int = DEFAULT_RANGE_BYTES) -> str:
     """Create the job and have its ranges rendered by the workers; returns the job id once every range is
     rendered (and, with ``validate_first``, its shards queued). Raises as ``submit_job`` does."""
-    if options.skip_invalid:
-        raise SettingsError("--skip-invalid renders locally (--render local)")
     stat = stat_input(path)
     store.work.check_writable()
     tokenizer = ModelTokenizer.load(options.model)
@@ -69,6 +70,8 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
     })
     store.save_render_plan(job_id, {"input": path, "size": stat.size, "version": stat.version, "ranges": ranges,
                                     "header": header, "options": _options_record(options)})
+    if options.skip_invalid:
+        store.open_range_errors(job_id)
     try:
         for number in range(len(ranges)):
             enqueue_render(queue, job_id, number, 0, 0)
@@ -84,11 +87,12 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
         if duplicates:
             raise InvalidInputError(duplicates[:MAX_REPORTED_PROBLEMS], len(duplicates))
         if options.validate_first:
-            for base, shards, _ in done:
+            for base, shards, *_ in done:
                 for number in range(base, base + shards):
                     enqueue(queue, job_id, store.shard_key(job_id, number))
         store.submitted(job_id, {"total": total, "deduplicated": sum(each[2] for each in done),
-                                 "sha256": f"version {stat.version}"})
+                                 "sha256": f"version {stat.version}",
+                                 "options": options.record_options(sum(each[3] for each in done))})
     except BaseException as error:
         if isinstance(error, SubmissionCancelledError) and store.is_cancelled(job_id):
             counted = store.range_fields(job_id, "count")  # total: the lines of the ranges saved before the cancel
@@ -181,7 +185,7 @@ def _run_range(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job
         store.refuse_range_lines(job_id, number, rendered.refused[:MAX_REPORTED_PROBLEMS])
         return
     store.work.write(store.work.ids(job_id, number), rendered.ids)  # before saved:N: the submitter reads it then
-    committed = store.commit_range(job_id, number, len(rendered.shards), rendered.folded)
+    committed = store.commit_range(job_id, number, len(rendered.shards), rendered.folded, rendered.invalid)
     if committed is None:
         return
     base, _ = committed
@@ -192,4 +196,7 @@ def _run_range(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job
         queue = queue_name(store.prefix, options.model)
         for key in keys:  # again when the range is rendered again: a shard queued twice commits once
             enqueue(queue, job_id, key)
+    if rendered.errors:  # stored once, whichever render of the range gets here first
+        store.record(job_id, rendered.errors, store.range_errors_key(job_id),
+                     {entry.index: entry.index for entry in rendered.errors})
     store.range_saved(job_id, number)

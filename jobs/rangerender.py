@@ -27,15 +27,16 @@ from dscbatch.jobs.tokenizer import ModelTokenizer
 class RenderedRange:
     shards: list[list[Item]]
     refused: list[str] = field(default_factory=list)  # strict mode: the bad lines, as FILE:LINE: messages
-    errors: list[ResultEntry] = field(default_factory=list)  # --skip-invalid: error records of bad lines
+    errors: list[ResultEntry] = field(default_factory=list)  # --skip-invalid: error records of bad lines (all)
     folded: int = 0  # duplicates folded into an identical request's item
+    invalid: int = 0  # --skip-invalid: of its error records, lines that are not requests (a job's invalid_lines)
     ids: bytes = b""  # the range's ids, sorted (``rangeids.encode_run``), for the check across ranges
 
 
 def render_range(store: JobStore, header: dict[str, Any], options: SubmitOptions, tokenizer: ModelTokenizer,
                  url: str, start: int, end: int, first_line: int, first_index: int) -> RenderedRange:
     """The shards of the lines starting in ``[start, end)`` of ``url``, for the job of shard ``header``."""
-    rendering = Rendering(store, url, options, None, tokenizer, header=header, keeps_specs=False)
+    rendering = Rendering(store, url, options, None, tokenizer, header=header, whole_job=False)
     read: list[tuple[str, int, bool]] = []  # each line's id, number and whether it is an OpenAI line
 
     def noted(lines: Iterator[Line]) -> Iterator[Line]:
@@ -49,4 +50,4 @@ def render_range(store: JobStore, header: dict[str, Any], options: SubmitOptions
         ordered = sorter.order(rendering.items(lines)) if options.group_prefixes else rendering.items(lines)
         shards = list(cut_shards(ordered, options.shard_max_requests, options.shard_max_tokens))
         folded = sorter.folded
-    return RenderedRange(shards, rendering.refused, rendering.errors, folded, encode_run(read))
+    return RenderedRange(shards, rendering.refused, rendering.errors, folded, rendering.invalid, encode_run(read))

@@ -190,10 +190,12 @@ class Rendering:
     """The rendering pass: shard items for the lines the model can serve, error records for the others."""
 
     def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None,
-                 tokenizer: ModelTokenizer, header: dict[str, Any] | None = None, keeps_specs: bool = True) -> None:
+                 tokenizer: ModelTokenizer, header: dict[str, Any] | None = None, whole_job: bool = True) -> None:
         self.store = store
         self.path = path
-        self.keeps_specs = keeps_specs  # False: a range of the job (its spec files would straddle ranges)
+        # False: one range of a job rendered on the cluster, whose caller stores its error records once (a range
+        # may be rendered twice); its verify specs are refused (their files would straddle ranges)
+        self.whole_job = whole_job
         self.options = options
         self.progress = progress
         self.tokenizer = tokenizer
@@ -272,7 +274,7 @@ class Rendering:
                 self._refuse(line.number, index, line.id, kind, line.openai, request, result)
                 continue
             assert request is not None
-            if request.verify is not None and not self.keeps_specs:
+            if request.verify is not None and not self.whole_job:
                 self.refused.append(f"{self.path}:{line.number}: verify: lines with verify render locally "
                                     "(--render local)")
                 continue
@@ -302,6 +304,6 @@ class Rendering:
         self.errors.append(ResultEntry(index, result_line(
             info, model=self.header["model"], job_id=self.id, created=self.header["created"],
             error_code=error.code, error_message=error.message), "failed"))
-        if len(self.errors) >= 1000:
+        if len(self.errors) >= 1000 and self.whole_job:
             self.store.record(self.id, self.errors)
             self.errors = []

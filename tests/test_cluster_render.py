@@ -15,6 +15,7 @@ import pytest
 from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
 from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 from dscbatch.core.settings import Settings
+from dscbatch.jobs import parts
 from dscbatch.jobs.clusterrender import run_range_task, submit_on_cluster
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
@@ -283,3 +284,38 @@ def test_a_parquet_input_is_rendered_on_the_cluster_by_row_groups_as_locally(
 def dscbatch_submit_local(store: JobStore, path: Path, model: Path) -> str:
     """The id of a job of ``path`` rendered locally into ``store``'s Redis (its shards saved, queued for no one)."""
     return submit_job(store, lambda *_: None, str(path), SubmitOptions(model=str(model), shard_max_requests=4))
+
+
+def test_skip_invalid_on_the_cluster_stores_each_bad_lines_error_record_once_as_locally(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    # Bad lines in several ranges (a malformed line, a wrong type, a prompt over the context); every range is
+    # rendered twice, as when its worker died after storing its error records: each is stored once.
+    path = write_file(tmp_path / "job.jsonl", bad=12)
+    text = path.read_text().splitlines()
+    text[30] = "{not json"
+    text[40] = json.dumps({"id": "long", "prompt": "x " * 70_000})
+    path.write_text("\n".join(text) + "\n")
+    options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=4, skip_invalid=True)
+
+    def rendered_twice(inline: Inline, job_id: str, number: int, line: int, index: int) -> None:
+        if line:
+            run_range_task(inline.store, lambda *_: None, inline.tokenizer, "inline", job_id, number, line, index)
+
+    inline = Inline(private_store, str(deepseek_dir), rendered_twice)
+    job_id = submit_on_cluster(private_store, inline.enqueue, inline.render, str(path), options, range_bytes=250)
+    local = submit_job(private_store, lambda *_: None, str(path), options)
+    cluster_status, local_status = private_store.status(job_id), private_store.status(local)
+    assert (cluster_status.total, cluster_status.failed) == (local_status.total, local_status.failed) == (40, 3)
+    assert job_items(private_store, job_id) == job_items(private_store, local)
+
+    def error_records(job: str) -> list[Any]:
+        records = sorted((index, json.loads(line)) for entry in private_store.part_entries(job)
+                         for index, line in parts.decode(private_store.work.part(job, entry.name),
+                                                         private_store.work.read(private_store.work.part(job,
+                                                                                                         entry.name))))
+        return [(index, record["id"], record["error"]) for index, record in records]
+
+    assert [(index, record_id, error["code"]) for index, record_id, error in error_records(job_id)] == [
+        (12, "bad", "invalid_request"), (27, "31", "invalid_request"), (36, "long", "prompt_too_long")]
+    assert error_records(job_id) == error_records(local)
+    assert cluster_status.options["invalid_lines"] == local_status.options["invalid_lines"] == 2  # not requests

@@ -548,10 +548,14 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
         """Commit the entries as one part (``jobs.parts``); returns how many results were new. With
         ``shard_key`` (and each entry's position in that shard, ``positions``), entries whose position already
         has a result are left out (another copy of the shard committed theirs), and nothing is stored once the
-        shard is gone (another copy finished it). Without entries, only checks whether the job has settled."""
+        shard is gone (another copy finished it). ``shard_key`` may be a job's ``range_errors_key`` instead (each
+        entry's position its index). Without entries, only checks whether the job has settled."""
         pending = list(entries)
         while True:
-            name = f"{self.keys.parse_shard(shard_key)[1] if shard_key else 'submit'}-{uuid.uuid4().hex[:16]}"
+            # A shard's part starts with its number; submission's error records (no marker, or the marker of a job
+            # rendered on the cluster: ``range_errors_key``) with "submit".
+            name = f"{shard_key.rpartition(':shard:')[2] if shard_key and ':shard:' in shard_key else 'submit'}-" \
+                   f"{uuid.uuid4().hex[:16]}"
             url = self.work.part(job_id, name)
             if pending:
                 self.work.write(url, parts.encode((entry.index, entry.line) for entry in pending))

@@ -37,7 +37,7 @@ class Ranges(StoreBase):
 
     def range_fields(self, job_id: str, kind: str) -> dict[int, tuple[int, ...]]:
         """``count``, ``done`` or ``saved`` of every range that has it: number -> its figures (physical and
-        non-blank lines; first shard number, shards and folded duplicates)."""
+        non-blank lines; first shard number, shards, folded duplicates and lines that are not requests)."""
         found = cast(dict[bytes, bytes], self.client.hgetall(self._ranges(job_id)))
         result = {}
         for name, value in found.items():
@@ -46,11 +46,12 @@ class Ranges(StoreBase):
                 result[int(number)] = tuple(int(figure) for figure in value.split())
         return result
 
-    def commit_range(self, job_id: str, number: int, shards: int, folded: int) -> tuple[int, bool] | None:
+    def commit_range(self, job_id: str, number: int, shards: int, folded: int, invalid: int) -> tuple[int, bool] | None:
         """The first shard number of range ``number``'s ``shards`` shards and whether this commit took them
-        (False: an earlier render of the range did); None when the job is gone."""
+        (False: an earlier render of the range did); None when the job is gone. ``folded`` and ``invalid`` (its
+        lines that are not requests, error records with --skip-invalid) are kept with them."""
         base, fresh = cast(list[int], self._commit_range(keys=[self._ranges(job_id), self.keys.job(job_id)],
-                                                         args=[number, shards, folded]))
+                                                         args=[number, shards, folded, invalid]))
         return None if base < 0 else (int(base), bool(fresh))
 
     def range_saved(self, job_id: str, number: int) -> None:
@@ -88,3 +89,12 @@ class Ranges(StoreBase):
     def live_range_claims(self) -> set[str]:
         """The render tasks live workers claim."""
         return {task for _, _, task, alive in self._claims_in(self.keys.render_claims) if alive}
+
+    def range_errors_key(self, job_id: str) -> str:
+        """The bitmap of the item indices whose error record (``--skip-invalid``) a render task has stored: the
+        marker ``JobStore.record`` commits them against, so a range rendered twice stores each once."""
+        return self.keys.job_part(job_id, "range_errors")
+
+    def open_range_errors(self, job_id: str) -> None:
+        """Create the job's ``range_errors_key`` (a record against a marker that does not exist stores nothing)."""
+        self.client.setbit(self.range_errors_key(job_id), 0, 0)
