@@ -11,7 +11,10 @@ by ``StreamingGrouper`` (shards cut as partitions fill). The hit rate of a shard
 ``workloads.ideal_cached_tokens`` summed shard by shard (each shard may run on a worker whose cache is cold:
 what the order can guarantee), plus the tokens of folded duplicates (they run once for all), over every
 line's prompt tokens. ``ideal`` is the whole job's ideal hit rate, as ``throughput.py`` prints it. ``streamed``
-is the share of items whose shard was cut before the end of the file.
+is the share of items whose shard was cut before the end of the file. ``ranges_N``: the file cut into N ranges
+of equal item counts, each sorted and cut on its own, as ``submit --render cluster`` groups (siblings in
+different ranges are not grouped together); a file of S bytes rendered with ``--range-bytes`` B has S / B
+ranges.
 """
 
 from __future__ import annotations
@@ -63,10 +66,19 @@ def streamed_shards(items: list[Item], shard_requests: int, key_tokens: int) -> 
     return early + rest, sum(len(folded_items(item)) for shard in early for item in shard)
 
 
-def compare(name: str, items: list[Item], shard_requests: int, key_tokens: list[int]) -> Iterator[dict[str, Any]]:
+def ranged_shards(items: list[Item], shard_requests: int, ranges: int) -> list[list[Item]]:
+    """Each of ``ranges`` consecutive parts of the file sorted and cut on its own (cluster rendering)."""
+    size = -(-len(items) // ranges)
+    return [shard for start in range(0, len(items), size)
+            for shard in sorted_shards([dict(item) for item in items[start:start + size]], shard_requests)]
+
+
+def compare(name: str, items: list[Item], shard_requests: int, key_tokens: list[int],
+            ranges: list[int]) -> Iterator[dict[str, Any]]:
     total = sum(item_tokens(item) for item in items)
     prompts = [item["ids"] for item in items]
     today = sorted_shards([dict(item) for item in items], shard_requests)
+    ranged = {count: ranged_shards(items, shard_requests, count) for count in ranges}
     for key in key_tokens:
         streamed, early = streamed_shards([dict(item) for item in items], shard_requests, key)
         for block in (16, 128):
@@ -74,7 +86,8 @@ def compare(name: str, items: list[Item], shard_requests: int, key_tokens: list[
                    "block": block, "ideal": round(ideal_cached_tokens(prompts, block) / total, 4),
                    "today": round(hit_rate(today, block, total), 4),
                    "streaming": round(hit_rate(streamed, block, total), 4),
-                   "streamed": round(early / len(items), 3)}
+                   "streamed": round(early / len(items), 3),
+                   **{f"ranges_{count}": round(hit_rate(shards, block, total), 4) for count, shards in ranged.items()}}
 
 
 def main() -> None:
@@ -84,6 +97,8 @@ def main() -> None:
     parser.add_argument("--spread-scale", type=float, default=8.0)
     parser.add_argument("--shard-requests", type=int, nargs="+", default=[256, 32])
     parser.add_argument("--key-tokens", type=int, nargs="+", default=[KEY_TOKENS])
+    parser.add_argument("--ranges", type=int, nargs="*", default=[4, 16],
+                        help="also group the file cut into this many ranges, each on its own (--render cluster)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     tokenizer = ModelTokenizer.load(args.model)
@@ -94,14 +109,15 @@ def main() -> None:
     files["spread"] = items_of(spread, tokenizer)
     rows = []
     print(f"{'workload':<14}{'items':>7}{'shard':>6}{'key':>5}{'block':>6}{'ideal':>8}{'today':>8}{'stream':>8}"
-          f"{'diff':>8}{'streamed':>9}")
+          f"{'diff':>8}{'streamed':>9}" + "".join(f"{f'ranges {count}':>11}" for count in args.ranges))
     for shard_requests in args.shard_requests:
         for name, items in files.items():
-            for row in compare(name, items, shard_requests, args.key_tokens):
+            for row in compare(name, items, shard_requests, args.key_tokens, args.ranges):
                 rows.append(row)
                 print(f"{name:<14}{row['items']:>7}{shard_requests:>6}{row['key_tokens']:>5}{row['block']:>6}"
                       f"{row['ideal']:>8}{row['today']:>8}{row['streaming']:>8}"
-                      f"{row['streaming'] - row['today']:>8.4f}{row['streamed']:>9}", flush=True)
+                      f"{row['streaming'] - row['today']:>8.4f}{row['streamed']:>9}"
+                      + "".join(f"{row[f'ranges_{count}']:>11}" for count in args.ranges), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 

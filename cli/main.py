@@ -309,8 +309,8 @@ def retry(ctx: click.Context, job_id: str) -> None:
               help="sim: a SIMULATED engine (no model runs; deterministic token ids at a GPU's pace), for "
                    "control-plane scale benchmarks only.")
 @click.option("--render-only", is_flag=True,
-              help="No engine: serve only the model's render tasks (submit --render cluster), one at a time. Run "
-                   "one per spare CPU core.")
+              help="No engine: serve only the model's render tasks (submit --render cluster), one at a time "
+                   "(--metrics-port: its /healthz and process metrics). Run one per spare CPU core.")
 @click.pass_context
 def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_port: int | None,
            engine_kind: str, render_only: bool) -> None:
@@ -320,12 +320,11 @@ def worker(ctx: click.Context, model: str, engine_args: Sequence[str], metrics_p
     from dscbatch.workers.worker import run_render_worker, run_worker
 
     logging.getLogger().setLevel(logging.INFO)
-    if render_only:
-        if engine_args or metrics_port is not None or engine_kind != "vllm":
-            raise click.UsageError("--render-only runs no engine: --engine-arg, --engine and --metrics-port do not "
-                                   "apply")
-        exit_process(run_render_worker(_settings(ctx), model))
     metrics = None if metrics_port is None else serve_worker_metrics(metrics_port, _settings(ctx), model)
+    if render_only:
+        if engine_args or engine_kind != "vllm":
+            raise click.UsageError("--render-only runs no engine: --engine-arg and --engine do not apply")
+        exit_process(run_render_worker(_settings(ctx), model, observer=metrics))
     exit_process(run_worker(_settings(ctx), model, key_values(engine_args, "--engine-arg"), observer=metrics,
                             engine_kind=engine_kind))
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from dscbatch.jobs.clusterrender import run_range_task, submit_on_cluster
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer
+from dscbatch.workers.embedded import free_port
 
 from .conftest import wait_until, worker_env
 from .test_pipeline import dscbatch, read_jsonl
@@ -145,12 +147,13 @@ def test_a_cancel_while_the_cluster_renders_stops_the_render_tasks(
     assert status.total == len(rendered) > 0  # the lines of the one range rendered before the cancel
 
 
-def start_render_worker(settings: Settings, store: JobStore, model: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_render_worker(settings: Settings, store: JobStore, model: Path, log: Path,
+                        *args: str) -> subprocess.Popen[bytes]:
     """A real ``dscbatch worker --render-only`` process, returned once its heartbeat is in Redis."""
     with log.open("wb") as stream:
         process = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "worker", "--render-only", "--model",
-                                    str(model)], stdout=stream, stderr=subprocess.STDOUT, env=worker_env(settings),
-                                   start_new_session=True)
+                                    str(model), *args], stdout=stream, stderr=subprocess.STDOUT,
+                                   env=worker_env(settings), start_new_session=True)
     wait_until(lambda: any(name.endswith(f"-{process.pid}") for name in store.workers(render_only=True))
                or process.poll() is not None, 60, "the render worker's heartbeat")
     assert process.poll() is None, log.read_text()[-3000:]
@@ -198,7 +201,11 @@ def test_a_render_worker_killed_mid_range_has_its_range_rendered_again_with_no_l
             time.sleep(0.005)
         first.kill()
         first.wait()
-        second = start_render_worker(settings, store, deepseek_dir, tmp_path / "render2.log")
+        port = free_port()
+        second = start_render_worker(settings, store, deepseek_dir, tmp_path / "render2.log", "--metrics-port",
+                                     str(port))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as health:
+            assert health.status == 200  # its heartbeat is fresh
         out, err = submit.communicate(timeout=HEARTBEAT_TTL_SECONDS + 4 * HEARTBEAT_SECONDS + 60)
         assert submit.returncode == 0, err.decode()
     finally:

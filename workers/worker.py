@@ -90,10 +90,12 @@ def run_worker(settings: Settings, model: str, engine_args: Mapping[str, Any], l
         engine.close()
 
 
-def run_render_worker(settings: Settings, model: str, loglevel: str = "INFO") -> int:
+def run_render_worker(settings: Settings, model: str, loglevel: str = "INFO",
+                      observer: WorkerObserver | None = None) -> int:
     """Serve only the model's render queue (``submit --render cluster``), one task at a time, without an engine:
     a CPU-only process beside the GPU workers (one per core). Its heartbeat keeps its render claims alive and
-    takes over what dead workers left, as a GPU worker's does. Returns Celery's exit status."""
+    takes over what dead workers left, as a GPU worker's does (and, with ``observer``, keeps /healthz green).
+    Returns Celery's exit status."""
     app = make_app(settings)
     require_json_only(app)
     store = JobStore.connect(settings)
@@ -104,7 +106,8 @@ def run_render_worker(settings: Settings, model: str, loglevel: str = "INFO") ->
              settings.redacted_redis_url)
     info = {"model": model_name(model), "queue": render_queue(queue), "pid": os.getpid(), "started": time.time(),
             "render_only": True}
-    heartbeat = Heartbeat(store, hostname, info, None, WorkerObserver(), _requeuer(app, store, queue), set)
+    heartbeat = Heartbeat(store, hostname, info, None, observer or WorkerObserver(), _requeuer(app, store, queue),
+                          set)
     heartbeat.start()
     try:
         register_render_task(app, store, model, hostname)
