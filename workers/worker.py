@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from celery import signals
+from celery import Celery, signals
 
 from dscbatch.core.celery_app import (
     enqueue_shard,
@@ -116,7 +116,7 @@ def run_render_worker(settings: Settings, model: str, loglevel: str = "INFO",
         heartbeat.stop()
 
 
-def _requeuer(app: Any, store: JobStore, fallback: str) -> Callable[[str, str], None]:
+def _requeuer(app: Celery, store: JobStore, fallback: str) -> Callable[[str, str], None]:
     """Puts a shard back on its job's queue (a worker takes over the orphans of any model's workers); on
     ``fallback`` once the job is gone (the shard then finds nothing to run)."""
     def requeue(job_id: str, shard_key: str) -> None:
