@@ -12,11 +12,14 @@ the command's start to its exit (every shard saved and queued; no engine serves 
   queue;
 - ``cluster_2``: the same with two render processes (one per core of this machine).
 
+(Count, render, then merge waves: ``jobs/clusterrender.py``.)
+
 The render workers are started (and their tokenizer loaded, by a warm-up job) before the timing, as a
 cluster's workers are. Redis is emptied between runs. Each run's job is checked: ``total`` equals the lines
 and its shards hold every item once. Reported: seconds and lines/s of each, ``cluster_2 / local`` (the
 issue's target: at least 0.9) and ``cluster_2 / cluster_1``, the per-task figures (one range counted, one
-rendered, in this process) from which docs/scaling.md extrapolates to N render processes.
+rendered into its partitions' runs, and those runs merged into shards, in this process) from which
+docs/benchmarks.md extrapolates to N render processes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from first_shard import make_file
 
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.byteranges import count_range, plan_ranges
+from dscbatch.jobs.rangemerge import merge_runs
 from dscbatch.jobs.rangerender import render_range
 from dscbatch.jobs.reader import DEFAULT_MAX_LINE_BYTES
 from dscbatch.jobs.store import JobStore
@@ -94,12 +98,20 @@ def per_task(path: Path, model: str, range_bytes: int, store: JobStore) -> dict[
     options = SubmitOptions(model=model)
     header = {"job": "bench-per-task", "model": model_name(model), "stop": [], "created": int(time.time())}
     started = time.perf_counter()
-    rendered = render_range(store, header, options, tokenizer, str(path), start, end, 1, 0)
+    rendered = render_range(store, header, options, tokenizer, str(path), start, end, 1, 0, len(ranges))
     render_s = time.perf_counter() - started
     assert not rendered.refused
+    runs = []
+    for partition, run in enumerate(rendered.runs):
+        runs.append(path.parent / f"run-{partition}")
+        runs[-1].write_bytes(run)
+    started = time.perf_counter()
+    merged = sum(len(shard) for run in runs for shard in merge_runs([str(run)], True, True, 256, 1 << 20)[0])
+    merge_s = time.perf_counter() - started
     return {"range_bytes": end - start, "range_lines": counted.physical,
             "count_mb_per_s": round((end - start) / count_s / 1e6, 1),
-            "render_lines_per_s": round(counted.physical / render_s)}
+            "render_lines_per_s": round(counted.physical / render_s),
+            "merge_lines_per_s": round(merged / merge_s)}
 
 
 def main() -> None:

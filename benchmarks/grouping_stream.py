@@ -11,10 +11,9 @@ by ``StreamingGrouper`` (shards cut as partitions fill). The hit rate of a shard
 ``workloads.ideal_cached_tokens`` summed shard by shard (each shard may run on a worker whose cache is cold:
 what the order can guarantee), plus the tokens of folded duplicates (they run once for all), over every
 line's prompt tokens. ``ideal`` is the whole job's ideal hit rate, as ``throughput.py`` prints it. ``streamed``
-is the share of items whose shard was cut before the end of the file. ``ranges_N``: the file cut into N ranges
-of equal item counts, each sorted and cut on its own, as ``submit --render cluster`` groups (siblings in
-different ranges are not grouped together); a file of S bytes rendered with ``--range-bytes`` B has S / B
-ranges.
+is the share of items whose shard was cut before the end of the file. ``ranges_N``: the shards of
+``submit --render cluster`` on a file of N ranges (a file of S bytes rendered with ``--range-bytes`` B has S / B):
+N partitions of the prefix keys, each merged whole from every range and cut on its own.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from workloads import DEFAULT_MODEL, WORKLOADS, Request, ideal_cached_tokens, ma
 
 from dscbatch.jobs.grouping import Item, PrefixSorter, cut_shards, folded_items, item_tokens
 from dscbatch.jobs.partitioning import KEY_TOKENS, StreamingGrouper
+from dscbatch.jobs.rangemerge import partition_of
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
 SHARD_MAX_TOKENS = 1 << 20
@@ -67,10 +67,11 @@ def streamed_shards(items: list[Item], shard_requests: int, key_tokens: int) -> 
 
 
 def ranged_shards(items: list[Item], shard_requests: int, ranges: int) -> list[list[Item]]:
-    """Each of ``ranges`` consecutive parts of the file sorted and cut on its own (cluster rendering)."""
-    size = -(-len(items) // ranges)
-    return [shard for start in range(0, len(items), size)
-            for shard in sorted_shards([dict(item) for item in items[start:start + size]], shard_requests)]
+    """The shards ``submit --render cluster`` cuts from a file of ``ranges`` ranges: one partition of the prefix
+    keys per range (``rangemerge.partition_of``), each sorted whole (its runs merged) and cut on its own."""
+    return [shard for partition in range(ranges)
+            for shard in sorted_shards([dict(item) for item in items if partition_of(item, ranges) == partition],
+                                       shard_requests)]
 
 
 def compare(name: str, items: list[Item], shard_requests: int, key_tokens: list[int],
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--shard-requests", type=int, nargs="+", default=[256, 32])
     parser.add_argument("--key-tokens", type=int, nargs="+", default=[KEY_TOKENS])
     parser.add_argument("--ranges", type=int, nargs="*", default=[4, 16],
-                        help="also group the file cut into this many ranges, each on its own (--render cluster)")
+                        help="also group as --render cluster does a file of this many ranges (as many partitions)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     tokenizer = ModelTokenizer.load(args.model)

@@ -108,8 +108,9 @@ def render_queue(queue: str) -> str:
 
 
 def enqueue_render(app: Celery, queue: str, job_id: str, number: int, first_line: int, first_index: int) -> None:
-    """Queue range ``number`` of a job rendered on the cluster: counted when ``first_line`` is 0, else rendered
-    with its lines numbered from ``first_line`` and its items from ``first_index``."""
+    """Queue range ``number`` of a job rendered on the cluster: counted when ``first_line`` is 0, its partition
+    ``number`` merged when it is -1 (``jobs.store.ranges.MERGE``), else rendered with its lines numbered from
+    ``first_line`` and its items from ``first_index``."""
     app.send_task(RENDER_RANGE, args=[job_id, number, first_line, first_index], queue=render_queue(queue),
                   headers={ENQUEUED_HEADER: time.time()})
 

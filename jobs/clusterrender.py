@@ -3,30 +3,34 @@
 The submitter stats the input (size and ETag or mtime: ``byteranges.stat_input``), cuts it into byte ranges,
 creates the job (``submitting``) with its plan in the store and queues one **count** task per range. Once
 every range is counted it knows each range's first line number and item index (``byteranges.offsets``) and
-queues one **render** task per range, which renders, groups and cuts the range (``rangerender``), takes the
-range's shard numbers first-wins (``JobStore.commit_range``: a task run again after its worker died gets the
-same numbers and rewrites the same shards), saves and queues its shards. A task is claimed while it runs
-(``JobStore.claim_range``); the heartbeat of any live worker puts the task of a dead one back on its queue
-(``workers/liveness.py``), as it does a shard. The submitter's memory does not
-grow with the file: it holds the plan and polls the store; its CPU grows only by the merge of the ranges' ids
-(``rangeids``: 1.7 s for 2,000,000 ids).
+queues one **render** task per range, which renders and sorts the range and writes one sorted run per
+partition of the prefix keys to the work folder (``rangerender``, ``rangemerge``). Once every range is rendered
+it queues one **merge** task per partition (as many as ranges; one in input order), which merges that
+partition's runs from every range, folds duplicates, cuts the shards, takes their numbers first-wins
+(``JobStore.commit_range``: a task run again after its worker died gets the same numbers and rewrites the same
+shards), saves and queues them: siblings anywhere in the file meet, as a full sort groups them. A task is
+claimed while it runs (``JobStore.claim_range``); the heartbeat of any live worker puts the task of a dead one
+back on its queue (``workers/liveness.py``), as it does a shard. The submitter's memory does not grow with the
+file: it holds the plan and polls the store; its CPU grows only by the merge of the ranges' ids (``rangeids``:
+1.7 s for 2,000,000 ids).
 
 Every task checks the input's size and version against the plan: an input that changed since planning
 fails the job in one line. Strict mode: a bad line found by any task cancels and deletes the job, reporting the
-bad lines found (``FILE:LINE: field: message``); ``validate_first`` queues no shard before every range is
-rendered and clean. An id used in two ranges is found once every range is rendered (``rangeids``): strict mode
-again, also with ``skip_invalid`` (the line was queued before the duplicate could be known). With
+bad lines found (``FILE:LINE: field: message``). No shard is queued before every range is rendered and clean
+and its ids checked across ranges (``rangeids``: an id used again is named as locally, and refuses the job also
+with ``skip_invalid``); ``validate_first`` also holds the shards until every partition is merged. With
 ``skip_invalid`` a range's bad lines become error records, stored against the job's ``range_errors`` bitmap
 so that a range rendered twice stores each once. A Parquet input's ranges are runs of its row groups
-(``parquet.plan_row_groups``, from its footer). Not yet here: ``verify`` lines (the local path takes them),
-prefix grouping across ranges.
+(``parquet.plan_row_groups``, from its footer). A cancel or delete while the cluster renders removes the job
+(the items queued by then are scattered over the file, so none of it is kept). Not yet here: ``verify`` lines
+(the local path takes them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
@@ -34,12 +38,13 @@ from dscbatch.jobs import objectstore
 from dscbatch.jobs.byteranges import DEFAULT_RANGE_BYTES, RangeCount, count_range, offsets, plan_ranges, stat_input
 from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.rangeids import duplicate_ids
+from dscbatch.jobs.rangemerge import merge_runs
 from dscbatch.jobs.rangerender import render_range
 from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.store import JobStore
-from dscbatch.jobs.store.ranges import range_task
+from dscbatch.jobs.store.ranges import MERGE, range_task
 from dscbatch.jobs.submission import Enqueue, Progress, SubmitOptions, new_job_id, queue_name
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 
@@ -68,39 +73,41 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
                                              else None),
         "options": options.record_options(0),
     })
+    partitions = len(ranges) if options.group_prefixes else 1
     store.save_render_plan(job_id, {"input": path, "size": stat.size, "version": stat.version, "ranges": ranges,
-                                    "header": header, "options": _options_record(options)})
+                                    "partitions": partitions, "header": header, "options": _options_record(options)})
     if options.skip_invalid:
         store.open_range_errors(job_id)
+    merges = [len(ranges) + partition for partition in range(partitions)]  # their fields in the ranges hash
     try:
         for number in range(len(ranges)):
             enqueue_render(queue, job_id, number, 0, 0)
-        counts = _await(store, job_id, "count", len(ranges), progress,
+        counts = _await(store, job_id, "count", range(len(ranges)), progress,
                         lambda found: sum(count[1] for count in found.values()))
         total = sum(count[1] for count in counts)
         for number, (line, index) in enumerate(offsets([RangeCount(*count) for count in counts])):
             enqueue_render(queue, job_id, number, line, index)
-        done = _await(store, job_id, "saved", len(ranges), progress,
-                      lambda found: sum(counts[number][1] for number in found))
+        rendered = _await(store, job_id, "saved", range(len(ranges)), progress,
+                          lambda found: sum(counts[number][1] for number in found if number < len(ranges)))
         duplicates = [str(problem) for problem in duplicate_ids(
             path, [store.work.ids(job_id, number) for number in range(len(ranges))])]
         if duplicates:
             raise InvalidInputError(duplicates[:MAX_REPORTED_PROBLEMS], len(duplicates))
+        for partition in range(partitions):
+            enqueue_render(queue, job_id, partition, MERGE, 0)
+        merged = _await(store, job_id, "saved", merges, progress, lambda found: total)
         if options.validate_first:
-            for base, shards, *_ in done:
+            for base, shards, *_ in merged:
                 for number in range(base, base + shards):
                     enqueue(queue, job_id, store.shard_key(job_id, number))
-        store.submitted(job_id, {"total": total, "deduplicated": sum(each[2] for each in done),
+        store.submitted(job_id, {"total": total, "deduplicated": sum(each[2] for each in merged),
                                  "sha256": f"version {stat.version}",
-                                 "options": options.record_options(sum(each[3] for each in done))})
-    except BaseException as error:
-        if isinstance(error, SubmissionCancelledError) and store.is_cancelled(job_id):
-            counted = store.range_fields(job_id, "count")  # total: the lines of the ranges saved before the cancel
-            store.submitted(job_id, {"total": sum(counted[number][1] for number in store.range_fields(job_id, "saved")
-                                                  if number in counted)})
-        else:  # refused, changed or failed: everything of it goes
-            store.cancel_if_present(job_id)
-            store.delete_job(job_id)
+                                 "options": options.record_options(sum(each[3] for each in rendered))})
+    except BaseException:
+        # Refused, changed, failed or cancelled: everything of it goes. (A cancelled job is not kept, as a
+        # local submission's is: the items queued by then are scattered over the file, not its first lines.)
+        store.cancel_if_present(job_id)
+        store.delete_job(job_id)
         raise
     store.confirm_durable()
     if progress is not None:
@@ -117,10 +124,11 @@ def _plan(path: str, size: int, range_bytes: int) -> list[tuple[int, int]]:
     return parquet.plan_row_groups(path, range_bytes)
 
 
-def _await(store: JobStore, job_id: str, kind: str, ranges: int, progress: Progress | None,
+def _await(store: JobStore, job_id: str, kind: str, numbers: Sequence[int], progress: Progress | None,
            lines: Callable[[dict[int, tuple[int, ...]]], int]) -> list[tuple[int, ...]]:
-    """Poll until every range has its ``kind`` figures; stop on a refusal, a cancel or a delete. ``lines``: the
-    lines counted or rendered so far, from the ranges found, for ``status`` and ``progress``."""
+    """Poll until each of ``numbers`` (ranges, or merges) has its ``kind`` figures; stop on a refusal, a cancel
+    or a delete. ``lines``: the lines counted or rendered so far, from the figures found, for ``status`` and
+    ``progress``."""
     while True:
         found = store.range_fields(job_id, kind)
         refused = store.refused_range_lines(job_id)
@@ -128,8 +136,8 @@ def _await(store: JobStore, job_id: str, kind: str, ranges: int, progress: Progr
             raise InvalidInputError(refused[:MAX_REPORTED_PROBLEMS], len(refused))
         if store.submission_step(job_id, lines(found)):
             raise SubmissionCancelledError(job_id, lines(found), 0)
-        if len(found) == ranges:
-            return [found[number] for number in range(ranges)]
+        if all(number in found for number in numbers):
+            return [found[number] for number in numbers]
         if progress is not None:
             progress(lines(found))
         time.sleep(POLL_SECONDS)
@@ -147,21 +155,25 @@ def _options(record: dict[str, Any]) -> SubmitOptions:
 
 def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, worker: str, job_id: str,
                    number: int, first_line: int, first_index: int) -> None:
-    """A render task: count range ``number`` (``first_line`` 0) or render it; nothing when the job is gone. It is
-    claimed in ``worker``'s name while it runs: a live worker's heartbeat queues it again if this one dies."""
+    """A render task: count range ``number`` (``first_line`` 0), render it, or merge partition ``number``
+    (``first_line`` ``MERGE``); nothing when the job is gone. It is claimed in ``worker``'s name while it runs:
+    a live worker's heartbeat queues it again if this one dies."""
     task = range_task(job_id, number, first_line)
     store.claim_range(worker, job_id, task)
     try:
-        _run_range(store, enqueue, tokenizer, job_id, number, first_line, first_index)
+        plan = store.render_plan(job_id)
+        if plan is None or store.is_cancelled(job_id):
+            return
+        if first_line == MERGE:
+            _merge(store, enqueue, plan, job_id, number)
+        else:
+            _run_range(store, tokenizer, plan, job_id, number, first_line, first_index)
     finally:
         store.release_range(worker, task)
 
 
-def _run_range(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job_id: str, number: int,
+def _run_range(store: JobStore, tokenizer: ModelTokenizer, plan: dict[str, Any], job_id: str, number: int,
                first_line: int, first_index: int) -> None:
-    plan = store.render_plan(job_id)
-    if plan is None or store.is_cancelled(job_id):
-        return
     url, (start, end) = plan["input"], plan["ranges"][number]
     options = _options(plan["options"])
     now = stat_input(url)
@@ -180,23 +192,40 @@ def _run_range(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, job
             counted = count_range(url, start, end, options.max_line_bytes)
             store.save_range_count(job_id, number, counted.physical, counted.nonblank)
         return
-    rendered = render_range(store, plan["header"], options, tokenizer, url, start, end, first_line, first_index)
+    rendered = render_range(store, plan["header"], options, tokenizer, url, start, end, first_line, first_index,
+                            plan["partitions"])
     if rendered.refused:
         store.refuse_range_lines(job_id, number, rendered.refused[:MAX_REPORTED_PROBLEMS])
         return
-    store.work.write(store.work.ids(job_id, number), rendered.ids)  # before saved:N: the submitter reads it then
-    committed = store.commit_range(job_id, number, len(rendered.shards), rendered.folded, rendered.invalid)
-    if committed is None:
+    # Written again by a second render of the range (the same bytes), before saved:N: the submitter reads them then.
+    store.work.write(store.work.ids(job_id, number), rendered.ids)
+    for partition, run in enumerate(rendered.runs):
+        store.work.write(store.work.run(job_id, partition, number), run)
+    if store.commit_range(job_id, number, 0, 0, rendered.invalid) is None:
         return
-    base, _ = committed
-    keys = [store.shard_key(job_id, base + offset) for offset in range(len(rendered.shards))]
-    for key, shard in zip(keys, rendered.shards, strict=True):
-        store.save_shard(key, {**plan["header"], "items": shard})
-    if not options.validate_first:
-        queue = queue_name(store.prefix, options.model)
-        for key in keys:  # again when the range is rendered again: a shard queued twice commits once
-            enqueue(queue, job_id, key)
     if rendered.errors:  # stored once, whichever render of the range gets here first
         store.record(job_id, rendered.errors, store.range_errors_key(job_id),
                      {entry.index: entry.index for entry in rendered.errors})
     store.range_saved(job_id, number)
+
+
+def _merge(store: JobStore, enqueue: Enqueue, plan: dict[str, Any], job_id: str, partition: int) -> None:
+    """Merge a partition's runs from every range into its shards; take their numbers first-wins (a merge run
+    again after its worker died gets the same ones and rewrites the same shards), save and queue them."""
+    options = _options(plan["options"])
+    ranges = len(plan["ranges"])
+    shards, folded = merge_runs([store.work.run(job_id, partition, number) for number in range(ranges)],
+                                options.group_prefixes, options.dedup, options.shard_max_requests,
+                                options.shard_max_tokens)
+    committed = store.commit_range(job_id, ranges + partition, len(shards), folded, 0)
+    if committed is None:
+        return
+    base, _ = committed
+    keys = [store.shard_key(job_id, base + offset) for offset in range(len(shards))]
+    for key, shard in zip(keys, shards, strict=True):
+        store.save_shard(key, {**plan["header"], "items": shard})
+    if not options.validate_first:
+        queue = queue_name(store.prefix, options.model)
+        for key in keys:  # again when the partition is merged again: a shard queued twice commits once
+            enqueue(queue, job_id, key)
+    store.range_saved(job_id, ranges + partition)

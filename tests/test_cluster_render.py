@@ -19,6 +19,7 @@ from dscbatch.core.settings import Settings
 from dscbatch.jobs import parts
 from dscbatch.jobs.clusterrender import run_range_task, submit_on_cluster
 from dscbatch.jobs.store import JobStore
+from dscbatch.jobs.store.ranges import MERGE
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer
 from dscbatch.workers.embedded import free_port
@@ -85,7 +86,7 @@ def test_a_range_rendered_again_after_its_worker_died_queues_the_same_shards(
     path = write_file(tmp_path / "job.jsonl")
 
     def rendered_twice(inline: Inline, job_id: str, number: int, line: int, index: int) -> None:
-        if line:  # the first render of each range "dies" after it committed and saved: it runs again in full
+        if line:  # the first render (or merge) of each range "dies" after it committed and saved: it runs again
             run_range_task(inline.store, lambda *_: None, inline.tokenizer, "inline", job_id, number, line,
                            index)
 
@@ -128,23 +129,25 @@ def test_a_bad_line_on_the_cluster_is_named_and_the_job_leaves_nothing(
         assert inline.queued == []
 
 
-def test_a_cancel_while_the_cluster_renders_stops_the_render_tasks(
-        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("before", ["render", "merge"])
+def test_a_cancel_while_the_cluster_renders_stops_the_render_tasks_and_removes_the_job(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path, before: str) -> None:
     path = write_file(tmp_path / "job.jsonl")
 
     def cancelled(inline: Inline, job_id: str, number: int, line: int, index: int) -> None:
-        if line and number == 1:  # range 0 is rendered; the cancel comes before range 1's task
+        # Range 0 is rendered (or partition 0 merged, its shards queued); the cancel comes before the next task.
+        if number == 1 and line == (MERGE if before == "merge" else line or -2):
             private_store.cancel_if_present(job_id)
 
     inline = Inline(private_store, str(deepseek_dir), cancelled)
+    jobs = Path(private_store.work.root) / "jobs"
+    folders = set(jobs.iterdir()) if jobs.exists() else set()
     with pytest.raises(SubmissionCancelledError):
         submit_on_cluster(private_store, inline.enqueue, inline.render, str(path),
                           SubmitOptions(model=str(deepseek_dir)), range_bytes=250)
-    (job_id,) = private_store.job_ids()
-    rendered = items_of(private_store, inline.queued)
-    status = private_store.status(job_id)
-    assert status.state == "cancelled" and rendered == list(range(len(rendered)))
-    assert status.total == len(rendered) > 0  # the lines of the one range rendered before the cancel
+    assert private_store.job_ids() == [] and not private_store.client.keys(f"{private_store.prefix}:job:*")
+    assert (set(jobs.iterdir()) if jobs.exists() else set()) == folders
+    assert bool(inline.queued) == (before == "merge")  # no shard is queued before the merges
 
 
 def start_render_worker(settings: Settings, store: JobStore, model: Path, log: Path,
@@ -271,7 +274,7 @@ def test_a_parquet_input_is_rendered_on_the_cluster_by_row_groups_as_locally(
     inline = Inline(private_store, str(deepseek_dir))
     options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=4)
     job_id = submit_on_cluster(private_store, inline.enqueue, inline.render, str(path), options, range_bytes=1)
-    assert inline.calls == 16  # each row group a range (each over 1 byte): counted, then rendered
+    assert inline.calls == 24  # each row group a range (each over 1 byte): counted, rendered, then merged
     local = dscbatch_submit_local(private_store, path, deepseek_dir)
     assert private_store.status(job_id).total == 50
     assert job_items(private_store, job_id) == job_items(private_store, local)
@@ -288,9 +291,10 @@ def test_a_parquet_input_is_rendered_on_the_cluster_by_row_groups_as_locally(
     assert raised.value.problems[0].startswith(f"{path}:45: params.max_tokens: ")
 
 
-def dscbatch_submit_local(store: JobStore, path: Path, model: Path) -> str:
+def dscbatch_submit_local(store: JobStore, path: Path, model: Path, shard_max_requests: int = 4) -> str:
     """The id of a job of ``path`` rendered locally into ``store``'s Redis (its shards saved, queued for no one)."""
-    return submit_job(store, lambda *_: None, str(path), SubmitOptions(model=str(model), shard_max_requests=4))
+    return submit_job(store, lambda *_: None, str(path), SubmitOptions(model=str(model),
+                                                                       shard_max_requests=shard_max_requests))
 
 
 def test_skip_invalid_on_the_cluster_stores_each_bad_lines_error_record_once_as_locally(
@@ -326,3 +330,25 @@ def test_skip_invalid_on_the_cluster_stores_each_bad_lines_error_record_once_as_
         (12, "bad", "invalid_request"), (27, "31", "invalid_request"), (36, "long", "prompt_too_long")]
     assert error_records(job_id) == error_records(local)
     assert cluster_status.options["invalid_lines"] == local_status.options["invalid_lines"] == 2  # not requests
+
+
+def test_siblings_in_different_ranges_meet_in_one_shard_as_locally(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    # Four repository contexts of some 300 tokens, five requests each, interleaved so that every range of 400
+    # bytes holds about one request of each: the merge of each partition's runs brings each context's requests
+    # into one shard, as the local sort does.
+    contexts = [f"# repo {c}\n" + "".join(f"def helper_{c}_{k}(x):\n    return x + {k}\n" for k in range(30))
+                for c in range(4)]
+    rows = [{"id": f"c{c}-{n}", "prompt": contexts[c] + f"def task_{n}():\n"} for n in range(5) for c in range(4)]
+    path = tmp_path / "job.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=8)
+    inline = Inline(private_store, str(deepseek_dir))
+    job_id = submit_on_cluster(private_store, inline.enqueue, inline.render, str(path), options,
+                               range_bytes=path.stat().st_size // 5)
+    local = dscbatch_submit_local(private_store, path, deepseek_dir, 8)
+    for job in (job_id, local):
+        shards = [{item["id"].split("-")[0] for item in private_store.load_shard(private_store.shard_key(job, n))
+                   ["items"]} for n in range(private_store.status(job).shards)]
+        assert sorted(shards, key=sorted) == [{"c0"}, {"c1"}, {"c2"}, {"c3"}], job  # a context per shard
+    assert job_items(private_store, job_id) == job_items(private_store, local)

@@ -1,4 +1,5 @@
-"""Rendering a job range by range (the render tasks' work, issue 23) gives the items the local path gives."""
+"""Rendering a job range by range (the render tasks' work, issue 23) gives the items the local path gives, in
+each partition's sorted run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dscbatch.jobs.byteranges import count_range, offsets, plan_ranges
+from dscbatch.jobs.grouping import sort_key
+from dscbatch.jobs.rangemerge import partition_of
 from dscbatch.jobs.rangerender import render_range
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import Rendering, SubmitOptions
@@ -43,11 +46,14 @@ def test_a_job_rendered_range_by_range_has_the_local_items(private_store: JobSto
     for range_bytes in (97, 500, size):
         ranges = plan_ranges(size, range_bytes)
         firsts = offsets([count_range(path, start, end, options.max_line_bytes) for start, end in ranges])
-        rendered = [render_range(private_store, local.header, options, tokenizer, path, start, end, line, index)
+        rendered = [render_range(private_store, local.header, options, tokenizer, path, start, end, line, index, 3)
                     for (start, end), (line, index) in zip(ranges, firsts, strict=True)]
-        items = [item for each in rendered for shard in each.shards for item in shard]
-        assert essentials(items) == expected, range_bytes
-        assert all(len(shard) <= 8 for each in rendered for shard in each.shards)
+        runs = [[json.loads(raw) for raw in run.splitlines()] for each in rendered for run in each.runs]
+        assert essentials([item for run in runs for item in run]) == expected, range_bytes
+        for position, run in enumerate(runs):
+            # Each partition's run holds only its prefix keys, in prefix order (the merge's input).
+            assert all(partition_of(item, 3) == position % 3 for item in run)
+            assert [sort_key(item) for item in run] == sorted(sort_key(item) for item in run)
 
 
 def test_a_bad_line_in_a_range_is_named_with_its_line_in_the_file(private_store: JobStore, deepseek_dir: Path,
@@ -64,5 +70,5 @@ def test_a_bad_line_in_a_range_is_named_with_its_line_in_the_file(private_store:
     firsts = offsets([count_range(str(path), start, end, options.max_line_bytes) for start, end in ranges])
     refused = [problem for (start, end), (line, index) in zip(ranges, firsts, strict=True)
                for problem in render_range(private_store, header, options, tokenizer, str(path), start, end, line,
-                                           index).refused]
+                                           index, 1).refused]
     assert len(refused) == 1 and refused[0].startswith(f"{path}:41: prompt:"), refused

@@ -12,10 +12,15 @@ from redis.commands.core import Script
 
 from dscbatch.jobs.store.base import StoreBase
 
+# A render task's ``first_line`` when it merges partition N rather than counting (0) or rendering range N.
+MERGE = -1
+
 
 def range_task(job_id: str, number: int, first_line: int) -> str:
-    """The name under which a render task is claimed: ``JOB:count:N`` (``first_line`` 0) or ``JOB:render:N``."""
-    return f"{job_id}:{'count' if first_line == 0 else 'render'}:{number}"
+    """The name under which a render task is claimed: ``JOB:count:N`` (``first_line`` 0), ``JOB:merge:N``
+    (``MERGE``) or ``JOB:render:N``."""
+    kind = "count" if first_line == 0 else "merge" if first_line == MERGE else "render"
+    return f"{job_id}:{kind}:{number}"
 
 
 class Ranges(StoreBase):
