@@ -101,12 +101,12 @@ def per_task(path: Path, model: str, range_bytes: int, store: JobStore) -> dict[
     rendered = render_range(store, header, options, tokenizer, str(path), start, end, 1, 0, len(ranges))
     render_s = time.perf_counter() - started
     assert not rendered.refused
-    runs = []
-    for partition, run in enumerate(rendered.runs):
-        runs.append(path.parent / f"run-{partition}")
-        runs[-1].write_bytes(run)
+    runs = path.parent / "runs"
+    runs.write_bytes(b"".join(rendered.runs))
+    offsets = [sum(len(run) for run in rendered.runs[:partition]) for partition in range(len(rendered.runs))]
     started = time.perf_counter()
-    merged = sum(len(shard) for run in runs for shard in merge_runs([str(run)], True, True, 256, 1 << 20)[0])
+    merged = sum(len(shard) for offset, run in zip(offsets, rendered.runs, strict=True)
+                 for shard in merge_runs([(str(runs), offset, len(run))], True, True, 256, 1 << 20)[0])
     merge_s = time.perf_counter() - started
     return {"range_bytes": end - start, "range_lines": counted.physical,
             "count_mb_per_s": round((end - start) / count_s / 1e6, 1),

@@ -22,9 +22,12 @@ Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
                                 part in the work folder (``JobStore.flush_verdicts``)
     P:job:ID:verdict_parts      list: the job's verdict parts in the work folder, in flush order
     P:job:ID:ranges             hash: a job rendered on the cluster (``jobs.store.ranges``): ``plan`` (JSON),
-                                ``count:N`` ("physical nonblank" lines of range N), ``done:N`` ("base n folded": its
-                                shard numbers, first-wins, and duplicates folded), ``saved:N`` (the same,
-                                once its shards are saved), ``refused:N`` (JSON list of its bad lines' messages)
+                                ``count:N`` ("physical nonblank" lines of range N), ``done:N`` ("base n folded invalid":
+                                its shard numbers, first-wins, duplicates folded, lines that are not requests),
+                                ``saved:N`` (the same, once its shards are saved), ``refused:N`` (JSON list
+                                of its bad lines' messages), ``runs:N`` (the sizes of range N's runs, one per
+                                partition); a merge task's figures are under N = ranges + its partition (the
+                                ranges' own have no shards)
     P:job:ID:range_errors       bitmap: the item indices whose error record a render task stored (--skip-invalid)
     P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
     P:verdicts:unflushed        sorted set: jobs with records in their verdicts hash, by when the oldest came
@@ -33,7 +36,7 @@ Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
     P:finalizing                hash: job id -> the worker writing its results file
     P:claims                    hash: [worker, shard key] -> job id, the shards workers are running
     P:render_claims             hash: [worker, range task] -> job id, the render tasks workers are running
-                                (``jobs.store.ranges.range_task``: "JOB:count:N" or "JOB:render:N")
+                                (``jobs.store.ranges.range_task``: "JOB:count:N", "JOB:render:N", "JOB:merge:N")
     P:repair:QUEUE              string: the worker looking for its queue's stranded shards (``workers/repair.py``)
     P:repair:QUEUE:suspects     hash: shard key -> when it was first seen stranded
 

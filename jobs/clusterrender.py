@@ -5,7 +5,7 @@ creates the job (``submitting``) with its plan in the store and queues one **cou
 every range is counted it knows each range's first line number and item index (``byteranges.offsets``) and
 queues one **render** task per range, which renders and sorts the range and writes one sorted run per
 partition of the prefix keys to the work folder (``rangerender``, ``rangemerge``). Once every range is rendered
-it queues one **merge** task per partition (as many as ranges; one in input order), which merges that
+it queues one **merge** task per partition (as many as ranges, up to 64; one in input order), which merges that
 partition's runs from every range, folds duplicates, cuts the shards, takes their numbers first-wins
 (``JobStore.commit_range``: a task run again after its worker died gets the same numbers and rewrites the same
 shards), saves and queues them: siblings anywhere in the file meet, as a full sort groups them. A task is
@@ -38,7 +38,7 @@ from dscbatch.jobs import objectstore
 from dscbatch.jobs.byteranges import DEFAULT_RANGE_BYTES, RangeCount, count_range, offsets, plan_ranges, stat_input
 from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.rangeids import duplicate_ids
-from dscbatch.jobs.rangemerge import merge_runs
+from dscbatch.jobs.rangemerge import MAX_PARTITIONS, merge_runs
 from dscbatch.jobs.rangerender import render_range
 from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS
 from dscbatch.jobs.rendering import Renderer
@@ -73,7 +73,7 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
                                              else None),
         "options": options.record_options(0),
     })
-    partitions = len(ranges) if options.group_prefixes else 1
+    partitions = min(len(ranges), MAX_PARTITIONS) if options.group_prefixes else 1
     store.save_render_plan(job_id, {"input": path, "size": stat.size, "version": stat.version, "ranges": ranges,
                                     "partitions": partitions, "header": header, "options": _options_record(options)})
     if options.skip_invalid:
@@ -199,8 +199,8 @@ def _run_range(store: JobStore, tokenizer: ModelTokenizer, plan: dict[str, Any],
         return
     # Written again by a second render of the range (the same bytes), before saved:N: the submitter reads them then.
     store.work.write(store.work.ids(job_id, number), rendered.ids)
-    for partition, run in enumerate(rendered.runs):
-        store.work.write(store.work.run(job_id, partition, number), run)
+    store.work.write(store.work.runs(job_id, number), b"".join(rendered.runs))
+    store.save_run_sizes(job_id, number, [len(run) for run in rendered.runs])
     if store.commit_range(job_id, number, 0, 0, rendered.invalid) is None:
         return
     if rendered.errors:  # stored once, whichever render of the range gets here first
@@ -214,8 +214,10 @@ def _merge(store: JobStore, enqueue: Enqueue, plan: dict[str, Any], job_id: str,
     again after its worker died gets the same ones and rewrites the same shards), save and queue them."""
     options = _options(plan["options"])
     ranges = len(plan["ranges"])
-    shards, folded = merge_runs([store.work.run(job_id, partition, number) for number in range(ranges)],
-                                options.group_prefixes, options.dedup, options.shard_max_requests,
+    sizes = store.run_sizes(job_id)
+    runs = [(store.work.runs(job_id, number), sum(sizes[number][:partition]), sizes[number][partition])
+            for number in range(ranges)]
+    shards, folded = merge_runs(runs, options.group_prefixes, options.dedup, options.shard_max_requests,
                                 options.shard_max_tokens)
     committed = store.commit_range(job_id, ranges + partition, len(shards), folded, 0)
     if committed is None:

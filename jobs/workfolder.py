@@ -60,10 +60,10 @@ class WorkFolder:
         """The sorted ids of range ``number`` of a job rendered on the cluster (``jobs.rangeids``)."""
         return objectstore.join(self.job(job_id), "ids", str(number))
 
-    def run(self, job_id: str, partition: int, number: int) -> str:
-        """Partition ``partition``'s sorted items from range ``number`` of a job rendered on the cluster
-        (``jobs.rangemerge``)."""
-        return objectstore.join(self.job(job_id), "runs", str(partition), str(number))
+    def runs(self, job_id: str, number: int) -> str:
+        """Range ``number``'s sorted runs, one per partition, one after the other, of a job rendered on the
+        cluster (``jobs.rangemerge``)."""
+        return objectstore.join(self.job(job_id), "runs", str(number))
 
     def part(self, job_id: str, name: str) -> str:
         return objectstore.join(self.job(job_id), "parts", name)

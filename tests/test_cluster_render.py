@@ -209,7 +209,7 @@ def test_a_render_worker_killed_mid_range_has_its_range_rendered_again_with_no_l
                                      str(port))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as health:
             assert health.status == 200  # its heartbeat is fresh
-        out, err = submit.communicate(timeout=HEARTBEAT_TTL_SECONDS + 4 * HEARTBEAT_SECONDS + 60)
+        out, err = submit.communicate(timeout=3 * (HEARTBEAT_TTL_SECONDS + HEARTBEAT_SECONDS + 20))
         assert submit.returncode == 0, err.decode()
     finally:
         for process in (first, second, submit):

@@ -554,7 +554,8 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
         while True:
             # A shard's part starts with its number; submission's error records (no marker, or the marker of a job
             # rendered on the cluster: ``range_errors_key``) with "submit".
-            name = f"{shard_key.rpartition(':shard:')[2] if shard_key and ':shard:' in shard_key else 'submit'}-" \
+            of_shard = shard_key is not None and shard_key != self.range_errors_key(job_id)
+            name = f"{self.keys.parse_shard(shard_key)[1] if of_shard and shard_key else 'submit'}-" \
                    f"{uuid.uuid4().hex[:16]}"
             url = self.work.part(job_id, name)
             if pending:

@@ -51,6 +51,14 @@ class Ranges(StoreBase):
                 result[int(number)] = tuple(int(figure) for figure in value.split())
         return result
 
+    def save_run_sizes(self, job_id: str, number: int, sizes: list[int]) -> None:
+        """The sizes of range ``number``'s runs in its file, one per partition, in order (``jobs.rangemerge``)."""
+        self.client.hset(self._ranges(job_id), f"runs:{number}", " ".join(str(size) for size in sizes))
+
+    def run_sizes(self, job_id: str) -> dict[int, tuple[int, ...]]:
+        """Each rendered range's run sizes, by range number."""
+        return self.range_fields(job_id, "runs")
+
     def commit_range(self, job_id: str, number: int, shards: int, folded: int, invalid: int) -> tuple[int, bool] | None:
         """The first shard number of range ``number``'s ``shards`` shards and whether this commit took them
         (False: an earlier render of the range did); None when the job is gone. ``folded`` and ``invalid`` (its
