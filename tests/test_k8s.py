@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from dscbatch.cli.main import cli
-from dscbatch.core.celery_app import executor_queue
+from dscbatch.core.celery_app import executor_queue, render_queue
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.submission import queue_name
 
@@ -465,8 +465,9 @@ def test_the_list_name_is_derived_not_written() -> None:
     """One source: the queue name appears in no manifest, the pool's model in exactly one file."""
     sources = {path: path.read_text(encoding="utf-8") for path in K8S.rglob("*.yaml")}
     for overlay in WITH_KEDA:
-        trigger = component(list(_built(overlay)), "ScaledObject", "worker")["spec"]["triggers"][0]
-        assert not [path for path, text in sources.items() if trigger["metadata"]["listName"] in text]
+        for role in ("worker", "render"):
+            trigger = component(list(_built(overlay)), "ScaledObject", role)["spec"]["triggers"][0]
+            assert not [path for path, text in sources.items() if trigger["metadata"]["listName"] in text]
         _, _, _, params = worker_view(list(_built(overlay)))
         model_files = [path for path, text in sources.items()
                        if params["model"] in text and "examples" not in path.parts]
@@ -486,6 +487,117 @@ def test_scale_to_zero_and_a_gentle_scale_in(docs: list[Doc]) -> None:
 def test_cpu_dev_needs_no_operator() -> None:
     kinds = {(doc["apiVersion"], doc["kind"]) for doc in _built("cpu-dev")}
     assert not kinds & CUSTOM_KINDS
+
+
+# -- the render pool (submit --render cluster) -------------------------------------------------------------------------
+
+
+def render_view(docs: list[Doc]) -> tuple[Doc, Doc, dict[str, str], dict[str, Any]]:
+    """The pool's render Deployment, its container, its environment and its parsed ``dscbatch worker`` args."""
+    deployment = component(docs, "Deployment", "render")
+    container = only_container(deployment)
+    env = container_env(docs, container)
+    command, params = parse_cli([expand(arg, env) for arg in container["args"]])
+    assert command == "worker"
+    return deployment, container, env, params
+
+
+def test_the_render_pool_runs_dscbatch_worker_render_only_for_the_pools_model(docs: list[Doc]) -> None:
+    deployment, container, env, params = render_view(docs)
+    _, worker_container, worker_env, worker_params = worker_view(docs)
+    assert params["render_only"] is True
+    # What `worker` refuses beside --render-only (a usage error, after parsing): no engine of any kind.
+    assert params["engine_args"] == () and params["engine_kind"] == "vllm"
+    assert params["model"] == worker_params["model"]
+    assert params["metrics_port"] == WORKER_PORT == named_port(container, "metrics")
+    # Both serve the one render queue: the same prefix and model, so the same Redis.
+    settings, worker_settings = settings_of(env), settings_of(worker_env)
+    assert (settings.key_prefix, settings.redis_url) == (worker_settings.key_prefix, worker_settings.redis_url)
+    assert "replicas" not in deployment["spec"], "KEDA owns the count; an apply must not reset it"
+    # The redis-tls component patches the workers' container by name: the render container has the same.
+    assert container["name"] == worker_container["name"]
+
+
+def test_the_render_pool_is_cpu_only_with_one_core_per_process(docs: list[Doc]) -> None:
+    deployment, container, _, _ = render_view(docs)
+    spec = deployment["spec"]["template"]["spec"]
+    assert container["image"].startswith("dscbatch-cpu:")
+    resources = container["resources"]
+    assert "nvidia.com/gpu" not in resources["limits"] and "nvidia.com/gpu" not in resources["requests"]
+    assert "tolerations" not in spec and "nodeSelector" not in spec
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "DoesNotExist"}]
+    # One process, one task at a time: one core; the memory of the tokenizer and a bounded sort buffer.
+    assert resources["requests"]["cpu"] == "1"
+    assert resources["limits"]["memory"] == resources["requests"]["memory"]
+    assert (1 << 30) <= _quantity_bytes(resources["requests"]["memory"]) <= (4 << 30)
+
+
+def test_the_render_pool_reads_the_tokenizer_from_the_model_cache(docs: list[Doc]) -> None:
+    deployment, container, env, _ = render_view(docs)
+    worker, worker_container, worker_env, _ = worker_view(docs)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    worker_volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == env["HF_HOME"])
+    worker_mount = next(m for m in worker_container["volumeMounts"] if m["mountPath"] == worker_env["HF_HOME"])
+    claim = volumes[mount["name"]]["persistentVolumeClaim"]
+    assert claim["claimName"] == worker_volumes[worker_mount["name"]]["persistentVolumeClaim"]["claimName"]
+    assert mount["readOnly"] is True and claim["readOnly"] is True  # the workers download; this only reads
+    # A read-only root: the home folder and /tmp (the sort's spilled runs) are emptyDirs of a bounded size.
+    for path in ("/tmp", "/home/dscbatch"):
+        writable = next(m for m in container["volumeMounts"] if m["mountPath"] == path)
+        assert volumes[writable["name"]]["emptyDir"]["sizeLimit"] and not writable.get("readOnly", False)
+
+
+def test_the_render_pool_probes_its_heartbeat(docs: list[Doc]) -> None:
+    _, container, _, params = render_view(docs)
+    # No engine to load: /healthz turns 200 with the first heartbeat, seconds after the start.
+    check_heartbeat_probes(container, params["metrics_port"], 60)
+
+
+def test_the_render_grace_period_lets_a_task_finish(docs: list[Doc]) -> None:
+    from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
+
+    deployment, _, env, _ = render_view(docs)
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    # Warm shutdown finishes the one task it runs, without a time limit: seconds for a range of the default size,
+    # many minutes for large ranges. A task cut short is queued again once its claim expires, long before the
+    # visibility timeout would bring it back.
+    assert grace >= 15 * 60
+    assert HEARTBEAT_TTL_SECONDS + HEARTBEAT_SECONDS < grace < settings_of(env).visibility_timeout
+
+
+@pytest.mark.parametrize("overlay", WITH_KEDA)
+def test_keda_scales_the_render_pool_on_the_render_queue(docs: list[Doc]) -> None:
+    deployment, _, env, params = render_view(docs)
+    settings = settings_of(env)
+    scaled = component(docs, "ScaledObject", "render")
+    assert scaled["spec"]["scaleTargetRef"] == {"name": deployment["metadata"]["name"]}
+    assert scaled["metadata"]["name"] == deployment["metadata"]["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    # The queue `submit --render cluster` queues render tasks on (core.celery_app.enqueue_render) and a
+    # --render-only worker consumes: derived from DSCBATCH_KEY_PREFIX and --model, like the workers' queue.
+    assert trigger["metadata"]["listName"] == render_queue(queue_name(settings.key_prefix, params["model"]))
+    worker_trigger = component(docs, "ScaledObject", "worker")["spec"]["triggers"][0]
+    assert trigger["metadata"]["listName"] == f"{worker_trigger['metadata']['listName']}.render"
+    for key in ("host", "port", "databaseIndex"):
+        assert trigger["metadata"][key] == worker_trigger["metadata"][key]
+    assert trigger["authenticationRef"] == worker_trigger["authenticationRef"]
+    # Nothing waits there outside a cluster-rendered submission: from zero, and back to zero.
+    spec = scaled["spec"]
+    assert spec["minReplicaCount"] == 0 and trigger["metadata"]["activationListLength"] == "0"
+    assert int(trigger["metadata"]["listLength"]) >= 1
+    # The waves of a job (counts, renders, merges) follow one another within seconds: keep the processes.
+    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert scale_down["stabilizationWindowSeconds"] >= 60
+    assert spec["cooldownPeriod"] >= 60
+
+
+def test_without_keda_the_render_pool_has_no_scaled_object() -> None:
+    docs = list(_built("cpu-dev"))
+    render_view(docs)  # built, with one process (no replicas: the Deployment's default)
+    assert not find(docs, "ScaledObject")
 
 
 # -- the executor pool -------------------------------------------------------------------------------------------------
@@ -827,7 +939,7 @@ def test_optional_tls_component(tmp_path: Path) -> None:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     args = only_container(one(docs, "StatefulSet", "dscbatch-redis"))["args"]
     assert args[args.index("--port") + 1] == "0" and args[args.index("--tls-port") + 1] == "6379"
-    for role in ("worker", "executor", "exporter"):
+    for role in ("worker", "render", "executor", "exporter"):
         container = only_container(component(docs, "Deployment", role))
         url = settings_of(container_env(docs, container)).redis_url
         ca = re.search(r"ssl_ca_certs=([^&]+)", url)
@@ -836,9 +948,10 @@ def test_optional_tls_component(tmp_path: Path) -> None:
     auth = one(docs, "TriggerAuthentication")["spec"]
     assert {"parameter": "ca", "name": "dscbatch-redis-tls", "key": "ca.crt"} in auth["secretTargetRef"]
     (tls,) = auth["env"]
-    # KEDA reads it from each ScaledObject's target: the workers' and the executors' one container.
+    # KEDA reads it from each ScaledObject's target: the workers', the render processes' and the executors' one
+    # container.
     assert "containerName" not in tls
-    for role in ("worker", "executor"):
+    for role in ("worker", "render", "executor"):
         deployment = component(docs, "Deployment", role)
         assert len(deployment["spec"]["template"]["spec"]["containers"]) == 1
         assert container_env(docs, only_container(deployment))[tls["name"]] == "enable"
@@ -1095,17 +1208,37 @@ def test_the_kubernetes_page_commands_match_the_manifests() -> None:
     settings = one(docs, "ConfigMap", "dscbatch-settings")["data"]
     grace = component(docs, "Deployment", "worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     cooldown = component(list(_built(WITH_KEDA[0])), "ScaledObject", "worker")["spec"]["cooldownPeriod"]
+    render_grace = component(docs, "Deployment", "render")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    render_scaling = component(list(_built(WITH_KEDA[0])), "ScaledObject", "render")["spec"]
+    render_window = render_scaling["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    known = {grace, int(settings["DSCBATCH_SHUTDOWN_TIMEOUT"]), cooldown, 300, render_grace,
+             render_scaling["cooldownPeriod"], render_window["stabilizationWindowSeconds"]}
     for number in re.findall(r"(\d+) s\b", section):
-        assert int(number) in {grace, int(settings["DSCBATCH_SHUTDOWN_TIMEOUT"]), cooldown, 300}
+        assert int(number) in known
     for port in re.findall(r":(94\d\d)\b", section):
         assert int(port) in (WORKER_PORT, EXPORTER_PORT, EXECUTOR_PORT)
 
 
+def test_the_kubernetes_page_describes_the_render_pool() -> None:
+    section = _kubernetes_page()
+    paragraph = next(line for line in section.split("\n- ") if line.startswith("**Render pool**"))
+    assert "submit --render cluster" in paragraph and "--render-only" in paragraph
+    docs = list(_built(WITH_KEDA[0]))
+    _, _, _, params = render_view(docs)
+    assert f":{params['metrics_port']}" in paragraph
+    scaling = component(docs, "ScaledObject", "render")["spec"]
+    per_process = scaling["triggers"][0]["metadata"]["listLength"]
+    assert f"{per_process} waiting tasks per process, {scaling['maxReplicaCount']} at most" in paragraph
+    # The queue as the code names it, with placeholders for the prefix and the model's name.
+    assert f"`{render_queue(queue_name('<DSCBATCH_KEY_PREFIX>', 'owner/<model name>'))}`" in paragraph
+
+
 def test_servers_workers_and_executors_reach_one_work_folder(docs: list[Doc]) -> None:
     """Jobs' shard payloads and result parts (DSCBATCH_WORK_URL): the server submits, workers read shards and
-    write parts, executors read the parts they verify; all on one volume."""
+    write parts, render processes write a cluster-rendered job's sorted runs and shards, executors read the parts
+    they verify; all on one volume."""
     claims = set()
-    for name in ("server", "worker", "executor"):
+    for name in ("server", "worker", "render", "executor"):
         deployment = component(docs, "Deployment", name)
         container = only_container(deployment)
         work_url = settings_of(container_env(docs, container)).work_url
