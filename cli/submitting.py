@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from dscbatch.cli.progress import ReadingProgress
+from dscbatch.cli.worker_notice import NoWorkerNotice
 from dscbatch.core.errors import SettingsError
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.requests import Params
 from dscbatch.jobs.store import JobStore
-from dscbatch.jobs.submission import SubmitOptions, submit_job
+from dscbatch.jobs.submission import SubmitOptions, queue_name, submit_job
 
 
 def key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
@@ -58,8 +59,14 @@ def submit_file_on_cluster(settings: Settings, store: JobStore, input_path: str,
 
     app = make_app(settings)
     reading = ReadingProgress(sys.stderr)
+    notice = NoWorkerNotice(store, queue_name(store.prefix, options.model), options.model, render=True)
+
+    def progress(lines: int) -> None:
+        reading(lines)
+        notice()
+
     with shard_enqueuer(app) as enqueue:
         job_id = submit_on_cluster(store, enqueue, lambda *args: enqueue_render(app, *args), input_path, options,
-                                   reading, range_bytes)
+                                   progress, range_bytes)
         reading.done()
     return job_id

@@ -38,3 +38,45 @@ def test_a_worker_whose_engine_cannot_start_names_vllms_reason(settings: Setting
     assert last.startswith(f"error: the vLLM engine for {tiny_model} failed to start: ValueError: To serve at "
                            "least one request with the model's max seq len ("), last
     assert "the estimated maximum model length is" in last, last
+
+
+def _note_then_cancel(settings: Settings, store: JobStore, args: list[str]) -> tuple[int, list[str], str]:
+    """Run ``submit ARGS`` under a key prefix no worker serves; once its note is on stderr, cancel its job (the
+    one job of the prefix). Its exit status, stderr lines and job id."""
+    with subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "submit", *args], env=worker_env(settings),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stderr is not None
+        lines, job_id = [], ""
+        try:
+            for line in process.stderr:
+                lines.append(line.rstrip("\n"))
+                if line.startswith("note: "):
+                    (job_id,) = store.job_ids()
+                    cli("cancel", job_id, env=worker_env(settings))
+                    break
+            lines.extend(line.rstrip("\n") for line in process.stderr)
+            return process.wait(60), lines, job_id
+        finally:
+            process.kill()
+
+
+def test_submit_wait_says_when_no_worker_serves_the_jobs_queue(private_settings: Settings, private_store: JobStore,
+                                                                deepseek_dir: Path) -> None:
+    code, lines, job_id = _note_then_cancel(private_settings, private_store,
+                                            [str(EXAMPLES), "--model", str(deepseek_dir), "--wait"])
+    queue = f"{private_settings.key_prefix}.{deepseek_dir.name}"
+    assert (f"note: no live worker serves its shards ({queue}); they wait on the queue until one starts: "
+            f"`dscbatch worker --model {deepseek_dir}` with this DSCBATCH_REDIS_URL and DSCBATCH_KEY_PREFIX") in lines
+    assert (code, lines[-1]) == (0, f"job {job_id}: cancelled, 0 done, 0 failed of 7")
+
+
+def test_submit_render_cluster_says_when_no_worker_serves_its_render_tasks(
+        private_settings: Settings, private_store: JobStore, deepseek_dir: Path) -> None:
+    code, lines, job_id = _note_then_cancel(private_settings, private_store,
+                                            [str(EXAMPLES), "--model", str(deepseek_dir), "--render", "cluster"])
+    queue = f"{private_settings.key_prefix}.{deepseek_dir.name}"
+    assert (f"note: no live worker serves its render tasks ({queue}.render); they wait on the queue until one "
+            f"starts: `dscbatch worker --model {deepseek_dir}` or `dscbatch worker --model {deepseek_dir} "
+            "--render-only` with this DSCBATCH_REDIS_URL and DSCBATCH_KEY_PREFIX") in lines
+    assert (code, lines[-1]) == (1, f"error: job {job_id} was cancelled while it was submitted: stopped after 0 lines "
+                                    "read and 0 shards queued")
