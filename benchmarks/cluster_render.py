@@ -98,7 +98,7 @@ def per_task(path: Path, model: str, range_bytes: int, store: JobStore) -> dict[
     options = SubmitOptions(model=model)
     header = {"job": "bench-per-task", "model": model_name(model), "stop": [], "created": int(time.time())}
     started = time.perf_counter()
-    rendered = render_range(store, header, options, tokenizer, str(path), start, end, 1, 0, len(ranges))
+    rendered = render_range(store, header, options, tokenizer, str(path), start, end, 1, 0, len(ranges), 0)
     render_s = time.perf_counter() - started
     assert not rendered.refused
     runs = path.parent / "runs"

@@ -26,7 +26,8 @@ Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
                                 its shard numbers, first-wins, duplicates folded, lines that are not requests),
                                 ``saved:N`` (the same, once its shards are saved), ``refused:N`` (JSON list
                                 of its bad lines' messages), ``runs:N`` (the sizes of range N's runs, one per
-                                partition); a merge task's figures are under N = ranges + its partition (the
+                                partition), ``bases`` (each range's first item index: where its ``verify`` specs
+                                are found); a merge task's figures are under N = ranges + its partition (the
                                 ranges' own have no shards)
     P:job:ID:range_errors       bitmap: the item indices whose error record a render task stored (--skip-invalid)
     P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued

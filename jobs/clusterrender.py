@@ -22,8 +22,10 @@ with ``skip_invalid``); ``validate_first`` also holds the shards until every par
 ``skip_invalid`` a range's bad lines become error records, stored against the job's ``range_errors`` bitmap
 so that a range rendered twice stores each once. A Parquet input's ranges are runs of its row groups
 (``parquet.plan_row_groups``, from its footer). A cancel or delete while the cluster renders removes the job
-(the items queued by then are scattered over the file, so none of it is kept). Not yet here: ``verify`` lines
-(the local path takes them).
+(the items queued by then are scattered over the file, so none of it is kept). A range's ``verify`` specs go to
+files of its own (``JobStore.save_range_verify_specs``: a spec file's chunk of indices may straddle ranges, and a
+range may be rendered twice), found through the ranges' first item indices that the submitter stores once every
+range is counted (``Ranges.save_range_bases``), before any range is rendered or any shard queued.
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: Enqueue
         counts = _await(store, job_id, "count", range(len(ranges)), progress,
                         lambda found: sum(count[1] for count in found.values()))
         total = sum(count[1] for count in counts)
-        for number, (line, index) in enumerate(offsets([RangeCount(*count) for count in counts])):
+        firsts = offsets([RangeCount(*count) for count in counts])
+        store.save_range_bases(job_id, [index for _, index in firsts])  # where the ranges' verify specs are found
+        for number, (line, index) in enumerate(firsts):
             enqueue_render(queue, job_id, number, line, index)
         rendered = _await(store, job_id, "saved", range(len(ranges)), progress,
                           lambda found: sum(counts[number][1] for number in found if number < len(ranges)))
@@ -193,7 +197,7 @@ def _run_range(store: JobStore, tokenizer: ModelTokenizer, plan: dict[str, Any],
             store.save_range_count(job_id, number, counted.physical, counted.nonblank)
         return
     rendered = render_range(store, plan["header"], options, tokenizer, url, start, end, first_line, first_index,
-                            plan["partitions"])
+                            plan["partitions"], number)
     if rendered.refused:
         store.refuse_range_lines(job_id, number, rendered.refused[:MAX_REPORTED_PROBLEMS])
         return

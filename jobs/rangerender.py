@@ -34,11 +34,12 @@ class RenderedRange:
 
 
 def render_range(store: JobStore, header: dict[str, Any], options: SubmitOptions, tokenizer: ModelTokenizer,
-                 url: str, start: int, end: int, first_line: int, first_index: int,
-                 partitions: int) -> RenderedRange:
-    """The items of the lines starting in ``[start, end)`` of ``url``, for the job of shard ``header``, as
-    ``partitions`` sorted runs (in input order with ``--order input``: then one partition)."""
-    rendering = Rendering(store, url, options, None, tokenizer, header=header, whole_job=False)
+                 url: str, start: int, end: int, first_line: int, first_index: int, partitions: int,
+                 number: int) -> RenderedRange:
+    """The items of the lines starting in ``[start, end)`` of ``url`` (range ``number``), for the job of shard
+    ``header``, as ``partitions`` sorted runs (in input order with ``--order input``: then one partition). The
+    range's ``verify`` specs are written to its own files as it goes (``JobStore.save_range_verify_specs``)."""
+    rendering = Rendering(store, url, options, None, tokenizer, header=header, range_of=(number, first_index))
     read: list[tuple[str, int, bool]] = []  # each line's id, number and whether it is an OpenAI line
 
     def noted(lines: Iterator[Line]) -> Iterator[Line]:

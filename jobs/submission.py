@@ -190,12 +190,15 @@ class Rendering:
     """The rendering pass: shard items for the lines the model can serve, error records for the others."""
 
     def __init__(self, store: JobStore, path: str | Path, options: SubmitOptions, progress: Progress | None,
-                 tokenizer: ModelTokenizer, header: dict[str, Any] | None = None, whole_job: bool = True) -> None:
+                 tokenizer: ModelTokenizer, header: dict[str, Any] | None = None,
+                 range_of: tuple[int, int] | None = None) -> None:
         self.store = store
         self.path = path
-        # False: one range of a job rendered on the cluster, whose caller stores its error records once (a range
-        # may be rendered twice); its verify specs are refused (their files would straddle ranges)
-        self.whole_job = whole_job
+        # (number, first item index) of the one range of a job rendered on the cluster that this renders: its
+        # caller stores its error records once (a range may be rendered twice), its verify specs go to files of
+        # the range's own, counted from its first index (``JobStore.save_range_verify_specs``)
+        self.range_of = range_of
+        self.spec_base = range_of[1] if range_of is not None else 0
         self.options = options
         self.progress = progress
         self.tokenizer = tokenizer
@@ -229,7 +232,7 @@ class Rendering:
                 rendering = renderer.submit(self._render, following)
                 yield from self._chunk_items(chunk, rendered)
                 self.total = chunk[-1][0] + 1
-                if self.total % SPEC_CHUNK_ITEMS == 0:
+                if (self.total - self.spec_base) % SPEC_CHUNK_ITEMS == 0:  # each spec file's specs at once
                     self._save_specs()
                 if self.progress is not None:
                     self.progress(self.total)
@@ -239,9 +242,13 @@ class Rendering:
         self._save_specs()
 
     def _save_specs(self) -> None:
-        if self.specs:
+        if not self.specs:
+            return
+        if self.range_of is None:
             self.store.save_verify_specs(self.id, self.specs)
-            self.specs = {}
+        else:
+            self.store.save_range_verify_specs(self.id, *self.range_of, self.specs)
+        self.specs = {}
 
     @property
     def stopped(self) -> bool:
@@ -274,10 +281,6 @@ class Rendering:
                 self._refuse(line.number, index, line.id, kind, line.openai, request, result)
                 continue
             assert request is not None
-            if request.verify is not None and not self.whole_job:
-                self.refused.append(f"{self.path}:{line.number}: verify: lines with verify render locally "
-                                    "(--render local)")
-                continue
             self.total = index + 1
             first, *more = (each for each in prompts if not isinstance(each, RequestError))
             item: dict[str, Any] = {"i": index, "id": line.id, "type": kind, "ids": first.prompt_token_ids,
@@ -304,6 +307,6 @@ class Rendering:
         self.errors.append(ResultEntry(index, result_line(
             info, model=self.header["model"], job_id=self.id, created=self.header["created"],
             error_code=error.code, error_message=error.message), "failed"))
-        if len(self.errors) >= 1000 and self.whole_job:
+        if len(self.errors) >= 1000 and self.range_of is None:
             self.store.record(self.id, self.errors)
             self.errors = []

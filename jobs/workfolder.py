@@ -11,6 +11,9 @@ Layout::
     WORK/jobs/ID/verify/N       the ``verify`` specs (tests) of items ``N * 1024`` to ``N * 1024 + 1023`` that carry
                                 one, in the part format (``JobStore.save_verify_specs``), written at submit and kept
                                 until the job is deleted (a ``retry`` after the results file verifies again)
+    WORK/jobs/ID/verify/R-N     instead, in a job rendered on the cluster: range R's specs of its items ``B + N *
+                                1024`` to ``B + N * 1024 + 1023``, B its first item index, written by its render task
+                                (``JobStore.save_range_verify_specs``, ``jobs.store.specs``), kept likewise
     WORK/jobs/ID/verdicts/NAME  a verdict part: verification records a worker moved out of Redis, in the part
                                 format; the job's verdict parts list in Redis names those that count; all go once
                                 the results file holds them
@@ -70,6 +73,11 @@ class WorkFolder:
 
     def verify_specs(self, job_id: str, chunk: int) -> str:
         return objectstore.join(self.job(job_id), "verify", str(chunk))
+
+    def range_verify_specs(self, job_id: str, number: int, chunk: int) -> str:
+        """Range ``number``'s specs file ``chunk`` (counted from its first item index) of a job rendered on the
+        cluster."""
+        return objectstore.join(self.job(job_id), "verify", f"{number}-{chunk}")
 
     def verdict_part(self, job_id: str, name: str) -> str:
         return objectstore.join(self.job(job_id), "verdicts", name)

@@ -22,9 +22,9 @@ from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.store.ranges import MERGE
 from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer
-from dscbatch.workers.embedded import free_port
+from dscbatch.workers.embedded import free_port, stop_process
 
-from .conftest import wait_until, worker_env
+from .conftest import start_executor, wait_until, worker_env
 from .test_pipeline import dscbatch, read_jsonl
 
 
@@ -55,6 +55,37 @@ def test_a_job_rendered_on_the_cluster_gives_the_results_of_local_rendering(
         assert (status.state, status.total, status.done) == ("completed", 40, 40)
     assert ([r["prompt_token_ids"] for r in outputs["cluster"]] == [r["prompt_token_ids"] for r in outputs["local"]])
     assert [r["outputs"] for r in outputs["cluster"]] == [r["outputs"] for r in outputs["local"]]
+
+
+def test_verify_lines_rendered_on_the_cluster_get_the_verdicts_of_local_rendering(
+        settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
+    # Each line's tests pass or fail by the line, whatever the model wrote (its text is read into a raw string):
+    # a spec found for another item shows, and one not found leaves its item unverified (the job never settles).
+    # Ranges of some three lines: the one spec file of local rendering (1,024 indices) straddles every range.
+    path = tmp_path / "job.jsonl"
+    rows = [{"id": f"v{n}", "prompt": f"def f_{n % 4}(x):\n", "params": {"max_tokens": 4},
+             "verify": {"prompt": '_ = r"""', "tests": f'"""\nassert {n} % 3 != 0\n'}} for n in range(24)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    executor = start_executor(settings, store, tmp_path / "executor.log")
+    try:
+        verdicts = {}
+        for render in ("local", "cluster"):
+            folder = tmp_path / render
+            submitted = dscbatch(settings, "submit", str(path), "--model", str(tiny_model), "--render", render,
+                                 "--range-bytes", "400", "--wait", "-o", str(folder), timeout=300)
+            job_id = submitted.stdout.split()[-1]
+            status = store.status(job_id)
+            assert (status.state, status.total, status.done, status.verified) == ("completed", 24, 24, 24)
+            records = read_jsonl(folder / "results.jsonl")
+            assert [record["id"] for record in records] == [f"v{n}" for n in range(24)]
+            verdicts[render] = [[(verdict["status"], verdict["program"]) for verdict in
+                                 record["verification"]["verdicts"]] for record in records]
+        assert len(store.range_bases(job_id) or ()) > 3  # the cluster job's ranges
+    finally:
+        stop_process(executor)
+    assert [[status for status, _ in each] for each in verdicts["cluster"]] == [
+        ["failed" if n % 3 == 0 else "passed"] for n in range(24)]
+    assert verdicts["cluster"] == verdicts["local"]
 
 
 class Inline:

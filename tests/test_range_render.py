@@ -14,6 +14,7 @@ from dscbatch.jobs.rangerender import render_range
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import Rendering, SubmitOptions
 from dscbatch.jobs.tokenizer import ModelTokenizer
+from dscbatch.jobs.workfolder import WorkFolder
 
 
 def write_file(path: Path) -> Path:
@@ -46,8 +47,9 @@ def test_a_job_rendered_range_by_range_has_the_local_items(private_store: JobSto
     for range_bytes in (97, 500, size):
         ranges = plan_ranges(size, range_bytes)
         firsts = offsets([count_range(path, start, end, options.max_line_bytes) for start, end in ranges])
-        rendered = [render_range(private_store, local.header, options, tokenizer, path, start, end, line, index, 3)
-                    for (start, end), (line, index) in zip(ranges, firsts, strict=True)]
+        rendered = [render_range(private_store, local.header, options, tokenizer, path, start, end, line, index, 3,
+                                 number) for number, ((start, end), (line, index))
+                    in enumerate(zip(ranges, firsts, strict=True))]
         runs = [[json.loads(raw) for raw in run.splitlines()] for each in rendered for run in each.runs]
         assert essentials([item for run in runs for item in run]) == expected, range_bytes
         for position, run in enumerate(runs):
@@ -68,7 +70,64 @@ def test_a_bad_line_in_a_range_is_named_with_its_line_in_the_file(private_store:
     size = path.stat().st_size
     ranges = plan_ranges(size, 400)
     firsts = offsets([count_range(str(path), start, end, options.max_line_bytes) for start, end in ranges])
-    refused = [problem for (start, end), (line, index) in zip(ranges, firsts, strict=True)
+    refused = [problem for number, ((start, end), (line, index)) in enumerate(zip(ranges, firsts, strict=True))
                for problem in render_range(private_store, header, options, tokenizer, str(path), start, end, line,
-                                           index, 1).refused]
+                                           index, 1, number).refused]
     assert len(refused) == 1 and refused[0].startswith(f"{path}:41: prompt:"), refused
+
+
+def test_verify_specs_rendered_range_by_range_are_found_for_every_item_as_locally(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    # 3,000 lines, two of three with a verify spec, in two ranges of some 1,500 items: the spec file of indices
+    # 1,024 to 2,047 would straddle them. Each range writes files of its own, counted from its first index.
+    path = tmp_path / "job.jsonl"
+    rows = []
+    for n in range(3000):
+        row: dict[str, Any] = {"id": f"r{n}", "prompt": f"def f{n}():\n"}
+        if n % 3:
+            row["verify"] = {"tests": f"assert f{n}() == {n}"}
+        rows.append(json.dumps(row) + "\n" + ("\n" if n % 700 == 0 else ""))  # blank lines: not indexed
+    path.write_text("".join(rows))
+    options = SubmitOptions(model=str(deepseek_dir), dedup=False)
+    tokenizer = ModelTokenizer.load(str(deepseek_dir))
+    local = Rendering(private_store, str(path), options, None, tokenizer)
+    assert len(list(local.items())) == 3000
+    job_id = f"{local.id}-cluster"
+    header = {**local.header, "job": job_id}
+    ranges = plan_ranges(path.stat().st_size, path.stat().st_size // 2 + 1)
+    firsts = offsets([count_range(str(path), start, end, options.max_line_bytes) for start, end in ranges])
+    assert len(firsts) == 2 and 1024 < firsts[1][1] < 2048, firsts
+    private_store.save_range_bases(job_id, [index for _, index in firsts])
+    for number, ((start, end), (line, index)) in enumerate(zip(ranges, firsts, strict=True)):
+        render_range(private_store, header, options, tokenizer, str(path), start, end, line, index, 2, number)
+    folder = Path(private_store.work.job(job_id), "verify")
+    written = {file.name: file.read_bytes() for file in folder.iterdir()}
+    assert sorted(written) == ["0-0", "0-1", "1-0", "1-1"]
+    (start, end), (line, index) = ranges[1], firsts[1]  # range 1 rendered again (its worker died): the same files
+    render_range(private_store, header, options, tokenizer, str(path), start, end, line, index, 2, 1)
+    assert {file.name: file.read_bytes() for file in folder.iterdir()} == written
+
+    class Counted(WorkFolder):
+        reads = 0
+
+        def read(self, url: str) -> bytes:
+            self.reads += 1
+            return super().read(url)
+
+    class Executor(JobStore):  # an executor's store: what it reads to find the specs, in index order
+        bases_read = 0
+
+        def range_bases(self, job_id: str) -> tuple[int, ...] | None:
+            self.bases_read += 1
+            return super().range_bases(job_id)
+
+    work = Counted(private_store.work.root)
+    executor = Executor(private_store.client, private_store.prefix, work)
+    found = [executor._verify_spec(job_id, index) for index in range(3000)]
+    assert (executor.bases_read, work.reads) == (1, 4)  # the bases once, each file once
+    assert found == [private_store._verify_spec(local.id, index) for index in range(3000)]
+    assert [json.loads(spec)["tests"] if spec else None for spec in found] == [
+        f"assert f{n}() == {n}" if n % 3 else None for n in range(3000)]
+    for job in (job_id, local.id):
+        private_store.delete_job(job)
+    assert not folder.exists()

@@ -230,6 +230,7 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
         self._flush_verdicts = scripts.register(client, "flush_verdicts")
         self._commit_range = scripts.register(client, "commit_range")
         self._spec_cache = spec_files.SpecCache(self.work.read)
+        self._spec_bases = spec_files.BasesCache(self.range_bases)
         # The last spec files written here (save_verify_specs): a few suffice, a job's chunks come in order.
         self._specs_written: OrderedDict[str, None] = OrderedDict()
 
@@ -649,6 +650,14 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
             while len(self._specs_written) > SPEC_FILES_REMEMBERED:
                 self._specs_written.popitem(last=False)
 
+    def save_range_verify_specs(self, job_id: str, number: int, base: int, specs: Mapping[int, str]) -> None:
+        """Keep the ``verify`` specs of range ``number`` of a job rendered on the cluster, whose first item index
+        is ``base``: in files of the range's own (``specs.range_chunk``), each written whole from ``specs`` (the
+        caller gives each file's specs at once). A range rendered again writes the same bytes: no other task
+        writes its files."""
+        for chunk, found in spec_files.chunks(specs, base):
+            self.work.write(self.work.range_verify_specs(job_id, number, chunk), spec_files.encode(found))
+
     def verification_input(self, job_id: str, index: int) -> tuple[str | None, str | None]:
         """An item's ``verify`` spec and its committed result line while it awaits its verdict, else
         ``(None, None)``; the spec is None where the job has none for it (deleted meanwhile)."""
@@ -662,8 +671,11 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
         return spec, parts.line_of(url, self.work.read(url), index)
 
     def _verify_spec(self, job_id: str, index: int) -> str | None:
+        bases = self._spec_bases.get(job_id)  # a job rendered on the cluster: its ranges' files
+        url = (self.work.verify_specs(job_id, index // spec_files.SPEC_CHUNK_ITEMS) if bases is None
+               else self.work.range_verify_specs(job_id, *spec_files.range_chunk(bases, index)))
         try:
-            return self._spec_cache.get(self.work.verify_specs(job_id, index // spec_files.SPEC_CHUNK_ITEMS), index)
+            return self._spec_cache.get(url, index)
         except StorageError as error:
             if "no such file" not in str(error):
                 raise

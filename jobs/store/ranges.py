@@ -6,6 +6,7 @@ is put back on its queue by a live worker's heartbeat (``workers/liveness.py``).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.commands.core import Script
@@ -39,6 +40,18 @@ class Ranges(StoreBase):
 
     def save_range_count(self, job_id: str, number: int, physical: int, nonblank: int) -> None:
         self.client.hset(self._ranges(job_id), f"count:{number}", f"{physical} {nonblank}")
+
+    def save_range_bases(self, job_id: str, bases: Sequence[int]) -> None:
+        """Each range's first item index, in range order: where an item's ``verify`` spec is found (a range's
+        specs are in files of its own, ``JobStore.save_range_verify_specs``). Written once every range is
+        counted, before any is rendered."""
+        self.client.hset(self._ranges(job_id), "bases", " ".join(str(base) for base in bases))
+
+    def range_bases(self, job_id: str) -> tuple[int, ...] | None:
+        """The ranges' first item indices of a job rendered on the cluster; None for a job rendered locally (or
+        gone)."""
+        bases = cast(bytes | None, self.client.hget(self._ranges(job_id), "bases"))
+        return None if bases is None else tuple(int(base) for base in bases.split())
 
     def range_fields(self, job_id: str, kind: str) -> dict[int, tuple[int, ...]]:
         """``count``, ``done`` or ``saved`` of every range that has it: number -> its figures (physical and
