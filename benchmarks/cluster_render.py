@@ -1,7 +1,7 @@
 """Cluster rendering (``submit --render cluster``) against today's local submit, side by side on one file.
 
 Usage: ``python benchmarks/cluster_render.py --model TOKENIZER_DIR [--lines 200000] [--range-mb 8]
-[--rounds 1] [--json out.json]``.
+[--rounds 1] [--systems local cluster_1 cluster_2] [--json out.json]``.
 
 Starts its own redis-server and work folder, writes ``--lines`` chat lines (``benchmarks/first_shard.py``'s
 shape: about 100 prompt tokens, a shared system prompt) and, in each round, times ``dscbatch submit`` from
@@ -16,7 +16,7 @@ the command's start to its exit (every shard saved and queued; no engine serves 
 
 The render workers are started (and their tokenizer loaded, by a warm-up job) before the timing, as a
 cluster's workers are. Redis is emptied between runs. Each run's job is checked: ``total`` equals the lines
-and its shards hold every item once. Reported: seconds and lines/s of each, ``cluster_2 / local`` (the
+and its shards hold every item once. Reported: seconds, lines/s and the submit process's peak RSS of each, ``cluster_2 / local`` (the
 issue's target: at least 0.9) and ``cluster_2 / cluster_1``, the per-task figures (one range counted, one
 rendered into its partitions' runs, and those runs merged into shards, in this process) from which
 docs/benchmarks.md extrapolates to N render processes.
@@ -50,14 +50,18 @@ from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 from dscbatch.workers.embedded import free_port, start_redis, stop_process
 
 
-def submit(env: dict[str, str], path: Path, model: str, *extra: str) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model", model, *extra],
-                          env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
+def submit(env: dict[str, str], path: Path, model: str, *extra: str) -> tuple[float, str, int]:
+    """Seconds, job id and the submit process's peak RSS in KB (GNU time's ``%M``)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        started = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, sys.executable, "-m", "dscbatch.cli.main",
+                               "submit", str(path), "--model", model, *extra],
+                              env=env, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+        peak_kb = int(rss.read().split()[-1])
     if done.returncode != 0:
         raise RuntimeError(f"submit {' '.join(extra)} exited {done.returncode}: {done.stderr[-2000:]}")
-    return seconds, done.stdout.split()[-1]
+    return seconds, done.stdout.split()[-1], peak_kb
 
 
 def check_job(store: JobStore, job_id: str, lines: int) -> None:
@@ -114,12 +118,16 @@ def per_task(path: Path, model: str, range_bytes: int, store: JobStore) -> dict[
             "merge_lines_per_s": round(merged / merge_s)}
 
 
+SYSTEMS = ("local", "cluster_1", "cluster_2")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--range-mb", type=float, default=8)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     range_bytes = int(args.range_mb * 1024 * 1024)
@@ -135,7 +143,8 @@ def main() -> None:
         redis_url = f"redis://127.0.0.1:{port}/0"
         env = {**os.environ, "DSCBATCH_REDIS_URL": redis_url, "DSCBATCH_WORK_URL": str(folder / "work")}
         store = JobStore.connect(Settings(redis_url=redis_url, work_url=str(folder / "work")))
-        runs: dict[str, list[float]] = {"local": [], "cluster_1": [], "cluster_2": []}
+        runs: dict[str, list[float]] = {name: [] for name in args.systems}
+        peaks: dict[str, list[int]] = {name: [] for name in args.systems}
         try:
             for _ in range(args.rounds):
                 for name in runs:
@@ -146,10 +155,11 @@ def main() -> None:
                             submit(env, warm, args.model, "--render", "cluster")  # each loads its tokenizer
                         store.client.flushall()
                         extra = ["--render", "cluster", "--range-bytes", str(range_bytes)] if workers else []
-                        seconds, job_id = submit(env, path, args.model, *extra)
+                        seconds, job_id, peak_kb = submit(env, path, args.model, *extra)
                         check_job(store, job_id, args.lines)
                         runs[name].append(seconds)
-                        print(f"{name}: {seconds:.1f} s", file=sys.stderr)
+                        peaks[name].append(peak_kb)
+                        print(f"{name}: {seconds:.1f} s, submit's peak RSS {peak_kb / 1024:.0f} MB", file=sys.stderr)
                     finally:
                         for worker in workers:
                             stop_process(worker)
@@ -163,8 +173,11 @@ def main() -> None:
         "cpus": os.cpu_count(), "rounds": args.rounds,
         **{f"{name}_s": round(value, 2) for name, value in median.items()},
         **{f"{name}_lines_per_s": round(args.lines / value) for name, value in median.items()},
-        "cluster_2_vs_local": round(median["local"] / median["cluster_2"], 3),
-        "cluster_2_vs_cluster_1": round(median["cluster_1"] / median["cluster_2"], 3),
+        **{f"{name}_submit_peak_rss_mb": round(max(kb) / 1024) for name, kb in peaks.items()},
+        **({"cluster_2_vs_local": round(median["local"] / median["cluster_2"], 3)}
+           if {"local", "cluster_2"} <= set(median) else {}),
+        **({"cluster_2_vs_cluster_1": round(median["cluster_1"] / median["cluster_2"], 3)}
+           if {"cluster_1", "cluster_2"} <= set(median) else {}),
         "per_task": tasks,
     }
     print(json.dumps(report, indent=2))
