@@ -16,10 +16,10 @@ the command's start to its exit (every shard saved and queued; no engine serves 
 
 The render workers are started (and their tokenizer loaded, by a warm-up job) before the timing, as a
 cluster's workers are. Redis is emptied between runs. Each run's job is checked: ``total`` equals the lines
-and its shards hold every item once. Reported: seconds, lines/s and the submit process's peak RSS of each, ``cluster_2 / local`` (the
-issue's target: at least 0.9) and ``cluster_2 / cluster_1``, the per-task figures (one range counted, one
-rendered into its partitions' runs, and those runs merged into shards, in this process) from which
-docs/benchmarks.md extrapolates to N render processes.
+and its shards hold every item once. Reported: seconds, lines/s and the submit process's peak RSS of each,
+``cluster_2 / local`` (the issue's target: at least 0.9) and ``cluster_2 / cluster_1``, the per-task figures
+(one range counted, one rendered into its partitions' runs, and those runs merged into shards, in this process)
+from which docs/benchmarks.md extrapolates to N render processes.
 """
 
 from __future__ import annotations
