@@ -146,3 +146,8 @@ class SubmissionCancelledError(DscbatchError):
         self.job_id = job_id
         super().__init__(f"job {job_id} was cancelled while it was submitted: stopped after {lines_read} lines read "
                          f"and {shards_queued} shards queued")
+
+
+class RenderTaskError(DscbatchError):
+    """Raised by ``submit --render cluster`` when a render task failed for good: an error of dscbatch's own (a
+    model without its tokenizer, an input a worker cannot read), or any error ``MAX_RENDER_ATTEMPTS`` times."""

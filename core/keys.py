@@ -27,8 +27,9 @@ Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
                                 ``saved:N`` (the same, once its shards are saved), ``refused:N`` (JSON list
                                 of its bad lines' messages), ``runs:N`` (the sizes of range N's runs, one per
                                 partition), ``bases`` (each range's first item index: where its ``verify`` specs
-                                are found); a merge task's figures are under N = ranges + its partition (the
-                                ranges' own have no shards)
+                                are found), ``failures:TASK`` and ``failed:TASK`` (how often render task TASK
+                                failed, and JSON [worker, error, final] of its last failure); a merge task's
+                                figures are under N = ranges + its partition (the ranges' own have no shards)
     P:job:ID:range_errors       bitmap: the item indices whose error record a render task stored (--skip-invalid)
     P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
     P:verdicts:unflushed        sorted set: jobs with records in their verdicts hash, by when the oldest came

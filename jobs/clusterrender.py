@@ -35,7 +35,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
+from dscbatch.core.errors import (
+    DscbatchError,
+    InvalidInputError,
+    MissingDataError,
+    RenderTaskError,
+    StorageError,
+    SubmissionCancelledError,
+)
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.byteranges import DEFAULT_RANGE_BYTES, RangeCount, count_range, offsets, plan_ranges, stat_input
 from dscbatch.jobs.fileformat import is_parquet
@@ -52,6 +59,9 @@ from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 
 EnqueueRender = Callable[[str, str, int, int, int], None]  # (model queue, job id, range, first line, first index)
 POLL_SECONDS = 0.1
+# Times a render task may fail with an error that is not dscbatch's own (an object store's hiccup: a live worker's
+# heartbeat queues it again) before the submitter gives up on the job.
+MAX_RENDER_ATTEMPTS = 3
 
 
 def submit_on_cluster(store: JobStore, enqueue: Enqueue, enqueue_render: EnqueueRender, path: str,
@@ -138,6 +148,12 @@ def _await(store: JobStore, job_id: str, kind: str, numbers: Sequence[int], prog
         refused = store.refused_range_lines(job_id)
         if refused:
             raise InvalidInputError(refused[:MAX_REPORTED_PROBLEMS], len(refused))
+        failed = store.range_failures(job_id)
+        for task in sorted(failed, key=lambda task: int(task.rsplit(":", 1)[1])):  # the file's first range first
+            failures, worker, error, final = failed[task]
+            if final or failures >= MAX_RENDER_ATTEMPTS:
+                raise RenderTaskError(f"render task {task} failed {failures} time{'s' if failures > 1 else ''} "
+                                      f"(last on {worker}): {error}")
         if store.submission_step(job_id, lines(found)):
             raise SubmissionCancelledError(job_id, lines(found), 0)
         if all(number in found for number in numbers):
@@ -157,11 +173,14 @@ def _options(record: dict[str, Any]) -> SubmitOptions:
     return SubmitOptions(**{**record, "defaults": Params(**record["defaults"])})
 
 
-def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer, worker: str, job_id: str,
-                   number: int, first_line: int, first_index: int) -> None:
+def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: Callable[[], ModelTokenizer], worker: str,
+                   job_id: str, number: int, first_line: int, first_index: int) -> None:
     """A render task: count range ``number`` (``first_line`` 0), render it, or merge partition ``number``
     (``first_line`` ``MERGE``); nothing when the job is gone. It is claimed in ``worker``'s name while it runs:
-    a live worker's heartbeat queues it again if this one dies."""
+    a live worker's heartbeat queues it again if this one dies, or if it fails. A failure is recorded in the
+    job (``note_range_failure``) before it is raised: the submitter fails the job with it at once where it is
+    dscbatch's own error (it would fail again), else after ``MAX_RENDER_ATTEMPTS``. ``tokenizer`` loads the
+    model's tokenizer (only rendering needs it)."""
     task = range_task(job_id, number, first_line)
     store.claim_range(worker, job_id, task)
     try:
@@ -172,11 +191,23 @@ def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: ModelTokenizer,
             _merge(store, enqueue, plan, job_id, number)
         else:
             _run_range(store, tokenizer, plan, job_id, number, first_line, first_index)
+    except Exception as error:
+        store.note_range_failure(job_id, task, worker, f"{type(error).__name__}: {error}", _fails_again(error))
+        raise
     finally:
         store.release_range(worker, task)
 
 
-def _run_range(store: JobStore, tokenizer: ModelTokenizer, plan: dict[str, Any], job_id: str, number: int,
+def _fails_again(error: Exception) -> bool:
+    """Whether a render task's error would come back if the task ran again: dscbatch's own errors (a model
+    folder without its tokenizer, an input that is not there), but not a storage error that may pass (an object
+    store's hiccup, a lost connection)."""
+    if isinstance(error, StorageError):
+        return isinstance(error, MissingDataError)
+    return isinstance(error, DscbatchError)
+
+
+def _run_range(store: JobStore, tokenizer: Callable[[], ModelTokenizer], plan: dict[str, Any], job_id: str, number: int,
                first_line: int, first_index: int) -> None:
     url, (start, end) = plan["input"], plan["ranges"][number]
     options = _options(plan["options"])
@@ -196,7 +227,7 @@ def _run_range(store: JobStore, tokenizer: ModelTokenizer, plan: dict[str, Any],
             counted = count_range(url, start, end, options.max_line_bytes)
             store.save_range_count(job_id, number, counted.physical, counted.nonblank)
         return
-    rendered = render_range(store, plan["header"], options, tokenizer, url, start, end, first_line, first_index,
+    rendered = render_range(store, plan["header"], options, tokenizer(), url, start, end, first_line, first_index,
                             plan["partitions"], number)
     if rendered.refused:
         store.refuse_range_lines(job_id, number, rendered.refused[:MAX_REPORTED_PROBLEMS])

@@ -3,7 +3,9 @@ byte ranges; the job has the items local rendering gives it, exactly once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
+from dscbatch.core.errors import InvalidInputError, ModelFilesError, RenderTaskError, SubmissionCancelledError
 from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 from dscbatch.core.settings import Settings
 from dscbatch.jobs import parts
@@ -104,7 +106,7 @@ class Inline:
         self.calls += 1
         if self.before is not None:
             self.before(self, job_id, number, line, index)
-        run_range_task(self.store, self.enqueue, self.tokenizer, "inline", job_id, number, line, index)
+        run_range_task(self.store, self.enqueue, lambda: self.tokenizer, "inline", job_id, number, line, index)
 
 
 def items_of(store: JobStore, keys: list[str]) -> list[int]:
@@ -118,7 +120,7 @@ def test_a_range_rendered_again_after_its_worker_died_queues_the_same_shards(
 
     def rendered_twice(inline: Inline, job_id: str, number: int, line: int, index: int) -> None:
         if line:  # the first render (or merge) of each range "dies" after it committed and saved: it runs again
-            run_range_task(inline.store, lambda *_: None, inline.tokenizer, "inline", job_id, number, line,
+            run_range_task(inline.store, lambda *_: None, lambda: inline.tokenizer, "inline", job_id, number, line,
                            index)
 
     inline = Inline(private_store, str(deepseek_dir), rendered_twice)
@@ -341,7 +343,8 @@ def test_skip_invalid_on_the_cluster_stores_each_bad_lines_error_record_once_as_
 
     def rendered_twice(inline: Inline, job_id: str, number: int, line: int, index: int) -> None:
         if line:
-            run_range_task(inline.store, lambda *_: None, inline.tokenizer, "inline", job_id, number, line, index)
+            run_range_task(inline.store, lambda *_: None, lambda: inline.tokenizer, "inline", job_id, number, line,
+                           index)
 
     inline = Inline(private_store, str(deepseek_dir), rendered_twice)
     job_id = submit_on_cluster(private_store, inline.enqueue, inline.render, str(path), options, range_bytes=250)
@@ -383,3 +386,80 @@ def test_siblings_in_different_ranges_meet_in_one_shard_as_locally(
                    ["items"]} for n in range(private_store.status(job).shards)]
         assert sorted(shards, key=sorted) == [{"c0"}, {"c1"}, {"c2"}, {"c3"}], job  # a context per shard
     assert job_items(private_store, job_id) == job_items(private_store, local)
+
+
+def test_a_render_task_that_fails_with_dscbatchs_own_error_fails_the_job_at_once_in_one_line(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    path = write_file(tmp_path / "job.jsonl")
+
+    def no_tokenizer() -> ModelTokenizer:
+        raise ModelFilesError("/models/m: no tokenizer.json in the model directory")
+
+    def render(queue: str, job_id: str, number: int, line: int, index: int) -> None:
+        # As in a worker: the task's error is logged there, the submitter learns of it through Redis.
+        with contextlib.suppress(ModelFilesError):
+            run_range_task(private_store, lambda *_: None, no_tokenizer, "render.m@host-1", job_id, number, line,
+                           index)
+
+    options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=4)
+    with pytest.raises(RenderTaskError) as raised:
+        submit_on_cluster(private_store, lambda *_: None, render, str(path), options, range_bytes=250)
+    assert re.fullmatch(r"render task \S+:render:0 failed 1 time \(last on render\.m@host-1\): ModelFilesError: "
+                        r"/models/m: no tokenizer\.json in the model directory", str(raised.value)), str(raised.value)
+    assert private_store.job_ids() == []  # nothing of the job is left
+
+
+@pytest.mark.parametrize("fails", [2, 3])
+def test_a_render_task_that_fails_otherwise_is_run_again_and_fails_the_job_on_its_third_failure(
+        private_store: JobStore, deepseek_dir: Path, tmp_path: Path, fails: int) -> None:
+    path = write_file(tmp_path / "job.jsonl")
+    tokenizer = ModelTokenizer.load(str(deepseek_dir))
+    failures = 0
+
+    def flaky() -> ModelTokenizer:
+        nonlocal failures
+        if failures < fails:
+            failures += 1
+            raise OSError("connection reset by peer")
+        return tokenizer
+
+    def render(queue: str, job_id: str, number: int, line: int, index: int) -> None:
+        # Run again after each failure, as a live worker's heartbeat queues it again.
+        for _ in range(fails + 1):
+            try:
+                run_range_task(private_store, lambda *_: None, flaky, "render.m@host-1", job_id, number, line, index)
+                return
+            except OSError:
+                if private_store.range_failures(job_id)[f"{job_id}:render:{number}"][0] >= 3:
+                    return
+
+    options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=4)
+    if fails < 3:
+        job_id = submit_on_cluster(private_store, lambda *_: None, render, str(path), options, range_bytes=250)
+        assert private_store.status(job_id).total == 40
+        return
+    with pytest.raises(RenderTaskError) as raised:
+        submit_on_cluster(private_store, lambda *_: None, render, str(path), options, range_bytes=250)
+    assert re.fullmatch(r"render task \S+:render:0 failed 3 times \(last on render\.m@host-1\): OSError: connection "
+                        r"reset by peer", str(raised.value)), str(raised.value)
+    assert private_store.job_ids() == []
+
+
+def test_submit_names_the_error_of_a_render_worker_that_cannot_render(
+        settings: Settings, store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    # A render worker whose model folder (named as the model: it serves the model's queue) has no tokenizer.
+    model = tmp_path / deepseek_dir.name
+    model.mkdir()
+    path = write_file(tmp_path / "job.jsonl")
+    render = start_render_worker(settings, store, model, tmp_path / "render.log")
+    try:
+        submitted = subprocess.run([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model",
+                                    str(deepseek_dir), "--render", "cluster", "--range-bytes", "300"],
+                                   capture_output=True, text=True, env=worker_env(settings), timeout=120)
+    finally:
+        stop_process(render)
+    last = submitted.stderr.strip().splitlines()[-1]
+    assert submitted.returncode == 1
+    assert re.fullmatch(rf"error: render task \S+:render:\d+ failed 1 time \(last on render\.{deepseek_dir.name}@"
+                        rf"\S+-{render.pid}\): ModelFilesError: {re.escape(str(model))}: no tokenizer\.json in the "
+                        "model directory", last), last

@@ -17,8 +17,11 @@ def register_render_task(app: Celery, store: JobStore, model: str, hostname: str
     def enqueue(queue: str, job_id: str, shard_key: str) -> None:
         enqueue_shard(app, queue, job_id, shard_key)
 
-    @app.task(name=RENDER_RANGE, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
-    def render_range(job_id: str, number: int, first_line: int, first_index: int) -> None:
+    def load() -> ModelTokenizer:
         if not tokenizer:
             tokenizer.append(ModelTokenizer.load(model))
-        run_range_task(store, enqueue, tokenizer[0], hostname, job_id, number, first_line, first_index)
+        return tokenizer[0]
+
+    @app.task(name=RENDER_RANGE, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    def render_range(job_id: str, number: int, first_line: int, first_index: int) -> None:
+        run_range_task(store, enqueue, load, hostname, job_id, number, first_line, first_index)

@@ -99,6 +99,21 @@ class Ranges(StoreBase):
                          if name.startswith(b"refused:"))
         return [message for _, messages in refused for message in messages]
 
+    def note_range_failure(self, job_id: str, task: str, worker: str, error: str, final: bool) -> int:
+        """Record that render task ``task`` failed on ``worker`` with ``error`` (``final``: it would fail again,
+        the submitter fails the job at once); returns how many times it failed so far."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hincrby(self._ranges(job_id), f"failures:{task}", 1)
+        pipe.hset(self._ranges(job_id), f"failed:{task}", json.dumps([worker, error, final]))
+        return int(pipe.execute()[0])
+
+    def range_failures(self, job_id: str) -> dict[str, tuple[int, str, str, bool]]:
+        """Each failed render task's failure count, and its last failure's worker, error and finality."""
+        found = cast(dict[bytes, bytes], self.client.hgetall(self._ranges(job_id)))
+        return {name.decode().partition(":")[2]: (int(found.get(b"failures:" + name.partition(b":")[2], b"1")),
+                                                   *json.loads(value))
+                for name, value in found.items() if name.startswith(b"failed:")}
+
     def claim_range(self, worker: str, job_id: str, task: str) -> None:
         """Note that ``worker`` runs the render task ``task`` (``range_task``), so that it is queued again if the
         worker dies."""
