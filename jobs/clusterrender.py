@@ -48,7 +48,7 @@ from dscbatch.jobs.byteranges import DEFAULT_RANGE_BYTES, RangeCount, count_rang
 from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.rangeids import duplicate_ids
 from dscbatch.jobs.rangemerge import MAX_PARTITIONS, merge_runs
-from dscbatch.jobs.rangerender import render_range
+from dscbatch.jobs.rangerender import RenderStopped, render_range
 from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS
 from dscbatch.jobs.rendering import Renderer
 from dscbatch.jobs.requests import Params
@@ -174,13 +174,16 @@ def _options(record: dict[str, Any]) -> SubmitOptions:
 
 
 def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: Callable[[], ModelTokenizer], worker: str,
-                   job_id: str, number: int, first_line: int, first_index: int) -> None:
+                   job_id: str, number: int, first_line: int, first_index: int,
+                   should_stop: Callable[[], bool] | None = None) -> None:
     """A render task: count range ``number`` (``first_line`` 0), render it, or merge partition ``number``
     (``first_line`` ``MERGE``); nothing when the job is gone. It is claimed in ``worker``'s name while it runs:
     a live worker's heartbeat queues it again if this one dies, or if it fails. A failure is recorded in the
     job (``note_range_failure``) before it is raised: the submitter fails the job with it at once where it is
     dscbatch's own error (it would fail again), else after ``MAX_RENDER_ATTEMPTS``. ``tokenizer`` loads the
-    model's tokenizer (only rendering needs it)."""
+    model's tokenizer (only rendering needs it). ``should_stop`` (its worker shuts down) stops a range's
+    rendering between chunks: the task raises ``RenderStopped`` (its claim released; the worker puts it back on
+    the queue), not counted as a failure."""
     task = range_task(job_id, number, first_line)
     store.claim_range(worker, job_id, task)
     try:
@@ -190,7 +193,9 @@ def run_range_task(store: JobStore, enqueue: Enqueue, tokenizer: Callable[[], Mo
         if first_line == MERGE:
             _merge(store, enqueue, plan, job_id, number)
         else:
-            _run_range(store, tokenizer, plan, job_id, number, first_line, first_index)
+            _run_range(store, tokenizer, plan, job_id, number, first_line, first_index, should_stop)
+    except RenderStopped:
+        raise
     except Exception as error:
         store.note_range_failure(job_id, task, worker, f"{type(error).__name__}: {error}", _fails_again(error))
         raise
@@ -207,8 +212,8 @@ def _fails_again(error: Exception) -> bool:
     return isinstance(error, DscbatchError)
 
 
-def _run_range(store: JobStore, tokenizer: Callable[[], ModelTokenizer], plan: dict[str, Any], job_id: str, number: int,
-               first_line: int, first_index: int) -> None:
+def _run_range(store: JobStore, tokenizer: Callable[[], ModelTokenizer], plan: dict[str, Any], job_id: str,
+               number: int, first_line: int, first_index: int, should_stop: Callable[[], bool] | None) -> None:
     url, (start, end) = plan["input"], plan["ranges"][number]
     options = _options(plan["options"])
     now = stat_input(url)
@@ -228,7 +233,7 @@ def _run_range(store: JobStore, tokenizer: Callable[[], ModelTokenizer], plan: d
             store.save_range_count(job_id, number, counted.physical, counted.nonblank)
         return
     rendered = render_range(store, plan["header"], options, tokenizer(), url, start, end, first_line, first_index,
-                            plan["partitions"], number)
+                            plan["partitions"], number, should_stop)
     if rendered.refused:
         store.refuse_range_lines(job_id, number, rendered.refused[:MAX_REPORTED_PROBLEMS])
         return

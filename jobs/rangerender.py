@@ -11,7 +11,7 @@ back sorted, for the check across ranges (``rangeids``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +33,23 @@ class RenderedRange:
     ids: bytes = b""  # the range's ids, sorted (``rangeids.encode_run``), for the check across ranges
 
 
+class RenderStopped(Exception):
+    """A render task told to stop (its worker shuts down) before its range was rendered: it runs again elsewhere."""
+
+
 def render_range(store: JobStore, header: dict[str, Any], options: SubmitOptions, tokenizer: ModelTokenizer,
                  url: str, start: int, end: int, first_line: int, first_index: int, partitions: int,
-                 number: int) -> RenderedRange:
+                 number: int, should_stop: Callable[[], bool] | None = None) -> RenderedRange:
     """The items of the lines starting in ``[start, end)`` of ``url`` (range ``number``), for the job of shard
     ``header``, as ``partitions`` sorted runs (in input order with ``--order input``: then one partition). The
-    range's ``verify`` specs are written to its own files as it goes (``JobStore.save_range_verify_specs``)."""
-    rendering = Rendering(store, url, options, None, tokenizer, header=header, range_of=(number, first_index))
+    range's ``verify`` specs are written to its own files as it goes (``JobStore.save_range_verify_specs``).
+    Raises ``RenderStopped`` once ``should_stop()`` turns true (checked after every chunk of lines)."""
+
+    def checked(lines_read: int) -> None:
+        if should_stop is not None and should_stop():
+            raise RenderStopped(f"stopped after {lines_read - first_index} items of range {number}")
+
+    rendering = Rendering(store, url, options, checked, tokenizer, header=header, range_of=(number, first_index))
     read: list[tuple[str, int, bool]] = []  # each line's id, number and whether it is an OpenAI line
 
     def noted(lines: Iterator[Line]) -> Iterator[Line]:

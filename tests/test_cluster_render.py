@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -463,3 +464,44 @@ def test_submit_names_the_error_of_a_render_worker_that_cannot_render(
     assert re.fullmatch(rf"error: render task \S+:render:\d+ failed 1 time \(last on render\.{deepseek_dir.name}@"
                         rf"\S+-{render.pid}\): ModelFilesError: {re.escape(str(model))}: no tokenizer\.json in the "
                         "model directory", last), last
+
+
+def test_a_render_worker_told_to_stop_puts_its_task_back_at_once_and_another_renders_it(
+        settings: Settings, store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    # SIGTERM (as Kubernetes scales a render pool down) lands as soon as the first worker claims a range to render
+    # (some 15,000 lines: seconds of its time). It stops between chunks, puts the task back on the queue and exits;
+    # a second worker renders it, with no wait for a heartbeat to expire. Every line ends in exactly one shard.
+    path = tmp_path / "job.jsonl"
+    lines = 30_000
+    path.write_text("".join(json.dumps({"id": f"r{n}", "prompt": f"def f_{n % 50}(x):\n    return x * {n}\n"}) + "\n"
+                            for n in range(lines)))
+    first = start_render_worker(settings, store, deepseek_dir, tmp_path / "render1.log")
+    second = None
+    submit = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model",
+                               str(deepseek_dir), "--render", "cluster", "--range-bytes",
+                               str(path.stat().st_size // 2 + 1)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=worker_env(settings))
+    try:
+        deadline = time.monotonic() + 120
+        while not any(f"-{first.pid}" in worker and ":render:" in task for worker, task in
+                      (json.loads(field) for field in store.client.hkeys(store.keys.render_claims))):
+            assert time.monotonic() < deadline and submit.poll() is None, "no range was claimed for rendering"
+            time.sleep(0.005)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+        log = (tmp_path / "render1.log").read_text()
+        assert re.search(r"render task \S+:render:\d+ stopped after \d+ items of range \d+: this worker shuts down; "
+                         r"the task goes back on the queue", log), log[-3000:]
+        second = start_render_worker(settings, store, deepseek_dir, tmp_path / "render2.log")
+        out, err = submit.communicate(timeout=HEARTBEAT_TTL_SECONDS)  # within a heartbeat's expiry: no reaper
+        assert submit.returncode == 0, err.decode()
+    finally:
+        for process in (first, second, submit):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    job_id = out.decode().split()[-1]
+    assert "queueing its render task" not in (tmp_path / "render2.log").read_text()
+    assert sorted(job_items(store, job_id)) == list(range(lines))
+    dscbatch(settings, "cancel", job_id)
+    dscbatch(settings, "delete", job_id)

@@ -556,15 +556,15 @@ def test_the_render_pool_probes_its_heartbeat(docs: list[Doc]) -> None:
     check_heartbeat_probes(container, params["metrics_port"], 60)
 
 
-def test_the_render_grace_period_lets_a_task_finish(docs: list[Doc]) -> None:
+def test_the_render_grace_period_lets_a_count_or_merge_task_finish(docs: list[Doc]) -> None:
     from dscbatch.core.heartbeat_loop import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS
 
     deployment, _, env, _ = render_view(docs)
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    # Warm shutdown finishes the one task it runs, without a time limit: seconds for a range of the default size,
-    # many minutes for large ranges. A task cut short is queued again once its claim expires, long before the
-    # visibility timeout would bring it back.
-    assert grace >= 15 * 60
+    # Warm shutdown stops a render task between chunks (it goes back on the queue) and lets a count or a merge
+    # task finish: tens of seconds at most. A task cut short is queued again once its claim expires, long before
+    # the visibility timeout would bring it back.
+    assert grace >= 60
     assert HEARTBEAT_TTL_SECONDS + HEARTBEAT_SECONDS < grace < settings_of(env).visibility_timeout
 
 
