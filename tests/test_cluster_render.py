@@ -209,6 +209,30 @@ def job_items(store: JobStore, job_id: str) -> dict[int, Any]:
     return items
 
 
+def write_numbered(path: Path, lines: int) -> Path:
+    """A file of ``lines`` short functions (50 distinct prefixes): seconds of a render worker's time per 5,000."""
+    path.write_text("".join(json.dumps({"id": f"r{n}", "prompt": f"def f_{n % 50}(x):\n    return x * {n}\n"}) + "\n"
+                            for n in range(lines)))
+    return path
+
+
+def submit_when_rendering(settings: Settings, store: JobStore, path: Path, model: Path, range_bytes: int,
+                          render_worker: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """``submit --render cluster`` of ``path``, returned once ``render_worker`` claims a range to render."""
+    submit = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model", str(model),
+                               "--render", "cluster", "--range-bytes", str(range_bytes)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=worker_env(settings))
+    deadline = time.monotonic() + 120
+    while not any(f"-{render_worker.pid}" in worker and ":render:" in task for worker, task in
+                  (json.loads(field) for field in store.client.hkeys(store.keys.render_claims))):
+        if time.monotonic() > deadline or submit.poll() is not None:
+            submit.kill()
+            submit.wait()
+            raise AssertionError("no range was claimed for rendering")
+        time.sleep(0.005)
+    return submit
+
+
 def test_a_render_worker_killed_mid_range_has_its_range_rendered_again_with_no_line_lost_or_twice(
         settings: Settings, store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
     # Ranges of some 5,000 lines, each a second or so of a render worker's time: the worker is SIGKILLed as soon
@@ -216,26 +240,12 @@ def test_a_render_worker_killed_mid_range_has_its_range_rendered_again_with_no_l
     # first worker's heartbeat expires and puts its task back (and the ranges the dead one had taken from the
     # queue without claiming them); submit then ends with every line in exactly one shard, as rendered locally.
     # No engine serves this model's queue: the shards stay saved for the test to read.
-    path = tmp_path / "job.jsonl"
     lines = 15_000
-    path.write_text("".join(json.dumps({"id": f"r{n}", "prompt": f"def f_{n % 50}(x):\n    return x * {n}\n"}) + "\n"
-                            for n in range(lines)))
-    range_bytes = path.stat().st_size // 3 + 1
+    path = write_numbered(tmp_path / "job.jsonl", lines)
     first = start_render_worker(settings, store, deepseek_dir, tmp_path / "render1.log")
-    second = None
-    submit = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model",
-                               str(deepseek_dir), "--render", "cluster", "--range-bytes", str(range_bytes)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=worker_env(settings))
+    second = submit = None
     try:
-        def rendering() -> bool:
-            return any(f"-{first.pid}" in worker and ":render:" in task
-                       for worker, task in (json.loads(field) for field in
-                                            store.client.hkeys(store.keys.render_claims)))
-
-        deadline = time.monotonic() + 120
-        while not rendering():
-            assert time.monotonic() < deadline and submit.poll() is None, "no range was claimed for rendering"
-            time.sleep(0.005)
+        submit = submit_when_rendering(settings, store, path, deepseek_dir, path.stat().st_size // 3 + 1, first)
         first.kill()
         first.wait()
         port = free_port()
@@ -471,22 +481,12 @@ def test_a_render_worker_told_to_stop_puts_its_task_back_at_once_and_another_ren
     # SIGTERM (as Kubernetes scales a render pool down) lands as soon as the first worker claims a range to render
     # (some 15,000 lines: seconds of its time). It stops between chunks, puts the task back on the queue and exits;
     # a second worker renders it, with no wait for a heartbeat to expire. Every line ends in exactly one shard.
-    path = tmp_path / "job.jsonl"
     lines = 30_000
-    path.write_text("".join(json.dumps({"id": f"r{n}", "prompt": f"def f_{n % 50}(x):\n    return x * {n}\n"}) + "\n"
-                            for n in range(lines)))
+    path = write_numbered(tmp_path / "job.jsonl", lines)
     first = start_render_worker(settings, store, deepseek_dir, tmp_path / "render1.log")
-    second = None
-    submit = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model",
-                               str(deepseek_dir), "--render", "cluster", "--range-bytes",
-                               str(path.stat().st_size // 2 + 1)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=worker_env(settings))
+    second = submit = None
     try:
-        deadline = time.monotonic() + 120
-        while not any(f"-{first.pid}" in worker and ":render:" in task for worker, task in
-                      (json.loads(field) for field in store.client.hkeys(store.keys.render_claims))):
-            assert time.monotonic() < deadline and submit.poll() is None, "no range was claimed for rendering"
-            time.sleep(0.005)
+        submit = submit_when_rendering(settings, store, path, deepseek_dir, path.stat().st_size // 2 + 1, first)
         first.send_signal(signal.SIGTERM)
         assert first.wait(60) == 0
         log = (tmp_path / "render1.log").read_text()
