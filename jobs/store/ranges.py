@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.commands.core import Script
@@ -22,6 +23,37 @@ def range_task(job_id: str, number: int, first_line: int) -> str:
     (``MERGE``) or ``JOB:render:N``."""
     kind = "count" if first_line == 0 else "merge" if first_line == MERGE else "render"
     return f"{job_id}:{kind}:{number}"
+
+
+@dataclass(frozen=True)
+class RangeState:
+    """One read of a job's ranges hash (``Ranges.range_state``)."""
+
+    found: dict[bytes, bytes]
+
+    def fields(self, kind: str) -> dict[int, tuple[int, ...]]:
+        """``count``, ``done``, ``saved`` or ``runs`` of every range that has it: number -> its figures (physical
+        and non-blank lines; first shard number, shards, folded duplicates and lines that are not requests; run
+        sizes)."""
+        result = {}
+        for name, value in self.found.items():
+            prefix, _, number = name.decode().partition(":")
+            if prefix == kind:
+                result[int(number)] = tuple(int(figure) for figure in value.split())
+        return result
+
+    def refused(self) -> list[str]:
+        """Every range's bad lines, in the file's order."""
+        refused = sorted((int(name.decode().partition(":")[2]), json.loads(value))
+                         for name, value in self.found.items() if name.startswith(b"refused:"))
+        return [message for _, messages in refused for message in messages]
+
+    def failures(self) -> dict[str, tuple[int, str, str, bool]]:
+        """Each failed render task's failure count, and its last failure's worker, error and finality."""
+        found = self.found
+        return {name.decode().partition(":")[2]: (int(found.get(b"failures:" + name.partition(b":")[2], b"1")),
+                                                   *json.loads(value))
+                for name, value in found.items() if name.startswith(b"failed:")}
 
 
 class Ranges(StoreBase):
@@ -53,16 +85,9 @@ class Ranges(StoreBase):
         bases = cast(bytes | None, self.client.hget(self._ranges(job_id), "bases"))
         return None if bases is None else tuple(int(base) for base in bases.split())
 
-    def range_fields(self, job_id: str, kind: str) -> dict[int, tuple[int, ...]]:
-        """``count``, ``done`` or ``saved`` of every range that has it: number -> its figures (physical and
-        non-blank lines; first shard number, shards, folded duplicates and lines that are not requests)."""
-        found = cast(dict[bytes, bytes], self.client.hgetall(self._ranges(job_id)))
-        result = {}
-        for name, value in found.items():
-            prefix, _, number = name.decode().partition(":")
-            if prefix == kind:
-                result[int(number)] = tuple(int(figure) for figure in value.split())
-        return result
+    def range_state(self, job_id: str) -> RangeState:
+        """The job's ranges hash, read once (``RangeState`` reads its figures, bad lines and failures)."""
+        return RangeState(cast(dict[bytes, bytes], self.client.hgetall(self._ranges(job_id))))
 
     def save_run_sizes(self, job_id: str, number: int, sizes: list[int]) -> None:
         """The sizes of range ``number``'s runs in its file, one per partition, in order (``jobs.rangemerge``)."""
@@ -70,7 +95,7 @@ class Ranges(StoreBase):
 
     def run_sizes(self, job_id: str) -> dict[int, tuple[int, ...]]:
         """Each rendered range's run sizes, by range number."""
-        return self.range_fields(job_id, "runs")
+        return self.range_state(job_id).fields("runs")
 
     def commit_range(self, job_id: str, number: int, shards: int, folded: int, invalid: int) -> tuple[int, bool] | None:
         """The first shard number of range ``number``'s ``shards`` shards and whether this commit took them
@@ -92,13 +117,6 @@ class Ranges(StoreBase):
         """Record the bad lines range ``number``'s render task found (strict mode: the submitter cancels the job)."""
         self.client.hset(self._ranges(job_id), f"refused:{number}", json.dumps(messages))
 
-    def refused_range_lines(self, job_id: str) -> list[str]:
-        """Every range's bad lines, in the file's order."""
-        found = cast(dict[bytes, bytes], self.client.hgetall(self._ranges(job_id)))
-        refused = sorted((int(name.decode().partition(":")[2]), json.loads(value)) for name, value in found.items()
-                         if name.startswith(b"refused:"))
-        return [message for _, messages in refused for message in messages]
-
     def note_range_failure(self, job_id: str, task: str, worker: str, error: str, final: bool) -> int:
         """Record that render task ``task`` failed on ``worker`` with ``error`` (``final``: it would fail again,
         the submitter fails the job at once); returns how many times it failed so far."""
@@ -106,13 +124,6 @@ class Ranges(StoreBase):
         pipe.hincrby(self._ranges(job_id), f"failures:{task}", 1)
         pipe.hset(self._ranges(job_id), f"failed:{task}", json.dumps([worker, error, final]))
         return int(pipe.execute()[0])
-
-    def range_failures(self, job_id: str) -> dict[str, tuple[int, str, str, bool]]:
-        """Each failed render task's failure count, and its last failure's worker, error and finality."""
-        found = cast(dict[bytes, bytes], self.client.hgetall(self._ranges(job_id)))
-        return {name.decode().partition(":")[2]: (int(found.get(b"failures:" + name.partition(b":")[2], b"1")),
-                                                   *json.loads(value))
-                for name, value in found.items() if name.startswith(b"failed:")}
 
     def claim_range(self, worker: str, job_id: str, task: str) -> None:
         """Note that ``worker`` runs the render task ``task`` (``range_task``), so that it is queued again if the
