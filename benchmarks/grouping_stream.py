@@ -11,7 +11,11 @@ by ``StreamingGrouper`` (shards cut as partitions fill). The hit rate of a shard
 ``workloads.ideal_cached_tokens`` summed shard by shard (each shard may run on a worker whose cache is cold:
 what the order can guarantee), plus the tokens of folded duplicates (they run once for all), over every
 line's prompt tokens. ``ideal`` is the whole job's ideal hit rate, as ``throughput.py`` prints it. ``streamed``
-is the share of items whose shard was cut before the end of the file. ``ranges_N``: the shards of
+is the share of items whose shard was cut before the end of the file. Both assume a pool that keeps up with the
+reading (the submitter's ``fed`` never true: every partition is cut as it fills). ``fed``/``streamed fed``: a
+pool that falls behind it (one worker, a small pool): shards wait in the queue from the first cut on, so
+partitions wait for the end of the file (within ``DEFER_MAX_TOKENS``), as ``submit`` does while its queue holds
+shards no worker has taken. ``ranges_N``: the shards of
 ``submit --render cluster`` on a file of N ranges (a file of S bytes rendered with ``--range-bytes`` B has S / B):
 N partitions of the prefix keys, each merged whole from every range and cut on its own.
 """
@@ -58,9 +62,11 @@ def sorted_shards(items: list[Item], shard_requests: int) -> list[list[Item]]:
         return list(cut_shards(sorter.order(iter(items)), shard_requests, SHARD_MAX_TOKENS))
 
 
-def streamed_shards(items: list[Item], shard_requests: int, key_tokens: int) -> tuple[list[list[Item]], int]:
-    """The shards, and how many items were in shards cut before the end of the file."""
-    with StreamingGrouper(shard_requests, SHARD_MAX_TOKENS, key_tokens=key_tokens) as grouper:
+def streamed_shards(items: list[Item], shard_requests: int, key_tokens: int,
+                    fed: bool = False) -> tuple[list[list[Item]], int]:
+    """The shards, and how many items were in shards cut before the end of the file; ``fed``: the pool has
+    shards waiting from the first cut on."""
+    with StreamingGrouper(shard_requests, SHARD_MAX_TOKENS, key_tokens=key_tokens, fed=lambda: fed) as grouper:
         early = [shard for item in items for shard in grouper.add(item)]
         rest = list(grouper.finish())
     return early + rest, sum(len(folded_items(item)) for shard in early for item in shard)
@@ -82,12 +88,14 @@ def compare(name: str, items: list[Item], shard_requests: int, key_tokens: list[
     ranged = {count: ranged_shards(items, shard_requests, count) for count in ranges}
     for key in key_tokens:
         streamed, early = streamed_shards([dict(item) for item in items], shard_requests, key)
+        fed, fed_early = streamed_shards([dict(item) for item in items], shard_requests, key, fed=True)
         for block in (16, 128):
             yield {"workload": name, "items": len(items), "shard_requests": shard_requests, "key_tokens": key,
                    "block": block, "ideal": round(ideal_cached_tokens(prompts, block) / total, 4),
                    "today": round(hit_rate(today, block, total), 4),
                    "streaming": round(hit_rate(streamed, block, total), 4),
                    "streamed": round(early / len(items), 3),
+                   "fed": round(hit_rate(fed, block, total), 4), "streamed_fed": round(fed_early / len(items), 3),
                    **{f"ranges_{count}": round(hit_rate(shards, block, total), 4) for count, shards in ranged.items()}}
 
 
@@ -110,14 +118,16 @@ def main() -> None:
     files["spread"] = items_of(spread, tokenizer)
     rows = []
     print(f"{'workload':<14}{'items':>7}{'shard':>6}{'key':>5}{'block':>6}{'ideal':>8}{'today':>8}{'stream':>8}"
-          f"{'diff':>8}{'streamed':>9}" + "".join(f"{f'ranges {count}':>11}" for count in args.ranges))
+          f"{'diff':>8}{'streamed':>9}{'fed':>8}{'diff':>8}{'str.fed':>8}"
+          + "".join(f"{f'ranges {count}':>11}" for count in args.ranges))
     for shard_requests in args.shard_requests:
         for name, items in files.items():
             for row in compare(name, items, shard_requests, args.key_tokens, args.ranges):
                 rows.append(row)
                 print(f"{name:<14}{row['items']:>7}{shard_requests:>6}{row['key_tokens']:>5}{row['block']:>6}"
                       f"{row['ideal']:>8}{row['today']:>8}{row['streaming']:>8}"
-                      f"{row['streaming'] - row['today']:>8.4f}{row['streamed']:>9}"
+                      f"{row['streaming'] - row['today']:>8.4f}{row['streamed']:>9}{row['fed']:>8}"
+                      f"{row['fed'] - row['today']:>8.4f}{row['streamed_fed']:>8}"
                       + "".join(f"{row[f'ranges_{count}']:>11}" for count in args.ranges), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

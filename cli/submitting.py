@@ -46,7 +46,7 @@ def submit_file(settings: Settings, store: JobStore, input_path: str, options: S
 
     reading = ReadingProgress(sys.stderr)
     with shard_enqueuer(make_app(settings)) as enqueue:
-        job_id = submit_job(store, enqueue, input_path, options, reading)
+        job_id = submit_job(store, enqueue, input_path, options, reading, waiting=enqueue.waiting)
         reading.done()
     return job_id
 

@@ -11,7 +11,7 @@ import faulthandler
 import signal
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -115,11 +115,27 @@ def enqueue_render(app: Celery, queue: str, job_id: str, number: int, first_line
                   headers={ENQUEUED_HEADER: time.time()})
 
 
+class ShardQueue:
+    """``enqueue(queue, job id, shard key)`` over one connection for all the shards of a submission, and how many
+    of a queue's messages wait for a worker (``waiting``)."""
+
+    def __init__(self, app: Celery, producer: Any) -> None:
+        self.app = app
+        self.producer = producer
+
+    def __call__(self, queue: str, job_id: str, shard_key: str) -> None:
+        enqueue_shard(self.app, queue, job_id, shard_key, producer=self.producer)
+
+    def waiting(self, queue: str) -> int:
+        """The messages on ``queue`` that no worker has taken (kombu's count over its priority lists)."""
+        return int(self.producer.channel.queue_declare(queue=queue).message_count)
+
+
 @contextlib.contextmanager
-def shard_enqueuer(app: Celery) -> Iterator[Callable[[str, str, str], None]]:
-    """An ``enqueue(queue, job id, shard key)`` that sends every shard of a submission over one connection."""
+def shard_enqueuer(app: Celery) -> Iterator[ShardQueue]:
+    """A ``ShardQueue`` that sends every shard of a submission over one connection."""
     with app.producer_pool.acquire(block=True) as producer:
-        yield lambda queue, job_id, shard_key: enqueue_shard(app, queue, job_id, shard_key, producer=producer)
+        yield ShardQueue(app, producer)
 
 
 def executor_queue(prefix: str, language: str = "python") -> str:

@@ -19,11 +19,19 @@ at once, so the pool gets its first shard within ``HELD_MAX_TOKENS`` read, whate
 partial shard of what is cut goes to the sorter too. At the end of the file the partitions left join it, and
 its sorted rest is cut as today. ``benchmarks/grouping_stream.py`` measures the hit rate this keeps against
 the full sort.
+
+Cutting early buys time only while the pool has nothing to run, and costs hit rate: siblings still to come
+miss the blocks of those cut before them. So partitions wait for the end of the file, within
+``DEFER_MAX_TOKENS``, whenever waiting costs the pool nothing (``_can_wait``). Before the first shard: when the
+end of the file is near (``soon``: the submitter expects it within ``submission.FIRST_SHARD_SECONDS``), so a
+file read in a few seconds is grouped by one sort, as before streaming. After it: while the pool has shards
+waiting (``fed``: shards of the job's queue that no worker has taken), so a pool slower than the reading (one
+worker, a small pool) gets the full sort's grouping, and one that keeps up gets shards as partitions fill.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from dscbatch.jobs.grouping import RUN_MAX_ITEMS, RUN_MAX_TOKENS, Item, PrefixSorter, cut_shards, item_tokens, sort_key
 
@@ -52,7 +60,8 @@ class StreamingGrouper:
 
     def __init__(self, max_requests: int, max_tokens: int, dedup: bool = True, key_tokens: int = KEY_TOKENS,
                  held_max_items: int = HELD_MAX_ITEMS, held_max_tokens: int = HELD_MAX_TOKENS,
-                 flush_min_items: int = FLUSH_MIN_ITEMS, defer_max_tokens: int = DEFER_MAX_TOKENS) -> None:
+                 flush_min_items: int = FLUSH_MIN_ITEMS, defer_max_tokens: int = DEFER_MAX_TOKENS,
+                 fed: Callable[[], bool] = lambda: False, soon: Callable[[], bool] = lambda: False) -> None:
         self.max_requests = max_requests
         self.max_tokens = max_tokens
         self.dedup = dedup
@@ -61,6 +70,10 @@ class StreamingGrouper:
         self.held_max_tokens = held_max_tokens
         self.flush_min_items = flush_min_items
         self.defer_max_tokens = defer_max_tokens
+        # Asked when a partition fills or partitions are evicted: whether the pool has shards waiting already
+        # (after the first shard), whether the end of the file is near (before it).
+        self.fed = fed
+        self.soon = soon
         self._deferred_tokens = 0
         self._handed_out = False  # a shard was cut: deferring no longer keeps the pool waiting for its first
         self._partitions: dict[tuple[int, ...], _Partition] = {}
@@ -89,7 +102,11 @@ class StreamingGrouper:
         ready: list[list[Item]] = []
         if len(partition.items) >= self.flush_min_items and (len(partition.items) >= FLUSH_SHARDS * self.max_requests
                                                              or partition.tokens >= FLUSH_SHARDS * self.max_tokens):
-            ready = self._cut(key, partition)
+            if self._within_budget(partition) and self._can_wait():
+                del self._partitions[key]
+                self._defer(partition)  # its later siblings meet it at the end of the file
+            else:
+                ready = self._cut(key, partition)
         if self._held_items > self.held_max_items or self._held_tokens > self.held_max_tokens:
             ready += self._evict_oldest()
         self._handed_out = self._handed_out or bool(ready)
@@ -119,22 +136,37 @@ class StreamingGrouper:
             del self._partitions[key]
         return shards
 
+    def _within_budget(self, partition: _Partition) -> bool:
+        """Whether ``partition`` keeps the deferred partitions within ``defer_max_tokens``."""
+        return self._deferred_tokens + partition.tokens <= self.defer_max_tokens
+
+    def _can_wait(self) -> bool:
+        """Whether partitions may wait for the end of the file at no cost to the pool: before the first shard,
+        if the end is near; after it, while the pool has shards waiting."""
+        return self.fed() if self._handed_out else self.soon()
+
+    def _defer(self, partition: _Partition) -> None:
+        """``partition`` (out of ``_partitions``) goes to the end-of-file sort, spilled to disk."""
+        self._held_items -= len(partition.items)
+        self._held_tokens -= partition.tokens
+        self._rest.add(partition.items)
+        self._deferred_tokens += partition.tokens
+
     def _evict_oldest(self) -> list[list[Item]]:
         # The partitions least recently added to go, until half the limits are held; a dict keeps the order in
         # which keys were (re)inserted, and ``add`` moves a partition to its end. Singletons are cut, siblings
-        # deferred (within the budget).
+        # deferred once a first shard is out; all are deferred where partitions can wait (within the budget).
         evicted: list[Item] = []
+        waits = self._can_wait()  # then a lone prompt may wait for siblings too
         while self._partitions and (self._held_items > self.held_max_items // 2
                                     or self._held_tokens > self.held_max_tokens // 2):
             key = next(iter(self._partitions))
             partition = self._partitions.pop(key)
-            self._held_items -= len(partition.items)
-            self._held_tokens -= partition.tokens
-            if (self._handed_out and len(partition.items) > 1
-                    and self._deferred_tokens + partition.tokens <= self.defer_max_tokens):
-                self._rest.add(partition.items)  # siblings: more may come later in the file
-                self._deferred_tokens += partition.tokens
+            if self._within_budget(partition) and (waits or (self._handed_out and len(partition.items) > 1)):
+                self._defer(partition)  # siblings: more may come later in the file
             else:
+                self._held_items -= len(partition.items)
+                self._held_tokens -= partition.tokens
                 evicted.extend(partition.items)
         evicted.sort(key=sort_key)
         shards = list(cut_shards(self._rest.fold(evicted) if self.dedup else evicted, self.max_requests,

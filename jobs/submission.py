@@ -30,6 +30,7 @@ from typing import Any
 from dscbatch.core.errors import InvalidInputError, RequestError, SubmissionCancelledError
 from dscbatch.core.keys import Keys
 from dscbatch.jobs import objectstore
+from dscbatch.jobs.byteranges import stat_input
 from dscbatch.jobs.fileformat import is_parquet
 from dscbatch.jobs.grouping import cut_shards
 from dscbatch.jobs.partitioning import StreamingGrouper
@@ -52,6 +53,10 @@ from dscbatch.jobs.store.specs import SPEC_CHUNK_ITEMS
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 
 Enqueue = Callable[[str, str, str], None]  # (queue, job id, shard key)
+# The first shard waits for the end of the file (all of it grouped by one sort: the best hit rate) where the
+# file is expected to be read within this many seconds of the rendering's start; a longer one is cut as its
+# prefix partitions fill (``StreamingGrouper``'s ``soon``).
+FIRST_SHARD_SECONDS = 5.0
 # Lines rendered, and tokenized in one batch on all cores, at a time.
 RENDER_CHUNK = 256
 Progress = Callable[[int], None]  # lines read so far
@@ -93,11 +98,13 @@ class SubmitOptions:
 
 def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: SubmitOptions,
                progress: Progress | None = None, *, check: FileCheck | None = None,
-               tokenizer: ModelTokenizer | None = None) -> str:
+               tokenizer: ModelTokenizer | None = None, waiting: Callable[[str], int] | None = None) -> str:
     """Create the job and queue its shards as they are cut; returns the job id. Raises InvalidInputError in
     strict mode (the job is removed), SubmissionCancelledError when the job is cancelled or deleted meanwhile.
     ``check``: the file's validation pass when the caller has made it; ``tokenizer``: the model's, when the
-    caller holds it loaded (a server submitting many jobs)."""
+    caller holds it loaded (a server submitting many jobs); ``waiting``: how many messages of a queue wait for
+    a worker (``ShardQueue.waiting``): while the job's queue has some, prefix partitions wait for the end of
+    the file rather than being cut (``StreamingGrouper``'s ``fed``)."""
     if check is None and options.validate_first:
         check = check_file(path, max_line_bytes=options.max_line_bytes)
     if check is None:
@@ -115,7 +122,9 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
         "options": options.record_options(check.invalid_lines if check is not None else 0),
     })
     held: list[str] = []  # validate-first: shards wait until the whole file is rendered
-    with StreamingGrouper(options.shard_max_requests, options.shard_max_tokens, options.dedup) as grouper:
+    fed = (lambda: waiting(queue) > 0) if waiting is not None else (lambda: False)
+    with StreamingGrouper(options.shard_max_requests, options.shard_max_tokens, options.dedup, fed=fed,
+                          soon=lambda: job.ends_within(FIRST_SHARD_SECONDS)) as grouper:
         saved = _saved(store, job, ({**job.header, "items": items} for items in _shards(job, grouper, options)))
         try:
             for key in saved:
@@ -215,6 +224,9 @@ class Rendering:
         self.queued = 0  # shards queued so far
         self.reserved = 0  # shard numbers taken so far
         self._digest = hashlib.sha256()
+        self._read_bytes = 0  # of a JSONL file, read so far
+        self._size: int | None = None  # the JSONL file's size, once ``ends_within`` asked
+        self._started = time.monotonic()
 
     def items(self, source: Iterator[tuple[int, Line]] | None = None) -> Iterator[dict[str, Any]]:
         """Shard items in input order, of ``source`` (item index, line) or else the whole file. A thread
@@ -222,7 +234,7 @@ class Rendering:
         one before: the tokenizer runs without the GIL, so reading, rendering and tokenizing overlap on every
         core."""
         lines = source or enumerate(read_lines(self.path, max_line_bytes=self.options.max_line_bytes,
-                                               on_bytes=self._digest.update))
+                                               on_bytes=self._read))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-render") as renderer:
             chunk = list(itertools.islice(lines, RENDER_CHUNK))
             rendering = renderer.submit(self._render, chunk)
@@ -240,6 +252,19 @@ class Rendering:
                     return
                 chunk = following
         self._save_specs()
+
+    def _read(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._read_bytes += len(data)
+
+    def ends_within(self, seconds: float) -> bool:
+        """Whether the whole file is expected to be read within ``seconds`` of the rendering's start, at the rate
+        read so far (False where that is not known: a Parquet file, nothing read yet)."""
+        if not self._read_bytes or is_parquet(str(self.path)):
+            return False
+        if self._size is None:
+            self._size = stat_input(str(self.path)).size
+        return (time.monotonic() - self._started) * self._size / self._read_bytes <= seconds
 
     def _save_specs(self) -> None:
         if not self.specs:

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dscbatch.core.errors import ApiError, ConflictApiError, DscbatchError, InvalidInputError
 from dscbatch.core.settings import Settings
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.reader import MAX_REPORTED_PROBLEMS, FileCheck, Line, check_file
 from dscbatch.jobs.store import JobStore
-from dscbatch.jobs.submission import Enqueue, SubmitOptions, submit_job
+from dscbatch.jobs.submission import SubmitOptions, submit_job
 from dscbatch.jobs.tokenizer import ModelTokenizer, model_name
 from dscbatch.server.files import FileStore
 from dscbatch.server.models import (
@@ -40,6 +41,9 @@ from dscbatch.server.models import (
     RequestCounts,
 )
 from dscbatch.server.outputs import split_results
+
+if TYPE_CHECKING:
+    from dscbatch.core.celery_app import ShardQueue
 
 # Under the files store, each batch's job gets a folder for its results file.
 JOBS_FOLDER = "jobs"
@@ -61,9 +65,9 @@ class Validated:
 
 class BatchService:
     def __init__(self, settings: Settings, store: JobStore, files: FileStore, models: dict[str, str],
-                 enqueuer: Callable[[], AbstractContextManager[Enqueue]]) -> None:
+                 enqueuer: Callable[[], AbstractContextManager[ShardQueue]]) -> None:
         """``models``: the models batches may name, by name (``model_name``) to directory or hub id;
-        ``enqueuer()``: a context manager giving an ``Enqueue`` for one submission."""
+        ``enqueuer()``: a context manager giving a ``ShardQueue`` for one submission."""
         self.settings = settings
         self.store = store
         self.files = files
@@ -114,7 +118,7 @@ class BatchService:
         try:
             with self.enqueuer() as enqueue:
                 job_id = submit_job(self.store, enqueue, path, options, check=checked.check,
-                                    tokenizer=self._tokenizer(checked.model))
+                                    tokenizer=self._tokenizer(checked.model), waiting=enqueue.waiting)
         except DscbatchError as error:
             self._fail(batch_id, [BatchError(code="invalid_request", message=str(error))])
             return

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from dscbatch.core.celery_app import make_app, shard_enqueuer
 from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
 from dscbatch.core.settings import Settings
-from dscbatch.jobs.grouping import item_indices
+from dscbatch.jobs import submission
+from dscbatch.jobs.grouping import PrefixSorter, cut_shards, item_indices
 from dscbatch.jobs.partitioning import StreamingGrouper
 from dscbatch.jobs.store import JobStore
 from dscbatch.jobs.submission import SubmitOptions, submit_job
@@ -59,6 +61,13 @@ def own_store(private_settings: Settings) -> JobStore:
     return JobStore.connect(private_settings)
 
 
+@pytest.fixture(autouse=True)
+def long_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These files of 3,000 lines stand for files that take longer to read than FIRST_SHARD_SECONDS (a file read
+    within it is grouped whole, its shards queued at its end): shards are cut as partitions fill."""
+    monkeypatch.setattr(submission, "FIRST_SHARD_SECONDS", 0.0)
+
+
 def options(model: Path, **changes: Any) -> SubmitOptions:
     return SubmitOptions(model=str(model), shard_max_requests=16, **changes)
 
@@ -75,6 +84,47 @@ def test_the_first_shards_queue_while_the_file_is_still_read(own_store: JobStore
                                                                               False)
     items = [each for key, _, _ in recorder.queued for each in (own_store.load_shard(key) or {})["items"]]
     assert sorted(index for each in items for index in item_indices(each)) == list(range(LINES))
+
+
+def test_a_file_read_within_the_first_shard_deadline_is_grouped_whole_and_queued_at_its_end(
+        own_store: JobStore, deepseek_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submission, "FIRST_SHARD_SECONDS", 3600.0)  # any machine reads 3,000 lines within it
+    recorder = Recorder(own_store)
+    job_id = submit_job(own_store, recorder, write_lines(tmp_path / "in.jsonl"), options(deepseek_dir),
+                        recorder.progress)
+    assert {read for _, read, _ in recorder.queued} == {LINES}  # nothing was cut before the end of the file
+    shards = [(own_store.load_shard(key) or {})["items"] for key, _, _ in recorder.queued]
+    limits = options(deepseek_dir)
+    with PrefixSorter() as sorter:  # the grouping of the full sort, shard for shard
+        whole = [[each["i"] for each in shard] for shard in cut_shards(sorter.order(iter(
+            [each for shard in shards for each in shard])), limits.shard_max_requests, limits.shard_max_tokens)]
+    assert [[each["i"] for each in shard] for shard in shards] == whole
+    assert own_store.status(job_id).shards == len(shards) > 1
+
+
+def test_while_the_queue_holds_shards_no_worker_took_partitions_wait_for_the_end_of_the_file(
+        own_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    # One prefix partition (every line shares HEADER): it is cut each time it fills (1,024 lines) while the pool
+    # has taken every shard; once shards wait in the queue, it waits for the end of the file instead.
+    path = write_lines(tmp_path / "in.jsonl")
+    hungry, fed = Recorder(own_store), Recorder(own_store)
+    asked: list[str] = []
+    submit_job(own_store, hungry, path, options(deepseek_dir), hungry.progress, waiting=lambda queue: 0)
+    submit_job(own_store, fed, path, options(deepseek_dir), fed.progress,
+               waiting=lambda queue: asked.append(queue) or 1)
+    before_end = [sorted({read for _, read, _ in recorder.queued if read < LINES}) for recorder in (hungry, fed)]
+    assert len(before_end[0]) == 2 and len(before_end[1]) == 1  # two fills cut; then only the first
+    assert set(asked) == {submission.queue_name(own_store.prefix, str(deepseek_dir))}
+    assert len(fed.queued) == len(hungry.queued)
+
+
+def test_a_shard_queue_counts_the_messages_no_worker_has_taken(private_settings: Settings) -> None:
+    with shard_enqueuer(make_app(private_settings)) as enqueue:
+        queue = f"{private_settings.key_prefix}.nobody-serves-this"
+        assert enqueue.waiting(queue) == 0
+        for key in ("k1", "k2", "k3"):
+            enqueue(queue, "job", key)
+        assert (enqueue.waiting(queue), enqueue.waiting(f"{queue}.other")) == (3, 0)
 
 
 def test_status_shows_the_lines_read_while_the_job_is_submitted(own_store: JobStore, deepseek_dir: Path,
@@ -188,6 +238,35 @@ def test_evicted_siblings_wait_to_meet_their_later_siblings_and_lone_prompts_are
     assert early_items & set(range(100, 140))  # lone prompts are cut as they are evicted
     assert [each["ids"][0] for shard in rest for each in shard] == sorted(each["ids"][0] for shard in rest
                                                                            for each in shard)
+
+
+def test_before_the_first_shard_partitions_wait_for_a_near_end_of_the_file() -> None:
+    # The lines of the test above; ``soon``: the submitter expects the end of the file within its deadline.
+    lines = [[k, 2 * k + q] for k in range(50) for q in (0, 1)] + [[1000 + n, n] for n in range(40)]
+    lines += [[k, 999] for k in range(50)]
+    with StreamingGrouper(max_requests=4, max_tokens=1 << 20, key_tokens=1, held_max_items=10,
+                          soon=lambda: True) as grouper:
+        early = [shard for n, ids in enumerate(lines) for shard in grouper.add(item(n, ids))]
+        rest = [[each["i"] for each in shard] for shard in grouper.finish()]
+    with PrefixSorter() as sorter:
+        whole = [[each["i"] for each in shard]
+                 for shard in cut_shards(sorter.order(iter([item(n, ids) for n, ids in enumerate(lines)])), 4,
+                                         1 << 20)]
+    assert early == [] and rest == whole
+
+
+def test_after_the_first_shard_a_fed_pool_lets_lone_prompts_wait_too() -> None:
+    lines = [[k, 2 * k + q] for k in range(50) for q in (0, 1)] + [[1000 + n, n] for n in range(40)]
+    lines += [[1000 + n, 999] for n in range(40)]  # each lone prompt's sibling comes last
+    handed: dict[bool, set[int]] = {}
+    for fed in (False, True):
+        with StreamingGrouper(max_requests=4, max_tokens=1 << 20, key_tokens=1, held_max_items=10,
+                              fed=lambda fed=fed: fed) as grouper:
+            handed[fed] = {each["i"] for n, ids in enumerate(lines) for shard in grouper.add(item(n, ids))
+                           for each in shard}
+            list(grouper.finish())
+    assert handed[True] and handed[True] < set(range(100))  # the first eviction's cut only
+    assert handed[False] & set(range(100, 140))  # a hungry pool gets the lone prompts as they are evicted
 
 
 def run_submit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], settings: Settings,
