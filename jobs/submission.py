@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dscbatch.core.errors import InvalidInputError, RequestError, SubmissionCancelledError
+from dscbatch.core.errors import InvalidInputError, RequestError, StorageError, SubmissionCancelledError
 from dscbatch.core.keys import Keys
 from dscbatch.jobs import objectstore
 from dscbatch.jobs.byteranges import stat_input
@@ -259,12 +259,16 @@ class Rendering:
 
     def ends_within(self, seconds: float) -> bool:
         """Whether the whole file is expected to be read within ``seconds`` of the rendering's start, at the rate
-        read so far (False where that is not known: a Parquet file, nothing read yet)."""
+        read so far (False where that is not known: a Parquet file, a store that gives no size, nothing read
+        yet)."""
         if not self._read_bytes or is_parquet(str(self.path)):
             return False
         if self._size is None:
-            self._size = stat_input(str(self.path)).size
-        return (time.monotonic() - self._started) * self._size / self._read_bytes <= seconds
+            try:
+                self._size = stat_input(str(self.path)).size
+            except StorageError:
+                self._size = 0  # not known: the file streams as if it were long
+        return self._size > 0 and (time.monotonic() - self._started) * self._size / self._read_bytes <= seconds
 
     def _save_specs(self) -> None:
         if not self.specs:
