@@ -122,9 +122,14 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
         "options": options.record_options(check.invalid_lines if check is not None else 0),
     })
     held: list[str] = []  # validate-first: shards wait until the whole file is rendered
-    fed = (lambda: waiting(queue) > 0) if waiting is not None else (lambda: False)
+    def fed() -> bool:  # validate-first: nothing runs before the end of the file, which may as well group it
+        return options.validate_first or (waiting is not None and waiting(queue) > 0)
+
+    def soon() -> bool:
+        return options.validate_first or job.ends_within(FIRST_SHARD_SECONDS)
+
     with StreamingGrouper(options.shard_max_requests, options.shard_max_tokens, options.dedup, fed=fed,
-                          soon=lambda: job.ends_within(FIRST_SHARD_SECONDS)) as grouper:
+                          soon=soon) as grouper:
         saved = _saved(store, job, ({**job.header, "items": items} for items in _shards(job, grouper, options)))
         try:
             for key in saved:

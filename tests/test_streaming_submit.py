@@ -86,6 +86,13 @@ def test_the_first_shards_queue_while_the_file_is_still_read(own_store: JobStore
     assert sorted(index for each in items for index in item_indices(each)) == list(range(LINES))
 
 
+def full_sort(shards: list[list[dict[str, Any]]], limits: SubmitOptions) -> list[list[int]]:
+    """The item indices of each shard a full sort of the shards' items cuts."""
+    with PrefixSorter() as sorter:
+        return [[each["i"] for each in shard] for shard in cut_shards(sorter.order(iter(
+            [each for shard in shards for each in shard])), limits.shard_max_requests, limits.shard_max_tokens)]
+
+
 def test_a_file_read_within_the_first_shard_deadline_is_grouped_whole_and_queued_at_its_end(
         own_store: JobStore, deepseek_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(submission, "FIRST_SHARD_SECONDS", 3600.0)  # any machine reads 3,000 lines within it
@@ -94,11 +101,7 @@ def test_a_file_read_within_the_first_shard_deadline_is_grouped_whole_and_queued
                         recorder.progress)
     assert {read for _, read, _ in recorder.queued} == {LINES}  # nothing was cut before the end of the file
     shards = [(own_store.load_shard(key) or {})["items"] for key, _, _ in recorder.queued]
-    limits = options(deepseek_dir)
-    with PrefixSorter() as sorter:  # the grouping of the full sort, shard for shard
-        whole = [[each["i"] for each in shard] for shard in cut_shards(sorter.order(iter(
-            [each for shard in shards for each in shard])), limits.shard_max_requests, limits.shard_max_tokens)]
-    assert [[each["i"] for each in shard] for shard in shards] == whole
+    assert [[each["i"] for each in shard] for shard in shards] == full_sort(shards, options(deepseek_dir))
     assert own_store.status(job_id).shards == len(shards) > 1
 
 
@@ -168,6 +171,9 @@ def test_validate_first_queues_every_shard_once_the_whole_file_is_read(own_store
                         options(deepseek_dir, validate_first=True), recorder.progress)
     assert {(read, state) for _, read, state in recorder.queued} == {(LINES, "queued")}
     assert own_store.status(job_id).shards == len(recorder.queued)
+    # Nothing could run before the end of the file: it is grouped whole, as a full sort groups it.
+    shards = [(own_store.load_shard(key) or {})["items"] for key, _, _ in recorder.queued]
+    assert [[each["i"] for each in shard] for shard in shards] == full_sort(shards, options(deepseek_dir))
 
 
 def test_a_cancel_during_submission_stops_it_at_the_next_shard(own_store: JobStore, deepseek_dir: Path,
