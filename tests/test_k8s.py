@@ -568,23 +568,31 @@ def test_the_render_grace_period_lets_a_count_or_merge_task_finish(docs: list[Do
     assert HEARTBEAT_TTL_SECONDS + HEARTBEAT_SECONDS < grace < settings_of(env).visibility_timeout
 
 
+def queue_trigger(docs: list[Doc], role: str, deployment: Doc) -> tuple[Doc, Doc]:
+    """``role``'s ScaledObject and its one trigger: a Redis list's length, in the workers' Redis (the same
+    connection and credentials as the worker pool's trigger), scaling ``deployment``."""
+    scaled = component(docs, "ScaledObject", role)
+    assert scaled["spec"]["scaleTargetRef"] == {"name": deployment["metadata"]["name"]}
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    worker_trigger = component(docs, "ScaledObject", "worker")["spec"]["triggers"][0]
+    for key in ("host", "port", "databaseIndex"):
+        assert trigger["metadata"][key] == worker_trigger["metadata"][key]
+    assert trigger["authenticationRef"] == worker_trigger["authenticationRef"]
+    return scaled, trigger
+
+
 @pytest.mark.parametrize("overlay", WITH_KEDA)
 def test_keda_scales_the_render_pool_on_the_render_queue(docs: list[Doc]) -> None:
     deployment, _, env, params = render_view(docs)
     settings = settings_of(env)
-    scaled = component(docs, "ScaledObject", "render")
-    assert scaled["spec"]["scaleTargetRef"] == {"name": deployment["metadata"]["name"]}
+    scaled, trigger = queue_trigger(docs, "render", deployment)
     assert scaled["metadata"]["name"] == deployment["metadata"]["name"]
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
     # The queue `submit --render cluster` queues render tasks on (core.celery_app.enqueue_render) and a
     # --render-only worker consumes: derived from DSCBATCH_KEY_PREFIX and --model, like the workers' queue.
     assert trigger["metadata"]["listName"] == render_queue(queue_name(settings.key_prefix, params["model"]))
     worker_trigger = component(docs, "ScaledObject", "worker")["spec"]["triggers"][0]
     assert trigger["metadata"]["listName"] == f"{worker_trigger['metadata']['listName']}.render"
-    for key in ("host", "port", "databaseIndex"):
-        assert trigger["metadata"][key] == worker_trigger["metadata"][key]
-    assert trigger["authenticationRef"] == worker_trigger["authenticationRef"]
     # Nothing waits there outside a cluster-rendered submission: from zero, and back to zero.
     spec = scaled["spec"]
     assert spec["minReplicaCount"] == 0 and trigger["metadata"]["activationListLength"] == "0"
@@ -697,16 +705,9 @@ def test_the_executor_pod_may_build_sandboxes_and_nothing_more(docs: list[Doc]) 
 def test_keda_scales_the_executors_on_the_executor_queue(docs: list[Doc]) -> None:
     deployment, _, env, _ = executor_view(docs)
     settings = settings_of(env)
-    scaled = component(docs, "ScaledObject", "executor")
-    assert scaled["spec"]["scaleTargetRef"] == {"name": deployment["metadata"]["name"]}
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
+    scaled, trigger = queue_trigger(docs, "executor", deployment)
     # The queue the executor consumes and the workers queue verifications on.
     assert trigger["metadata"]["listName"] == executor_queue(settings.key_prefix)
-    worker_trigger = component(docs, "ScaledObject", "worker")["spec"]["triggers"][0]
-    for key in ("host", "port", "databaseIndex"):
-        assert trigger["metadata"][key] == worker_trigger["metadata"][key]
-    assert trigger["authenticationRef"] == worker_trigger["authenticationRef"]
     # One executor always runs: its sweeper requeues verifications whose worker died before queueing them.
     assert scaled["spec"]["minReplicaCount"] >= 1
 
