@@ -114,7 +114,8 @@ _BUILT_IN = (
              trivial="local lu = require('luaunit')\nlu.assertEquals({1 + 1}, {2})\n"),
     Language("r", "R", "test.r", (), ("Rscript", "test.r"), memory_mb=2048, etc=("/etc/R",),
              trivial="stopifnot(1 + 1 == 2)\n"),
-    Language("pl", "Perl", "test.pl", (), ("perl", "test.pl"), aliases=("perl",), trivial="die if 1 + 1 != 2;\n"),
+    Language("pl", "Perl", "test.pl", (), ("perl", "test.pl"), aliases=("perl",),
+             trivial="use Test::Deep;\ndie unless eq_deeply([1 + 1], [2]);\n"),  # MultiPL-E's tests use Test::Deep
     Language("scala", "Scala", "test.scala", (("scalac", "-J-Xmx512m", "-J-Xss8m", "-d", ".", "test.scala"),),
              ("scala", "-J-Xmx512m", "-J-Xss8m", "-cp", ".", "Problem"), indent=4,
              main="def main", memory_mb=4096, compile_seconds=60, processes=128,
