@@ -264,9 +264,9 @@ class Rendering:
 
     def ends_within(self, seconds: float) -> bool:
         """Whether the whole file is expected to be read within ``seconds`` of the rendering's start, at the rate
-        read so far (False where that is not known: a Parquet file, a store that gives no size, nothing read
-        yet)."""
-        if not self._read_bytes or is_parquet(str(self.path)):
+        read so far (False where that is not known: a Parquet file, whose reader reports no bytes, a store that
+        gives no size, nothing read yet)."""
+        if not self._read_bytes:
             return False
         if self._size is None:
             try:
