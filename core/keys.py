@@ -31,6 +31,9 @@ Jobs (the ``jobs/store/`` package, the only module that reads or writes Redis)::
                                 failed, and JSON [worker, error, final] of its last failure); a merge task's
                                 figures are under N = ranges + its partition (the ranges' own have no shards)
     P:job:ID:range_errors       bitmap: the item indices whose error record a render task stored (--skip-invalid)
+    P:job:ID:events             pub/sub channel, not a key: "settled" (settle.lua), "finalized"
+                                (finalize_commit.lua), "cancelled", "finalize_error"; what wakes a command that
+                                waits on the job (``JobStore.events``), which still reads the record now and then
     P:verify:waiting            sorted set: "JOB:INDEX" of stored results awaiting a verdict, by when queued
     P:verdicts:unflushed        sorted set: jobs with records in their verdicts hash, by when the oldest came
     P:verdicts:flush            string: the worker moving verdict records to the work folder now (expires)
@@ -88,6 +91,10 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """The job's pub/sub channel (the Lua scripts name it from the job's key: KEYS[n] .. ':events')."""
+        return f"{self.job(job_id)}:events"
 
     def job_part(self, job_id: str, suffix: str) -> str:
         """``P:job:ID:SUFFIX``, one of ``JOB_KEY_SUFFIXES``."""

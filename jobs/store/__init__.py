@@ -65,6 +65,7 @@ from dscbatch.jobs.store import scripts
 from dscbatch.jobs.store import specs as spec_files
 from dscbatch.jobs.store.base import StoreUnavailable as StoreUnavailable  # re-exported for loops outside
 from dscbatch.jobs.store.deliveries import Deliveries
+from dscbatch.jobs.store.events import JobEvents
 from dscbatch.jobs.store.finalizing import Finalizing
 from dscbatch.jobs.store.ranges import Ranges
 from dscbatch.jobs.store.records import Records
@@ -451,11 +452,18 @@ class JobStore(Finalizing, Deliveries, Suspects, Records, Ranges):
     def cancel(self, job_id: str) -> JobStatus:
         self.status(job_id)
         self.client.hset(self.job_key(job_id), mapping={"cancelled": "1", "finished": time.time()})
+        self.announce(job_id, "cancelled")
         return self.status(job_id)
 
     def cancel_if_present(self, job_id: str) -> None:
         """Mark the job cancelled if its record exists (a deleted job is not brought back)."""
         self._set_if_present(job_id, "cancelled", 1)
+        self.announce(job_id, "cancelled")
+
+    def events(self, job_id: str) -> JobEvents:
+        """Subscribe to the job's events (settled, finalized, cancelled, finalize_error): a waiting command's
+        wake-up (``cli/progress.py``)."""
+        return JobEvents(self.client, self.keys.job_events(job_id))
 
     def count_shards(self, job_id: str, shards: int) -> None:
         """Record how many shard numbers a running submission has used, so a delete finds every shard."""

@@ -32,6 +32,10 @@ class StoreBase:
         except StoreUnavailable:
             return False
 
+    def announce(self, job_id: str, event: str) -> None:
+        """Publish ``event`` on the job's channel (``JobStore.events``; the Lua scripts publish their own)."""
+        self.client.publish(self.keys.job_events(job_id), event)
+
     def lock(self, key: str, holder: str, seconds: int) -> bool:
         """Take the expiring lock ``key`` for ``holder`` unless someone holds it (``SET NX EX``); True if taken."""
         return bool(self.client.set(key, holder, nx=True, ex=seconds))

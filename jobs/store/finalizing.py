@@ -50,3 +50,4 @@ class Finalizing(StoreBase):
         """Show why the job's results file could not be written (if the job still exists)."""
         if self.client.exists(self.keys.job(job_id)):
             self.client.hset(self.keys.job(job_id), "finalize_error", error)
+            self.announce(job_id, "finalize_error")
