@@ -13,11 +13,11 @@ each) stream too: when the partitions together hold more than ``HELD_MAX_ITEMS``
 tokens, the partitions that waited longest since their last item are evicted, until half of that is held. An
 evicted partition of one item (a prompt that met no sibling) is cut into shards at once with the others like
 it; one of several items (siblings that may have more to come, spread over the file) is deferred to a
-``PrefixSorter``, which spills to disk, to meet them at the end of the file, once a first shard is out and
-while the deferred items hold fewer than ``DEFER_MAX_TOKENS`` tokens; otherwise evicted partitions are all cut
-at once, so the pool gets its first shard within ``HELD_MAX_TOKENS`` read, whatever the file. The last,
-partial shard of what is cut goes to the sorter too. At the end of the file the partitions left join it, and
-its sorted rest is cut as today. ``benchmarks/grouping_stream.py`` measures the hit rate this keeps against
+``PrefixSorter``, which spills to disk, to meet them at the end of the file, while the deferred items hold
+fewer than ``DEFER_MAX_TOKENS`` tokens. The first eviction cuts ``FIRST_CUT_ITEMS``, one small shard that
+starts the pool within ``HELD_MAX_TOKENS`` read, whatever the file, and defers the rest. The last, partial
+shard of what a later eviction cuts goes to the sorter too. At the end of the file the partitions left join it,
+and its sorted rest is cut as today. ``benchmarks/grouping_stream.py`` measures the hit rate this keeps against
 the full sort.
 
 Cutting early buys time only while the pool has nothing to run, and costs hit rate: siblings still to come
@@ -27,6 +27,15 @@ end of the file is near (``soon``: the submitter expects it within ``submission.
 file read in a few seconds is grouped by one sort, as before streaming. After it: while the pool has shards
 waiting (``fed``: shards of the job's queue that no worker has taken), so a pool slower than the reading (one
 worker, a small pool) gets the full sort's grouping, and one that keeps up gets shards as partitions fill.
+
+A lone prompt cut early whose siblings come later costs its group one more prefill of their shared prefix, and
+where each group's siblings are spread over the whole file (a shuffled file), that is every group: measured at
+16x the throughput files, long-contexts lost a quarter of its hit rate (0.60 against 0.81) and took 1.7x the
+script's time, though the worker held shards all along (it takes them from the queue at once, so ``fed`` stayed
+false). So the keys of the lone prompts cut are remembered (hashed into a fixed bitmap); once
+``LATE_SIBLINGS_MIN`` items have come whose key was cut, more than ``LATE_SIBLING_RATE`` of those read since
+the first cut, the file's groups are spread: lone prompts wait for the end of the file too, as siblings do
+(within ``DEFER_MAX_TOKENS``). A file of unique prompts has no late siblings and keeps streaming.
 """
 
 from __future__ import annotations
@@ -44,6 +53,10 @@ HELD_MAX_ITEMS = RUN_MAX_ITEMS  # what the partitions hold in memory at most, as
 HELD_MAX_TOKENS = RUN_MAX_TOKENS
 # Evicted partitions of siblings wait on disk for the end of the file up to this many prompt tokens in all.
 DEFER_MAX_TOKENS = 16 * RUN_MAX_TOKENS
+FIRST_CUT_ITEMS = 16  # the first shard of a file not read soon: each of its items may have siblings still to come
+CUT_KEYS_BITS = 1 << 26  # 8 MiB whatever the file: the keys of lone prompts cut early (a false match per 67M)
+LATE_SIBLINGS_MIN = 8  # items whose key was cut early (a lone prompt's later siblings) before lone prompts wait...
+LATE_SIBLING_RATE = 0.01  # ...and at least this share of the items read since the first cut
 
 
 class _Partition:
@@ -76,6 +89,8 @@ class StreamingGrouper:
         self.soon = soon
         self._deferred_tokens = 0
         self._handed_out = False  # a shard was cut: deferring no longer keeps the pool waiting for its first
+        self._cut_keys = bytearray(CUT_KEYS_BITS // 8)
+        self._read_since_cut = self._late_siblings = 0
         self._partitions: dict[tuple[int, ...], _Partition] = {}
         self._held_items = self._held_tokens = 0
         self._rest = PrefixSorter(dedup=dedup)  # the end-of-file sort: deferred partitions wait there, spilled
@@ -92,7 +107,12 @@ class StreamingGrouper:
 
     def add(self, item: Item) -> list[list[Item]]:
         key = tuple(item["ids"][:self.key_tokens])
-        partition = self._partitions.pop(key, None) or _Partition()
+        partition = self._partitions.pop(key, None)
+        if partition is None:
+            partition = _Partition()
+            if self._handed_out:
+                self._read_since_cut += 1
+                self._late_siblings += self._was_cut(key)
         self._partitions[key] = partition  # the most recently added to, last
         tokens = item_tokens(item)
         partition.items.append(item)
@@ -136,6 +156,33 @@ class StreamingGrouper:
             del self._partitions[key]
         return shards
 
+    def _bit(self, key: tuple[int, ...]) -> tuple[int, int]:
+        bit = hash(key) % CUT_KEYS_BITS
+        return bit >> 3, 1 << (bit & 7)
+
+    def _mark_cut(self, key: tuple[int, ...]) -> None:
+        byte, mask = self._bit(key)
+        self._cut_keys[byte] |= mask
+
+    def _was_cut(self, key: tuple[int, ...]) -> bool:
+        byte, mask = self._bit(key)
+        return bool(self._cut_keys[byte] & mask)
+
+    def _spread(self) -> bool:
+        """Whether lone prompts cut early have met later siblings often enough to call the file's groups spread."""
+        return (self._late_siblings >= LATE_SIBLINGS_MIN
+                and self._late_siblings >= LATE_SIBLING_RATE * self._read_since_cut)
+
+    def _evicted_waits(self, partition: _Partition, can_wait: bool, evicted: int) -> bool:
+        """Whether an evicted partition is deferred (given ``evicted`` items of this eviction cut so far): before
+        the first shard, all but ``FIRST_CUT_ITEMS`` where the end is not near; after it, siblings, and lone
+        prompts too where the pool is fed or the file's groups are spread; always within the budget."""
+        if not self._within_budget(partition):
+            return False
+        if not self._handed_out:
+            return can_wait or evicted >= min(self.max_requests, FIRST_CUT_ITEMS)
+        return can_wait or len(partition.items) > 1 or self._spread()
+
     def _within_budget(self, partition: _Partition) -> bool:
         """Whether ``partition`` keeps the deferred partitions within ``defer_max_tokens``."""
         return self._deferred_tokens + partition.tokens <= self.defer_max_tokens
@@ -154,23 +201,25 @@ class StreamingGrouper:
 
     def _evict_oldest(self) -> list[list[Item]]:
         # The partitions least recently added to go, until half the limits are held; a dict keeps the order in
-        # which keys were (re)inserted, and ``add`` moves a partition to its end. Singletons are cut, siblings
-        # deferred once a first shard is out; all are deferred where partitions can wait (within the budget).
+        # which keys were (re)inserted, and ``add`` moves a partition to its end (``_evicted_waits`` decides which
+        # wait for the end of the file).
         evicted: list[Item] = []
-        waits = self._can_wait()  # then a lone prompt may wait for siblings too
+        can_wait = self._can_wait()
         while self._partitions and (self._held_items > self.held_max_items // 2
                                     or self._held_tokens > self.held_max_tokens // 2):
             key = next(iter(self._partitions))
             partition = self._partitions.pop(key)
-            if self._within_budget(partition) and (waits or (self._handed_out and len(partition.items) > 1)):
-                self._defer(partition)  # siblings: more may come later in the file
+            if self._evicted_waits(partition, can_wait, len(evicted)):
+                self._defer(partition)  # more siblings may come later in the file
             else:
                 self._held_items -= len(partition.items)
                 self._held_tokens -= partition.tokens
                 evicted.extend(partition.items)
+                if len(partition.items) == 1:
+                    self._mark_cut(key)
         evicted.sort(key=sort_key)
         shards = list(cut_shards(self._rest.fold(evicted) if self.dedup else evicted, self.max_requests,
                                  self.max_tokens))
-        if shards and len(shards[-1]) < self.max_requests:
-            self._rest.add(shards.pop())  # a partial shard waits for the end of the file
+        if shards and len(shards[-1]) < self.max_requests and self._handed_out:
+            self._rest.add(shards.pop())  # a partial shard waits for the end of the file (the first goes out)
         return shards

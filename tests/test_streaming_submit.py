@@ -4,6 +4,7 @@ validate-first, refuses it before any shard), and a cancel or delete during subm
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from dscbatch.core.celery_app import make_app, shard_enqueuer
 from dscbatch.core.errors import InvalidInputError, SubmissionCancelledError
 from dscbatch.core.settings import Settings
-from dscbatch.jobs import submission
+from dscbatch.jobs import partitioning, submission
 from dscbatch.jobs.grouping import PrefixSorter, cut_shards, item_indices
 from dscbatch.jobs.partitioning import StreamingGrouper
 from dscbatch.jobs.store import JobStore
@@ -273,6 +274,43 @@ def test_after_the_first_shard_a_fed_pool_lets_lone_prompts_wait_too() -> None:
             list(grouper.finish())
     assert handed[True] and handed[True] < set(range(100))  # the first eviction's cut only
     assert handed[False] & set(range(100, 140))  # a hungry pool gets the lone prompts as they are evicted
+
+
+def early_and_rest(lines: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """The file order of the items cut before the end of the file, and the shards cut at its end (indices)."""
+    with StreamingGrouper(max_requests=4, max_tokens=1 << 20, key_tokens=1, held_max_items=10) as grouper:
+        early = [each["i"] for n, ids in enumerate(lines) for shard in grouper.add(item(n, ids)) for each in shard]
+        rest = [[each["i"] for each in shard] for shard in grouper.finish()]
+    return early, rest
+
+
+def test_lone_prompts_wait_once_their_siblings_turn_out_to_be_spread_over_the_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 groups of 4 siblings, shuffled over the file, partitions of 10 items at most: a lone prompt cut
+    early costs its group a second prefill of their prefix. Once 8 of their siblings have come, lone prompts
+    wait: early cuts stop near the start of the file, and two groups in three meet whole at its end (without
+    the rule, lone prompts are cut all through the file and 15 groups in 100 stay whole)."""
+    lines = [[k, q] for k in range(100) for q in range(4)]
+    random.Random(0).shuffle(lines)
+
+    def whole_groups() -> tuple[int, list[int], list[list[int]]]:
+        early, rest = early_and_rest(lines)
+        return 100 - len({lines[n][0] for n in early}), early, rest
+
+    whole, early, rest = whole_groups()
+    assert 0 < len(early) <= 40 and max(early) < 100, early  # the pool started; the first quarter of the file
+    assert whole >= 65  # these groups' four siblings are neighbours in the end-of-file sort
+    order = [lines[n][0] for shard in rest for n in shard]
+    assert order == sorted(order)
+    monkeypatch.setattr(partitioning, "LATE_SIBLINGS_MIN", len(lines) + 1)  # the rule never fires
+    assert whole_groups()[0] <= 20
+
+
+def test_unique_prompts_keep_streaming() -> None:
+    """No prompt meets a sibling: no late sibling is ever seen, and lone prompts are cut as they are evicted (what
+    an eviction cuts beyond whole shards waits for the end of the file: 140 of 400 items here)."""
+    early, rest = early_and_rest([[n, 0] for n in range(400)])
+    assert len(early) >= 240 and sorted(early + [n for shard in rest for n in shard]) == list(range(400))
 
 
 def run_submit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], settings: Settings,
