@@ -29,13 +29,13 @@ waiting (``fed``: shards of the job's queue that no worker has taken), so a pool
 worker, a small pool) gets the full sort's grouping, and one that keeps up gets shards as partitions fill.
 
 A lone prompt cut early whose siblings come later costs its group one more prefill of their shared prefix, and
-where each group's siblings are spread over the whole file (a shuffled file), that is every group: measured at
+where each group's siblings are spread over the whole file (a shuffled file), that is most groups: measured at
 16x the throughput files, long-contexts lost a quarter of its hit rate (0.60 against 0.81) and took 1.7x the
 script's time, though the worker held shards all along (it takes them from the queue at once, so ``fed`` stayed
-false). So the keys of the lone prompts cut are remembered (hashed into a fixed bitmap); once
-``LATE_SIBLINGS_MIN`` items have come whose key was cut, more than ``LATE_SIBLING_RATE`` of those read since
-the first cut, the file's groups are spread: lone prompts wait for the end of the file too, as siblings do
-(within ``DEFER_MAX_TOKENS``). A file of unique prompts has no late siblings and keeps streaming.
+false). So lone prompts wait for the end of the file too, as siblings do (within ``DEFER_MAX_TOKENS``), once
+the file shows that its prompts have siblings: at least ``SIBLINGS_MIN`` items, and ``SIBLING_RATE`` of those
+read, joined a partition or came after a lone prompt of their key was cut (those keys are kept hashed in a
+fixed bitmap). A file of unique prompts never shows it and keeps streaming.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ HELD_MAX_TOKENS = RUN_MAX_TOKENS
 DEFER_MAX_TOKENS = 16 * RUN_MAX_TOKENS
 FIRST_CUT_ITEMS = 16  # the first shard of a file not read soon: each of its items may have siblings still to come
 CUT_KEYS_BITS = 1 << 26  # 8 MiB whatever the file: the keys of lone prompts cut early (a false match per 67M)
-LATE_SIBLINGS_MIN = 8  # items whose key was cut early (a lone prompt's later siblings) before lone prompts wait...
-LATE_SIBLING_RATE = 0.01  # ...and at least this share of the items read since the first cut
+SIBLINGS_MIN = 8  # items that met a sibling (a partition, or a lone prompt cut early) before lone prompts wait...
+SIBLING_RATE = 0.01  # ...and at least this share of the items read
 
 
 class _Partition:
@@ -90,7 +90,7 @@ class StreamingGrouper:
         self._deferred_tokens = 0
         self._handed_out = False  # a shard was cut: deferring no longer keeps the pool waiting for its first
         self._cut_keys = bytearray(CUT_KEYS_BITS // 8)
-        self._read_since_cut = self._late_siblings = 0
+        self._read = self._met = 0  # items read; of those, items that met a sibling
         self._partitions: dict[tuple[int, ...], _Partition] = {}
         self._held_items = self._held_tokens = 0
         self._rest = PrefixSorter(dedup=dedup)  # the end-of-file sort: deferred partitions wait there, spilled
@@ -108,11 +108,10 @@ class StreamingGrouper:
     def add(self, item: Item) -> list[list[Item]]:
         key = tuple(item["ids"][:self.key_tokens])
         partition = self._partitions.pop(key, None)
+        self._read += 1
+        self._met += partition is not None or self._was_cut(key)
         if partition is None:
             partition = _Partition()
-            if self._handed_out:
-                self._read_since_cut += 1
-                self._late_siblings += self._was_cut(key)
         self._partitions[key] = partition  # the most recently added to, last
         tokens = item_tokens(item)
         partition.items.append(item)
@@ -168,20 +167,19 @@ class StreamingGrouper:
         byte, mask = self._bit(key)
         return bool(self._cut_keys[byte] & mask)
 
-    def _spread(self) -> bool:
-        """Whether lone prompts cut early have met later siblings often enough to call the file's groups spread."""
-        return (self._late_siblings >= LATE_SIBLINGS_MIN
-                and self._late_siblings >= LATE_SIBLING_RATE * self._read_since_cut)
+    def _has_siblings(self) -> bool:
+        """Whether the file's prompts meet siblings often enough that a lone prompt likely has some to come."""
+        return self._met >= SIBLINGS_MIN and self._met >= SIBLING_RATE * self._read
 
     def _evicted_waits(self, partition: _Partition, can_wait: bool, evicted: int) -> bool:
         """Whether an evicted partition is deferred (given ``evicted`` items of this eviction cut so far): before
         the first shard, all but ``FIRST_CUT_ITEMS`` where the end is not near; after it, siblings, and lone
-        prompts too where the pool is fed or the file's groups are spread; always within the budget."""
+        prompts too where the pool is fed or the file's prompts have siblings; always within the budget."""
         if not self._within_budget(partition):
             return False
         if not self._handed_out:
             return can_wait or evicted >= min(self.max_requests, FIRST_CUT_ITEMS)
-        return can_wait or len(partition.items) > 1 or self._spread()
+        return can_wait or len(partition.items) > 1 or self._has_siblings()
 
     def _within_budget(self, partition: _Partition) -> bool:
         """Whether ``partition`` keeps the deferred partitions within ``defer_max_tokens``."""

@@ -239,10 +239,10 @@ def test_evicted_siblings_wait_to_meet_their_later_siblings_and_lone_prompts_are
         rest = list(grouper.finish())
     early_items = {each["i"] for shard in early for each in shard}
     assert sorted([*early_items, *(each["i"] for shard in rest for each in shard)]) == list(range(190))
-    assert early_items  # the first evictions are cut: the pool starts early
+    assert early_items  # the first eviction is cut: the pool starts early
     waited = [k for k in range(50) if not early_items & {2 * k, 2 * k + 1}]
-    assert len(waited) >= 40, waited  # the later pairs waited for the end of the file, where their third is
-    assert early_items & set(range(100, 140))  # lone prompts are cut as they are evicted
+    assert len(waited) >= 48, waited  # the later pairs waited for the end of the file, where their third is
+    assert not early_items & set(range(100, 140))  # lone prompts too: this file's prompts have siblings
     assert [each["ids"][0] for shard in rest for each in shard] == sorted(each["ids"][0] for shard in rest
                                                                            for each in shard)
 
@@ -263,8 +263,7 @@ def test_before_the_first_shard_partitions_wait_for_a_near_end_of_the_file() -> 
 
 
 def test_after_the_first_shard_a_fed_pool_lets_lone_prompts_wait_too() -> None:
-    lines = [[k, 2 * k + q] for k in range(50) for q in (0, 1)] + [[1000 + n, n] for n in range(40)]
-    lines += [[1000 + n, 999] for n in range(40)]  # each lone prompt's sibling comes last
+    lines = [[n, 0] for n in range(100)] + [[n, 1] for n in range(100)]  # each prompt's sibling comes last
     handed: dict[bool, set[int]] = {}
     for fed in (False, True):
         with StreamingGrouper(max_requests=4, max_tokens=1 << 20, key_tokens=1, held_max_items=10,
@@ -272,8 +271,8 @@ def test_after_the_first_shard_a_fed_pool_lets_lone_prompts_wait_too() -> None:
             handed[fed] = {each["i"] for n, ids in enumerate(lines) for shard in grouper.add(item(n, ids))
                            for each in shard}
             list(grouper.finish())
-    assert handed[True] and handed[True] < set(range(100))  # the first eviction's cut only
-    assert handed[False] & set(range(100, 140))  # a hungry pool gets the lone prompts as they are evicted
+    assert len(handed[True]) == 4  # the first shard only
+    assert len(handed[False]) > 50  # a hungry pool gets the lone prompts as they are evicted
 
 
 def early_and_rest(lines: list[list[int]]) -> tuple[list[int], list[list[int]]]:
@@ -287,9 +286,10 @@ def early_and_rest(lines: list[list[int]]) -> tuple[list[int], list[list[int]]]:
 def test_lone_prompts_wait_once_their_siblings_turn_out_to_be_spread_over_the_file(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """100 groups of 4 siblings, shuffled over the file, partitions of 10 items at most: a lone prompt cut
-    early costs its group a second prefill of their prefix. Once 8 of their siblings have come, lone prompts
-    wait: early cuts stop near the start of the file, and two groups in three meet whole at its end (without
-    the rule, lone prompts are cut all through the file and 15 groups in 100 stay whole)."""
+    early costs its group a second prefill of their prefix. Once 8 items (and 1% of those read) have met a
+    sibling, lone prompts wait: early cuts stop within the first tenth of the file (the window is small against
+    it here: a sibling in it is rare), and three groups in four meet whole at its end (without the rule, lone
+    prompts are cut all through the file and 15 groups in 100 stay whole)."""
     lines = [[k, q] for k in range(100) for q in range(4)]
     random.Random(0).shuffle(lines)
 
@@ -298,11 +298,11 @@ def test_lone_prompts_wait_once_their_siblings_turn_out_to_be_spread_over_the_fi
         return 100 - len({lines[n][0] for n in early}), early, rest
 
     whole, early, rest = whole_groups()
-    assert 0 < len(early) <= 40 and max(early) < 100, early  # the pool started; the first quarter of the file
-    assert whole >= 65  # these groups' four siblings are neighbours in the end-of-file sort
+    assert 0 < len(early) <= 30 and max(early) < 45, early  # the pool started
+    assert whole >= 72  # these groups' four siblings are neighbours in the end-of-file sort
     order = [lines[n][0] for shard in rest for n in shard]
     assert order == sorted(order)
-    monkeypatch.setattr(partitioning, "LATE_SIBLINGS_MIN", len(lines) + 1)  # the rule never fires
+    monkeypatch.setattr(partitioning, "SIBLINGS_MIN", len(lines) + 1)  # the rule never fires
     assert whole_groups()[0] <= 20
 
 
