@@ -34,8 +34,8 @@ where each group's siblings are spread over the whole file (a shuffled file), th
 script's time, though the worker held shards all along (it takes them from the queue at once, so ``fed`` stayed
 false). So lone prompts wait for the end of the file too, as siblings do (within ``DEFER_MAX_TOKENS``), once
 the file shows that its prompts have siblings: at least ``SIBLINGS_MIN`` items, and ``SIBLING_RATE`` of those
-read, joined a partition or came after a lone prompt of their key was cut (those keys are kept hashed in a
-fixed bitmap). A file of unique prompts never shows it and keeps streaming.
+read, joined a partition or came after a lone prompt of their key was cut (the last ``CUT_KEYS_KEPT`` such keys
+are kept hashed in a fixed bitmap). A file of unique prompts never shows it and keeps streaming.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ HELD_MAX_TOKENS = RUN_MAX_TOKENS
 # Evicted partitions of siblings wait on disk for the end of the file up to this many prompt tokens in all.
 DEFER_MAX_TOKENS = 16 * RUN_MAX_TOKENS
 FIRST_CUT_ITEMS = 16  # the first shard of a file not read soon: each of its items may have siblings still to come
-CUT_KEYS_BITS = 1 << 26  # 8 MiB whatever the file: the keys of lone prompts cut early (a false match per 67M)
+CUT_KEYS_BITS = 1 << 26  # 8 MiB whatever the file: the keys of lone prompts cut early, hashed...
+# ...and forgotten each time this many are marked, so that a false match stays under 1 in 1,000 (a file of millions
+# of unique prompts would otherwise fill the bitmap and seem to have siblings).
+CUT_KEYS_KEPT = CUT_KEYS_BITS >> 10
 SIBLINGS_MIN = 8  # items that met a sibling (a partition, or a lone prompt cut early) before lone prompts wait...
 SIBLING_RATE = 0.01  # ...and at least this share of the items read
 
@@ -90,6 +93,7 @@ class StreamingGrouper:
         self._deferred_tokens = 0
         self._handed_out = False  # a shard was cut: deferring no longer keeps the pool waiting for its first
         self._cut_keys = bytearray(CUT_KEYS_BITS // 8)
+        self._marked = 0
         self._read = self._met = 0  # items read; of those, items that met a sibling
         self._partitions: dict[tuple[int, ...], _Partition] = {}
         self._held_items = self._held_tokens = 0
@@ -160,8 +164,11 @@ class StreamingGrouper:
         return bit >> 3, 1 << (bit & 7)
 
     def _mark_cut(self, key: tuple[int, ...]) -> None:
+        if self._marked == CUT_KEYS_KEPT:
+            self._cut_keys, self._marked = bytearray(CUT_KEYS_BITS // 8), 0
         byte, mask = self._bit(key)
         self._cut_keys[byte] |= mask
+        self._marked += 1
 
     def _was_cut(self, key: tuple[int, ...]) -> bool:
         byte, mask = self._bit(key)

@@ -130,7 +130,8 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
 
     with StreamingGrouper(options.shard_max_requests, options.shard_max_tokens, options.dedup, fed=fed,
                           soon=soon) as grouper:
-        saved = _saved(store, job, ({**job.header, "items": items} for items in _shards(job, grouper, options)))
+        saved = _saved(store, job, (({**job.header, "items": items}, last) for items, last in
+                                    _shards(job, grouper, options)))
         try:
             for key in saved:
                 if store.submission_step(job.id, job.total):
@@ -166,27 +167,34 @@ def submit_job(store: JobStore, enqueue: Enqueue, path: str | Path, options: Sub
     return job.id
 
 
-def _shards(job: Rendering, grouper: StreamingGrouper, options: SubmitOptions) -> Iterator[list[dict[str, Any]]]:
-    """Shards in the order they can be queued: as prefix partitions fill, or in the file's order. None more
-    once a bad line stops a strict submission."""
+def _shards(job: Rendering, grouper: StreamingGrouper,
+            options: SubmitOptions) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    """Shards in the order they can be queued: as prefix partitions fill, or in the file's order; each with
+    whether it is the last that is ready before more of the file is rendered. None more once a bad line stops
+    a strict submission."""
     if not options.group_prefixes:
         for shard in cut_shards(job.items(), options.shard_max_requests, options.shard_max_tokens):
             if job.stopped:
                 return
-            yield shard
+            yield shard, False
         return
     for item in job.items():
-        yield from grouper.add(item)
+        ready = grouper.add(item)
+        for number, shard in enumerate(ready, 1):
+            yield shard, number == len(ready)
     if not job.stopped:
-        yield from grouper.finish()
+        for shard in grouper.finish():
+            yield shard, False
 
 
-def _saved(store: JobStore, job: Rendering, payloads: Iterable[dict[str, Any]]) -> Generator[str]:
+def _saved(store: JobStore, job: Rendering, payloads: Iterable[tuple[dict[str, Any], bool]]) -> Generator[str]:
     """Each payload stored as the job's next shard (its number reserved first, so a delete finds it); yields
-    its key once it is stored. A thread stores each while the caller makes the next."""
+    its key once it is stored. A thread stores each while the caller makes the next; one marked last (no other
+    is ready before more of the file is rendered: the first shard, cut while the file is read) is waited for
+    and yielded at once, not when the next comes, which may be the end of the file."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dscbatch-shards") as saver:
         saving: tuple[str, Any] | None = None
-        for payload in payloads:
+        for payload, last in payloads:
             number, job.reserved = job.reserved, job.reserved + 1
             store.count_shards(job.id, job.reserved)
             key = store.shard_key(job.id, number)
@@ -195,6 +203,10 @@ def _saved(store: JobStore, job: Rendering, payloads: Iterable[dict[str, Any]]) 
                 saving[1].result()
                 yield saving[0]
             saving = following
+            if last:
+                saving[1].result()
+                yield saving[0]
+                saving = None
         if saving is not None:
             saving[1].result()
             yield saving[0]

@@ -87,6 +87,26 @@ def test_the_first_shards_queue_while_the_file_is_still_read(own_store: JobStore
     assert sorted(index for each in items for index in item_indices(each)) == list(range(LINES))
 
 
+def test_in_a_file_of_spread_siblings_the_first_small_shard_queues_at_once_and_the_rest_waits_for_the_end(
+        own_store: JobStore, deepseek_dir: Path, tmp_path: Path) -> None:
+    """600 contexts of about 1,100 tokens, two questions each, shuffled: the partitions reach 1M prompt tokens
+    (the held limit) before the end. The first eviction cuts one shard of 16, queued while the file is still
+    read (it used to wait for the next shard, which came at the end of the file); every other context waits
+    for its sibling, which the file has shown it has."""
+    lines = [(k, q) for k in range(600) for q in range(2)]
+    random.Random(0).shuffle(lines)
+    path = tmp_path / "spread.jsonl"
+    with path.open("w", encoding="utf-8") as file:
+        for k, q in lines:
+            context = " ".join(f"value_{k}_{j} = {j * k}" for j in range(110))
+            file.write(json.dumps({"id": f"c{k}-q{q}", "prompt": f"{context}\n# question {q}\n"}) + "\n")
+    recorder = Recorder(own_store)
+    submit_job(own_store, recorder, path, options(deepseek_dir), recorder.progress)
+    early = [key for key, read, _ in recorder.queued if read < len(lines)]
+    assert len(early) == 1 and len(recorder.queued) > 1, recorder.queued[:3]
+    assert len((own_store.load_shard(early[0]) or {})["items"]) == 16
+
+
 def full_sort(shards: list[list[dict[str, Any]]], limits: SubmitOptions) -> list[list[int]]:
     """The item indices of each shard a full sort of the shards' items cuts."""
     with PrefixSorter() as sorter:
