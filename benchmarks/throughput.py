@@ -73,6 +73,7 @@ def show(workload: str, system: str, result: dict[str, Any]) -> None:
                 f"hit rate {result['prefix_cache_hit_rate']}"
                 + (f"  preemptions {result['preemptions']}" if "preemptions" in result else "")
                 + (f"  engine from {result['before_engine_s']:.2f} s" if "before_engine_s" in result else "")
+                + (f"  cpu {result['cpu_s']:.2f} s" if "cpu_s" in result else "")
                 + (f"  ({result['failed']} failed)" if result["failed"] else "")
                 + (f"  [in-process {result['in_process_s']:.2f} s]" if "in_process_s" in result else "")
                 + ("  (!) unreliable: see its note" if "note" in result else ""))
@@ -358,6 +359,8 @@ def main() -> None:
                 "before_engine_s: seconds from the clock's start until the engine got the first request "
                 "(a: the read, tokenize and sort before generate; c: until a worker's Celery received the "
                 "job's first shard, from the worker's log)",
+                "cpu_s: CPU seconds (user and system) the system used over the timed run, on all cores (script: "
+                "its process and its engine's; c: submit, redis-server, the workers and their engines)",
                 "ratios: requests/s of the variant over the baseline's (above 1: the variant is faster)",
             ],
         },

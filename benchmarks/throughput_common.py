@@ -66,6 +66,27 @@ def measurement(seconds: float, totals: Totals, **extra: Any) -> dict[str, Any]:
     }
 
 
+def tree_cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU seconds used so far by these processes and every live descendant of theirs (vLLM's
+    EngineCore among them); a process that has exited counts nothing."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in tree:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total
+
+
 def engine_args(model: str, kv_cache_bytes: int, max_num_seqs: int, max_num_batched_tokens: int,
                 max_model_len: int) -> dict[str, Any]:
     """dscbatch's defaults (prefix caching on, eager mode on the CPU, stats on) with the benchmark's KV cache

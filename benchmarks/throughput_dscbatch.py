@@ -12,6 +12,7 @@ import datetime
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from throughput_common import Usage, log_tail, measurement, read_totals, run_logged
+from throughput_common import Usage, log_tail, measurement, read_totals, run_logged, tree_cpu_seconds
 
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
@@ -125,20 +126,28 @@ class Cluster:
         folder = output.with_suffix(".d")
         preempted = self.preemptions()
         logs = self.log_sizes()
+        cpu = self.cpu_seconds()
         started_at = time.time()
         started = time.perf_counter()
         _, stdout = run_logged([*DSCBATCH, "submit", str(input_path), "--model", self.model, "--wait", "-o",
                                 str(folder), *self.variant.submit_flags], self.log, timeout, self.env,
                                ok=(0, ITEMS_FAILED_EXIT), check=self._check_workers)
         seconds = time.perf_counter() - started
+        cpu = self.cpu_seconds() - cpu
         job_id = stdout.strip().splitlines()[-1]
         self._check_workers()
         (folder / "results.jsonl").replace(output)
         # The first shard's arrival in a worker (Celery logs each task it receives).
         received = self.logged_since(logs, " received")
         return measurement(seconds, read_totals(output, dscbatch_usage), job_id=job_id, output=str(output),
-                           preemptions=self.preemptions() - preempted,
+                           preemptions=self.preemptions() - preempted, cpu_s=round(cpu, 2),
                            **({"before_engine_s": round(min(received) - started_at, 3)} if received else {}))
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by redis-server, the workers with their engines, and the commands this
+        process ran and waited for (``submit``)."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return children.ru_utime + children.ru_stime + tree_cpu_seconds([p.pid for p in self.processes])
 
     def log_sizes(self) -> list[int]:
         """Each worker log's size now: where ``logged_since`` starts reading."""

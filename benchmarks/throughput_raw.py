@@ -16,6 +16,7 @@ write the outputs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from throughput_common import Totals, measurement
+from throughput_common import Totals, measurement, tree_cpu_seconds
 
 from dscbatch.jobs.tokenizer import ModelTokenizer
 
@@ -39,6 +40,7 @@ def generate(llm: Any, run: dict[str, Any], model: str) -> dict[str, Any]:
     from vllm.inputs import TokensPrompt
 
     preempted = preemptions(llm)
+    cpu = tree_cpu_seconds([os.getpid()])
     started = time.perf_counter()
     tokenizer = ModelTokenizer.load(model)
     with open(run["input"], encoding="utf-8") as stream:
@@ -66,12 +68,13 @@ def generate(llm: Any, run: dict[str, Any], model: str) -> dict[str, Any]:
                                      "prompt_tokens": len(output.prompt_token_ids),
                                      "cached_prompt_tokens": output.num_cached_tokens or 0}) + "\n")
     seconds = time.perf_counter() - started
+    cpu = tree_cpu_seconds([os.getpid()]) - cpu
     totals = Totals(requests=len(lines),
                     prompt_tokens=sum(len(o.prompt_token_ids) for o in outputs),
                     cached_prompt_tokens=sum(o.num_cached_tokens or 0 for o in outputs),
                     generated_tokens=sum(len(c.token_ids) for o in outputs for c in o.outputs))
     return measurement(seconds, totals, output=run["output"], preemptions=preemptions(llm) - preempted,
-                       before_engine_s=round(engine_started - started, 3))
+                       before_engine_s=round(engine_started - started, 3), cpu_s=round(cpu, 2))
 
 
 def main() -> None:
