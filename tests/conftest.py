@@ -296,6 +296,21 @@ def engines_paused(*cores: psutil.Process) -> Iterator[None]:
             _autogroup_nice(pid, group_nice)
 
 
+@contextlib.contextmanager
+def worker_paused(worker: subprocess.Popen[bytes]) -> Iterator[None]:
+    """A worker's own process stopped with SIGSTOP while the block runs (its engine idle, its heartbeat's TTL far
+    longer than a block of a few commands): nothing queued meanwhile runs, not even a request that the worker
+    refuses itself before its engine sees it (an invalid sampling parameter), which ``engines_paused`` does not
+    hold."""
+    process = psutil.Process(worker.pid)
+    process.suspend()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.resume()
+
+
 def claimants(store: JobStore, prefix: str) -> set[int]:
     """Process ids of the workers that hold a shard's claim now."""
     return {int(json.loads(field)[0].rsplit("-", 1)[1]) for field in store.client.hkeys(Keys(prefix).claims)}

@@ -28,6 +28,7 @@ from .conftest import (
     step_until,
     wait_until,
     worker_env,
+    worker_paused,
 )
 
 pytestmark = pytest.mark.engine
@@ -265,7 +266,8 @@ def test_results_are_stored_while_their_shard_still_runs(settings: Settings, sto
 
 def test_retry_runs_failed_items_again(settings: Settings, store: JobStore, worker: Any, tiny_model: Path,
                                        tmp_path: Path) -> None:
-    # min_tokens above max_tokens passes submit but the engine refuses it: a worker-side, per-item failure.
+    # min_tokens above max_tokens passes submit but the worker refuses it (vLLM's sampling parameters): a
+    # worker-side, per-item failure.
     path = tmp_path / "fails.jsonl"
     lines = [{"id": "ok1", "prompt": "a", "params": {"max_tokens": 2}},
              {"id": "bad", "prompt": "b", "params": {"max_tokens": 2, "min_tokens": 5}},
@@ -276,8 +278,10 @@ def test_retry_runs_failed_items_again(settings: Settings, store: JobStore, work
     job_id = waited.stdout.split()[-1]
     assert (store.status(job_id).done, store.status(job_id).failed) == (2, 1)
     # Held, so the counts are looked at while the retried item waits for its new result, on any machine: its
-    # failure is voided, no longer counted, though its error record is still in a committed part.
-    with engines_paused(engine_core(worker)):
+    # failure is voided, no longer counted, though its error record is still in a committed part. The worker
+    # itself is held: it refuses the item again without its engine (a paused engine let CI's look come after
+    # the new failure: (2, 1, 0)).
+    with worker_paused(worker):
         retried = dscbatch(settings, "retry", job_id)
         assert f"job {job_id}: 1 failed items queued again" in retried.stdout
         assert (store.status(job_id).done, store.status(job_id).failed, store.status(job_id).pending) == (2, 0, 1)
