@@ -92,7 +92,8 @@ def test_without_an_output_folder_results_stay_in_the_work_folder_and_shards_lea
 @pytest.mark.engine
 def test_retry_after_finalization_runs_the_failed_items_and_writes_the_file_again(
         settings: Settings, store: JobStore, worker: Any, tiny_model: Path, tmp_path: Path) -> None:
-    # min_tokens above max_tokens passes submit but the engine refuses it: a worker-side, per-item failure.
+    # min_tokens above max_tokens passes submit but the worker refuses it (vLLM's sampling parameters): a
+    # worker-side, per-item failure.
     path = tmp_path / "fails.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in [
         {"id": "ok1", "prompt": "a", "params": {"max_tokens": 2}},
