@@ -33,7 +33,16 @@ from dscbatch.workers.embedded import free_port, stop_process
 from dscbatch.workers.engine import Completion, EngineResult
 
 from .batch_api import Server, keys, server
-from .conftest import ROOT, claimants, engine_core, engines_paused, start_executor, step_until, worker_env
+from .conftest import (
+    ROOT,
+    claimants,
+    engine_core,
+    engines_paused,
+    start_executor,
+    step_until,
+    wait_until,
+    worker_env,
+)
 from .test_verification import GOOD, WRONG, stored_job, wait_for_verdicts
 
 MONITORING = ROOT / "monitoring"
@@ -259,11 +268,8 @@ def observed_job(settings: Settings, store: JobStore, worker: subprocess.Popen[b
     # Every item has its result and no shard is held: a worker counts a shard's items just after storing its
     # results, and releases the shard's claim after that, so the scrapes "after" see the whole job (a scrape
     # at the last result alone missed the last shard's count on a fast machine: 57 done against 59).
-    deadline = time.monotonic() + 300
-    while ((store.status(job_id).pending or claimants(store, settings.key_prefix))
-           and time.monotonic() < deadline):
-        time.sleep(0.2)
-    assert store.status(job_id).pending == 0 and not claimants(store, settings.key_prefix)
+    wait_until(lambda: not store.status(job_id).pending and not claimants(store, settings.key_prefix), 300,
+               "every item's result and no shard claimed")
     return ObservedJob(job_id, len(lines), worker_during, exporter_during, get(worker_url)[1], get(exporter_url)[1],
                        get(f"http://{server_address(server)}/metrics")[1])
 
