@@ -218,19 +218,37 @@ def write_numbered(path: Path, lines: int) -> Path:
 
 def submit_when_rendering(settings: Settings, store: JobStore, path: Path, model: Path, range_bytes: int,
                           render_worker: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-    """``submit --render cluster`` of ``path``, returned once ``render_worker`` claims a range to render."""
+    """``submit --render cluster`` of ``path``, returned once ``render_worker`` claims one of its ranges to render
+    (not a task an earlier test's failed job left on the queue: the worker claims and drops those at once)."""
     submit = subprocess.Popen([sys.executable, "-m", "dscbatch.cli.main", "submit", str(path), "--model", str(model),
                                "--render", "cluster", "--range-bytes", str(range_bytes)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=worker_env(settings))
+
+    def rendering() -> bool:
+        for field, job_id in store.client.hgetall(store.keys.render_claims).items():
+            worker, task = json.loads(field)
+            plan = store.render_plan(job_id.decode())
+            if (worker.endswith(f"-{render_worker.pid}") and ":render:" in task and plan is not None
+                    and plan["input"].endswith(str(path))):
+                return True
+        return False
+
     deadline = time.monotonic() + 120
-    while not any(f"-{render_worker.pid}" in worker and ":render:" in task for worker, task in
-                  (json.loads(field) for field in store.client.hkeys(store.keys.render_claims))):
+    while not rendering():
         if time.monotonic() > deadline or submit.poll() is not None:
-            submit.kill()
-            submit.wait()
+            stop_all(submit)
             raise AssertionError("no range was claimed for rendering")
         time.sleep(0.005)
     return submit
+
+
+def stop_all(*processes: subprocess.Popen[bytes] | None) -> None:
+    """Kill the processes still running and close their pipes."""
+    for process in processes:
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
 
 
 def test_a_render_worker_killed_mid_range_has_its_range_rendered_again_with_no_line_lost_or_twice(
@@ -256,10 +274,7 @@ def test_a_render_worker_killed_mid_range_has_its_range_rendered_again_with_no_l
         out, err = submit.communicate(timeout=3 * (HEARTBEAT_TTL_SECONDS + HEARTBEAT_SECONDS + 20))
         assert submit.returncode == 0, err.decode()
     finally:
-        for process in (first, second, submit):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_all(first, second, submit)
     job_id = out.decode().split()[-1]
     assert "queueing its render task" in (tmp_path / "render2.log").read_text()
     status = store.status(job_id)
@@ -496,10 +511,7 @@ def test_a_render_worker_told_to_stop_puts_its_task_back_at_once_and_another_ren
         out, err = submit.communicate(timeout=HEARTBEAT_TTL_SECONDS)  # within a heartbeat's expiry: no reaper
         assert submit.returncode == 0, err.decode()
     finally:
-        for process in (first, second, submit):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+        stop_all(first, second, submit)
     job_id = out.decode().split()[-1]
     assert "queueing its render task" not in (tmp_path / "render2.log").read_text()
     assert sorted(job_items(store, job_id)) == list(range(lines))
