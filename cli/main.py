@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from dscbatch.cli.engine_context import local_context
-from dscbatch.cli.progress import wait_for_engine, wait_for_finalized, wait_for_job
+from dscbatch.cli.progress import wait_for_engine, wait_for_job, wait_for_results
 from dscbatch.cli.submitting import key_values, parse_params, submit_file, submit_file_on_cluster
 from dscbatch.cli.worker_notice import NoWorkerNotice
 from dscbatch.core.errors import DscbatchError, InvalidInputError, RequestError
@@ -195,9 +195,8 @@ def submit(ctx: click.Context, model: str, params: Sequence[str], skip_invalid: 
               else submit_file_on_cluster(settings, store, input_path, options, range_bytes))
     exit_code = 0
     if wait:
-        status = wait_for_job(store, job_id, check=NoWorkerNotice(store, store.status(job_id).queue, model))
-        if status.output_url is not None and not status.cancelled:
-            status = wait_for_finalized(store, job_id)
+        status = wait_for_results(store, job_id, check=NoWorkerNotice(store, store.status(job_id).queue, model))
+        if status.results_url is not None and not status.cancelled:
             click.echo(f"results in {status.results_url}", err=True)
         exit_code = _summary(status)
     click.echo(job_id)

@@ -100,29 +100,38 @@ def wait_for_engine(store: JobStore, check: Callable[[], None], *, stream: TextI
     stream.flush()
 
 
-def wait_for_finalized(store: JobStore, job_id: str, *, interval: float = LOOK_SECONDS,
-                       stream: TextIO = sys.stderr) -> JobStatus:
-    """Wait until a worker has written a settled job's results file, saying on ``stream`` why each failed
-    attempt failed (the workers try again; without this the command would wait without a word)."""
-    reported = None
-    with store.events(job_id) as events:
-        while True:
-            status = store.status(job_id)
-            if status.results_url is not None or status.cancelled:
-                return status
-            if status.finalize_error not in (None, reported):
-                stream.write(f"the results file could not be written: {status.finalize_error} (a worker tries "
-                             f"again; Ctrl-C stops waiting, the job stays: `dscbatch status {job_id}`)\n")
-                stream.flush()
-                reported = status.finalize_error
-            events.wait(interval)
-
-
 def wait_for_job(store: JobStore, job_id: str, *, interval: float = LOOK_SECONDS, stream: TextIO = sys.stderr,
                  check: Callable[[], None] | None = None) -> JobStatus:
     """Wait until the job settles (every result and verdict in, or cancelled), drawing progress on ``stream``."""
     with store.events(job_id) as events:
         return _watch(store, job_id, events, interval, stream, check)
+
+
+def wait_for_results(store: JobStore, job_id: str, *, interval: float = LOOK_SECONDS, stream: TextIO = sys.stderr,
+                     check: Callable[[], None] | None = None) -> JobStatus:
+    """``wait_for_job``, then, where the job writes a results file (``--output``) and was not cancelled, wait
+    until a worker has written it: one subscription to the job's events for both."""
+    with store.events(job_id) as events:
+        status = _watch(store, job_id, events, interval, stream, check)
+        if status.output_url is None or status.cancelled:
+            return status
+        return _finalized(store, job_id, events, interval, stream)
+
+
+def _finalized(store: JobStore, job_id: str, events: JobEvents, interval: float, stream: TextIO) -> JobStatus:
+    """Wait until a worker has written a settled job's results file, saying on ``stream`` why each failed
+    attempt failed (the workers try again; without this the command would wait without a word)."""
+    reported = None
+    while True:
+        status = store.status(job_id)
+        if status.results_url is not None or status.cancelled:
+            return status
+        if status.finalize_error not in (None, reported):
+            stream.write(f"the results file could not be written: {status.finalize_error} (a worker tries "
+                         f"again; Ctrl-C stops waiting, the job stays: `dscbatch status {job_id}`)\n")
+            stream.flush()
+            reported = status.finalize_error
+        events.wait(interval)
 
 
 def _watch(store: JobStore, job_id: str, events: JobEvents, interval: float, stream: TextIO,

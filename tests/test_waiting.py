@@ -13,7 +13,7 @@ from typing import cast
 
 import pytest
 
-from dscbatch.cli.progress import wait_for_finalized, wait_for_job
+from dscbatch.cli.progress import wait_for_job, wait_for_results
 from dscbatch.core.errors import DscbatchError
 from dscbatch.jobs import finalize
 from dscbatch.jobs.results import ItemInfo, Output, result_line
@@ -90,7 +90,7 @@ def test_waiting_for_the_results_file_says_why_a_write_failed_and_ends_when_one_
     job_id = new_job(store, output_url=str(output))
     store_result(store, job_id)  # settled: it awaits its results file
     said = io.StringIO()
-    waiter = Waiter(store, job_id, lambda s, j: wait_for_finalized(s, j, interval=NEVER, stream=said))
+    waiter = Waiter(store, job_id, lambda s, j: wait_for_results(s, j, interval=NEVER, stream=said))
     waiter.started_waiting()
     with pytest.raises(DscbatchError) as caught:
         finalize.finalize(store, job_id, "worker-a")
