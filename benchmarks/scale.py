@@ -42,13 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
 
 from reader import print_report
+from throughput_common import tree_cpu_seconds
 
 from dscbatch.core.settings import Settings
 from dscbatch.jobs.store import JobStore
@@ -73,14 +73,6 @@ def environment(settings: Settings) -> dict[str, str]:
 def redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def process_cpu(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        times = process.cpu_times()
-        total += times.user + times.system
-    return total
 
 
 class Sampler(threading.Thread):
@@ -171,8 +163,8 @@ def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folde
     try:
         start_workers(model, env, folder, store, processes, workers)
         idle_memory = int(store.client.info("memory")["used_memory"])
-        watched = [psutil.Process(p.pid) for p in processes]
-        redis_before, workers_before = redis_cpu(store.client), process_cpu(watched)
+        watched = [p.pid for p in processes]
+        redis_before, workers_before = redis_cpu(store.client), tree_cpu_seconds(watched)
         sampler = Sampler(store)
         sampler.start()
         started = time.time()
@@ -188,7 +180,7 @@ def run(model: str, items: int, workers: int, max_tokens: int, path: Path, folde
         record = store.client.hgetall(store.job_key(job.id))
         finished, finalized = float(record[b"finished"]), float(record[b"finalized"])
         redis_seconds = redis_cpu(store.client) - redis_before
-        worker_seconds = process_cpu(watched) - workers_before
+        worker_seconds = tree_cpu_seconds(watched) - workers_before
         results_file = folder / "out" / "results.jsonl"
         lines = sum(1 for _ in results_file.open())
         assert lines == items == job.done, (lines, items, job.done)
