@@ -227,10 +227,10 @@ def submit_when_rendering(settings: Settings, store: JobStore, path: Path, model
     def rendering() -> bool:
         for field, job_id in store.client.hgetall(store.keys.render_claims).items():
             worker, task = json.loads(field)
-            plan = store.render_plan(job_id.decode())
-            if (worker.endswith(f"-{render_worker.pid}") and ":render:" in task and plan is not None
-                    and plan["input"].endswith(str(path))):
-                return True
+            if worker.endswith(f"-{render_worker.pid}") and ":render:" in task:
+                plan = store.render_plan(job_id.decode())
+                if plan is not None and plan["input"].endswith(str(path)):
+                    return True
         return False
 
     deadline = time.monotonic() + 120
